@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Builds the control-plane binaries the simulated GPU cluster runs (kube-apiserver, controller-manager,
+# scheduler, kubectl, etcd, kwok, kwokctl, helm) from the Go module proxy, once per version, into
+# $GROK_CACHE/tools/<component>-<version>/ . A second run finds them there and returns at once.
+# Prints the directory that holds all of them (a directory of symlinks) on its last line.
+set -euo pipefail
+
+KUBE_VERSION=${KUBE_VERSION:-v1.36.3}
+KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
+HELM_VERSION=${HELM_VERSION:-v3.22.0}
+ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
+PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-debian}
+
+CACHE=${GROK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/grok-serve}
+TOOLS=$CACHE/tools
+BIN=$TOOLS/bin-k8s$KUBE_VERSION-kwok$KWOK_VERSION-helm$HELM_VERSION-etcd$ETCD_VERSION
+export GOFLAGS="${GOFLAGS:-} -trimpath -buildvcs=false"
+export CGO_ENABLED=0
+
+log() { printf '[build-tools] %s\n' "$*" >&2; }
+
+# build_module DEST_DIR MODULE@VERSION PACKAGES... : a throwaway module that requires MODULE and builds PACKAGES.
+build_in_module() {
+  local dest=$1 module=$2 version=$3 replace_staging=$4; shift 4
+  if [ -f "$dest/.complete" ]; then return 0; fi
+  local work; work=$(mktemp -d)
+  trap 'rm -rf "$work"' RETURN
+  log "building $module@$version: $* (first run only; cached in $dest)"
+  (
+    cd "$work"
+    go mod init grok-serve.local/tools >/dev/null 2>&1
+    if [ "$replace_staging" = yes ]; then
+      # k8s.io/kubernetes requires every staging module at v0.0.0; pin each to the published v0.X.Y.
+      local gomod staging
+      gomod=$(go mod download -json "$module@$version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+      staging=v0.${version#v1.}
+      grep -E '^\s+k8s\.io/[a-z0-9-]+ v0\.0\.0$' "$gomod" | awk '{print $1}' | sort -u | while read -r m; do
+        go mod edit -replace "$m=$m@$staging"
+      done
+    fi
+    go mod edit -require "$module@$version"
+    go get "$module@$version" >&2
+    mkdir -p "$dest.tmp"
+    for p in "$@"; do
+      go build -mod=mod -ldflags="-s -w" -o "$dest.tmp/" "$p"
+    done
+  )
+  rm -rf "$dest"; mv "$dest.tmp" "$dest"; touch "$dest/.complete"
+}
+
+mkdir -p "$TOOLS"
+build_in_module "$TOOLS/kubernetes-$KUBE_VERSION" k8s.io/kubernetes "$KUBE_VERSION" yes \
+  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+build_in_module "$TOOLS/kwok-$KWOK_VERSION" sigs.k8s.io/kwok "$KWOK_VERSION" no \
+  sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
+build_in_module "$TOOLS/etcd-$ETCD_VERSION" go.etcd.io/etcd/server/v3 "$ETCD_VERSION" no \
+  go.etcd.io/etcd/server/v3
+build_in_module "$TOOLS/helm-$HELM_VERSION" helm.sh/helm/v3 "$HELM_VERSION" no \
+  helm.sh/helm/v3/cmd/helm
+
+mkdir -p "$BIN"
+ln -sf "$TOOLS/kubernetes-$KUBE_VERSION"/* "$BIN/"
+ln -sf "$TOOLS/kwok-$KWOK_VERSION"/* "$BIN/"
+ln -sf "$TOOLS/etcd-$ETCD_VERSION/v3" "$BIN/etcd" 2>/dev/null || ln -sf "$TOOLS/etcd-$ETCD_VERSION"/* "$BIN/"
+ln -sf "$TOOLS/helm-$HELM_VERSION"/* "$BIN/"
+echo "$BIN"

@@ -1,0 +1,185 @@
+"""Lifecycle of one simulated GPU cluster: a thin layer over `kwokctl --runtime binary`.
+
+kwokctl generates certificates and a kubeconfig, picks free ports and runs etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler and the KWOK controller as local processes; `down` stops all of
+them. Each cluster keeps its state in a folder of its own under the system's temporary directory, so
+several can run side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from grok_devcluster import nodes
+from grok_devcluster.tools import tools_dir
+from grok_operator.gpus import gpu_product
+
+KUBE_VERSION = "v1.36.3"
+
+
+@dataclass(frozen=True)
+class NodePool:
+    """`count` simulated nodes, each with `gpus_per_node` GPUs of one product."""
+
+    count: int = 4
+    gpus_per_node: int = 8
+    gpu_product: str = "NVIDIA-H100-80GB-HBM3"
+    name_prefix: str = "gpu"
+
+    def manifests(self) -> list[dict[str, Any]]:
+        product = gpu_product(self.gpu_product)
+        return [
+            nodes.gpu_node(f"{self.name_prefix}-{i}", product, self.gpus_per_node) for i in range(self.count)
+        ]
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def state_root() -> Path:
+    return Path(os.environ.get("GROK_DEVCLUSTER_STATE", Path(tempfile.gettempdir()) / f"grok-devcluster-{os.getuid()}"))
+
+
+class DevCluster:
+    """One local control plane. Use as a context manager, or call `up()` and `down()`."""
+
+    def __init__(self, name: str | None = None, bin_dir: Path | None = None) -> None:
+        self.name = name or f"grok-{secrets.token_hex(3)}"
+        self.workdir = state_root() / self.name
+        self._bin_dir = bin_dir
+
+    # -- paths ----------------------------------------------------------------------------------------
+
+    @property
+    def bin_dir(self) -> Path:
+        if self._bin_dir is None:
+            self._bin_dir = tools_dir()
+        return self._bin_dir
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "clusters" / self.name / "kubeconfig.yaml"
+
+    def exists(self) -> bool:
+        return self.kubeconfig.exists()
+
+    def env(self) -> dict[str, str]:
+        """Environment for commands that talk to this cluster (kubectl, helm, the operator)."""
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PATH": f"{self.bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    def up(self, pools: Sequence[NodePool] = (NodePool(),), cpu_nodes: int = 1, timeout: float = 180) -> DevCluster:
+        """Starts the control plane, registers the nodes and waits until they are Ready.
+
+        Anything started is stopped again if this fails or is interrupted (Ctrl-C).
+        """
+        if self.exists():
+            raise ClusterError(f"cluster {self.name!r} is already up (state in {self.workdir})")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            config = self.workdir / "kwokctl.yaml"
+            config.write_text(yaml.safe_dump(self._kwokctl_config()))
+            self._kwokctl("create", "cluster", "--config", str(config), "--wait", f"{int(timeout)}s")
+            manifests = [nodes.cpu_node(f"cpu-{i}") for i in range(cpu_nodes)]
+            for pool in pools:
+                manifests += pool.manifests()
+            self.apply(manifests)
+            self._wait_ready(deadline=time.monotonic() + timeout)
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def down(self) -> None:
+        """Stops every process of this cluster and removes its state; a no-op when it is not up."""
+        if (self.workdir / "clusters" / self.name).exists():
+            self._kwokctl("delete", "cluster", check=False)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> DevCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    # -- talking to it --------------------------------------------------------------------------------
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(self.bin_dir / "kubectl"), *args],
+            input=input, capture_output=True, text=True, env=self.env(), timeout=timeout, check=False,
+        )
+        if check and result.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
+
+    def apply(self, manifests: Iterable[dict[str, Any]], server_side: bool = False) -> None:
+        args = ["apply", "-f", "-"] + (["--server-side"] if server_side else [])
+        self.kubectl(*args, input=yaml.safe_dump_all(list(manifests)))
+
+    def get_json(self, *args: str) -> Any:
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    # -- internals ------------------------------------------------------------------------------------
+
+    def _kwokctl_config(self) -> dict[str, Any]:
+        b = self.bin_dir
+        return {
+            "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+            "kind": "KwokctlConfiguration",
+            "options": {
+                "runtime": "binary",
+                "kubeVersion": KUBE_VERSION,
+                "kubeApiserverBinary": str(b / "kube-apiserver"),
+                "kubeControllerManagerBinary": str(b / "kube-controller-manager"),
+                "kubeSchedulerBinary": str(b / "kube-scheduler"),
+                "kubectlBinary": str(b / "kubectl"),
+                "etcdBinary": str(b / "etcd"),
+                "kwokControllerBinary": str(b / "kwok"),
+                "bindAddress": "127.0.0.1",
+                "securePort": True,
+                "kubeAuthorization": True,  # RBAC on: the operator's permissions are really checked
+                "kubeAdmission": True,  # default admission plugins (ServiceAccount, quotas, ...)
+                "disableQPSLimits": True,
+                "quietPull": True,
+                "cacheDir": str(self.workdir / "cache"),
+            },
+        }
+
+    def _kwokctl(self, *args: str, check: bool = True) -> None:
+        env = {**self.env(), "KWOK_WORKDIR": str(self.workdir)}
+        result = subprocess.run(
+            [str(self.bin_dir / "kwokctl"), "--name", self.name, *args],
+            capture_output=True, text=True, env=env, check=False,
+        )
+        if check and result.returncode != 0:
+            raise ClusterError(f"kwokctl {' '.join(args)} failed:\n{result.stderr.strip()}")
+
+    def _wait_ready(self, deadline: float) -> None:
+        """Nodes Ready and the default ServiceAccount present (tests create pods right away)."""
+        while True:
+            node_list = self.get_json("nodes")["items"]
+            ready = all(
+                any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
+                for n in node_list
+            )
+            has_sa = self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0
+            if node_list and ready and has_sa:
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError("timed out waiting for nodes to become Ready")
+            time.sleep(0.5)

@@ -1,0 +1,47 @@
+"""The GPU products the planner and the simulated cluster know, as GPU feature discovery labels them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class GPUProduct:
+    product: str  # value of the node label `<vendor>/gpu.product`
+    memory_mib: int  # usable memory as the device plugin reports it (`<vendor>/gpu.memory`)
+    resource: str = "nvidia.com/gpu"  # extended resource a pod requests
+    fp8: bool = True  # native fp8 tensor cores (Hopper, Ada, Blackwell, CDNA3)
+    instance_type: str = ""  # a typical 8-GPU cloud machine carrying it
+
+    @property
+    def memory_gib(self) -> float:
+        return self.memory_mib / 1024
+
+    @property
+    def label_prefix(self) -> str:
+        return self.resource.rsplit("/", 1)[0]
+
+
+GPU_PRODUCTS: dict[str, GPUProduct] = {
+    p.product: p
+    for p in (
+        GPUProduct("NVIDIA-A100-SXM4-40GB", 40960, fp8=False, instance_type="p4d.24xlarge"),
+        GPUProduct("NVIDIA-A100-SXM4-80GB", 81920, fp8=False, instance_type="p4de.24xlarge"),
+        GPUProduct("NVIDIA-H100-80GB-HBM3", 81559, instance_type="p5.48xlarge"),
+        GPUProduct("NVIDIA-H200", 143771, instance_type="p5e.48xlarge"),
+        GPUProduct("NVIDIA-B200", 183359, instance_type="p6-b200.48xlarge"),
+        GPUProduct("NVIDIA-L40S", 46068, instance_type="g6e.48xlarge"),
+        GPUProduct("AMD-Instinct-MI300X", 196592, resource="amd.com/gpu", instance_type="ND96isr_MI300X_v5"),
+    )
+}
+
+
+def gpu_product(name: str) -> GPUProduct:
+    """Looks a product up by its label value; the error lists the known ones."""
+    try:
+        return GPU_PRODUCTS[name]
+    except KeyError:
+        known = ", ".join(sorted(GPU_PRODUCTS))
+        raise ValueError(f"unknown GPU product {name!r}; known products: {known}") from None

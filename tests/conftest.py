@@ -1,0 +1,1 @@
+"""Shared fixtures. `devcluster` and `k8s_namespace` come from grok_devcluster's pytest plugin."""
