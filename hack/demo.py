@@ -35,19 +35,29 @@ def main() -> int:
     step("starting the simulated GPU cluster (etcd, kube-apiserver, controller-manager, scheduler, KWOK)")
     cluster.up([NodePool(4, 8, "NVIDIA-H100-80GB-HBM3", "h100")], cpu_nodes=1)
     try:
-        print(cluster.kubectl("get", "nodes", "-L", "nvidia.com/gpu.product,node.kubernetes.io/instance-type").stdout)
+        print(
+            cluster.kubectl(
+                "get", "nodes", "-L", "nvidia.com/gpu.product,node.kubernetes.io/instance-type"
+            ).stdout
+        )
 
         step("placing a tensor-parallel-8 workload (8 GPUs per pod, 2 replicas) on the H100 nodes")
         cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(_tp8_workload()))
         cluster.kubectl("rollout", "status", "deployment/grok-demo", "--timeout=60s")
         print(cluster.kubectl("get", "pods", "-o", "wide").stdout)
-        print(cluster.kubectl("describe", "nodes", "h100-0").stdout.split("Allocated resources:")[1].split("Events:")[0])
+        print(
+            cluster.kubectl("describe", "nodes", "h100-0")
+            .stdout.split("Allocated resources:")[1]
+            .split("Events:")[0]
+        )
 
         step(f"done in {time.monotonic() - started:.1f}s")
         if args.keep:
-            print(f"the cluster keeps running:\n  export KUBECONFIG={cluster.kubeconfig}\n"
-                  f"  export PATH={cluster.bin_dir}:$PATH\n  kubectl get nodes\n"
-                  f"stop it with: .venv/bin/grok-devcluster down --name {CLUSTER_NAME}")
+            print(
+                f"the cluster keeps running:\n  export KUBECONFIG={cluster.kubeconfig}\n"
+                f"  export PATH={cluster.bin_dir}:$PATH\n  kubectl get nodes\n"
+                f"stop it with: .venv/bin/grok-devcluster down --name {CLUSTER_NAME}"
+            )
     finally:
         if not args.keep:
             step("tearing the cluster down")
@@ -68,12 +78,14 @@ def _tp8_workload() -> dict:
                 "spec": {
                     "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
                     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                    "containers": [{
-                        "name": "server",
-                        "image": "grok-serve/server:dev",
-                        "args": ["--tensor-parallel-size", "8"],
-                        "resources": {"limits": {"nvidia.com/gpu": "8"}},
-                    }],
+                    "containers": [
+                        {
+                            "name": "server",
+                            "image": "grok-serve/server:dev",
+                            "args": ["--tensor-parallel-size", "8"],
+                            "resources": {"limits": {"nvidia.com/gpu": "8"}},
+                        }
+                    ],
                 },
             },
         },

@@ -37,8 +37,11 @@ def test_cpu_node_has_no_gpus_and_no_taint():
 
 
 def test_node_pool_names_nodes_by_prefix_and_rejects_unknown_products():
-    assert [n["metadata"]["name"] for n in NodePool(2, 8, "NVIDIA-H200", "h200").manifests()] == ["h200-0", "h200-1"]
-    with pytest.raises(ValueError, match="unknown GPU product 'H100'.*NVIDIA-H100-80GB-HBM3"):
+    assert [n["metadata"]["name"] for n in NodePool(2, 8, "NVIDIA-H200", "h200").manifests()] == [
+        "h200-0",
+        "h200-1",
+    ]
+    with pytest.raises(ValueError, match=r"unknown GPU product 'H100'.*NVIDIA-H100-80GB-HBM3"):
         NodePool(1, 8, "H100").manifests()
 
 

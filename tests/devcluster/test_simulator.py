@@ -30,11 +30,13 @@ def gpu_deployment(name: str, gpus: int, product: str = "NVIDIA-H100-80GB-HBM3")
                 "spec": {
                     "nodeSelector": {"nvidia.com/gpu.product": product},
                     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                    "containers": [{
-                        "name": "server",
-                        "image": "grok-serve/server:test",
-                        "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
-                    }],
+                    "containers": [
+                        {
+                            "name": "server",
+                            "image": "grok-serve/server:test",
+                            "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
+                        }
+                    ],
                 },
             },
         },
@@ -79,7 +81,9 @@ def test_more_gpus_than_any_node_has_stays_pending_unschedulable(devcluster, k8s
     condition = None
     while time.monotonic() < deadline and condition is None:
         for pod in pods(devcluster, k8s_namespace, "sixteen"):
-            condition = next((c for c in pod["status"].get("conditions", []) if c["type"] == "PodScheduled"), None)
+            condition = next(
+                (c for c in pod["status"].get("conditions", []) if c["type"] == "PodScheduled"), None
+            )
         time.sleep(0.5)
     assert condition is not None, "the scheduler never looked at the pod"
     assert condition["status"] == "False"
@@ -97,19 +101,25 @@ WIDGET_CRD = {
         "group": "test.grok.dev",
         "names": {"kind": "Widget", "plural": "widgets", "singular": "widget"},
         "scope": "Namespaced",
-        "versions": [{
-            "name": "v1",
-            "served": True,
-            "storage": True,
-            "schema": {"openAPIV3Schema": {
-                "type": "object",
-                "properties": {"spec": {
-                    "type": "object",
-                    "required": ["size"],
-                    "properties": {"size": {"type": "integer", "minimum": 1, "maximum": 8}},
-                }},
-            }},
-        }],
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {
+                                "type": "object",
+                                "required": ["size"],
+                                "properties": {"size": {"type": "integer", "minimum": 1, "maximum": 8}},
+                            }
+                        },
+                    }
+                },
+            }
+        ],
     },
 }
 
@@ -118,7 +128,12 @@ def test_crd_custom_resource_round_trip_and_schema_validation(devcluster, k8s_na
     devcluster.apply([WIDGET_CRD])
     devcluster.kubectl("wait", "--for=condition=Established", "crd/widgets.test.grok.dev", "--timeout=30s")
 
-    good = {"apiVersion": "test.grok.dev/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 4}}
+    good = {
+        "apiVersion": "test.grok.dev/v1",
+        "kind": "Widget",
+        "metadata": {"name": "w"},
+        "spec": {"size": 4},
+    }
     assert apply(devcluster, k8s_namespace, good).returncode == 0
     read_back = devcluster.get_json("widget", "w", "-n", k8s_namespace)
     assert read_back["spec"] == {"size": 4}
@@ -126,7 +141,9 @@ def test_crd_custom_resource_round_trip_and_schema_validation(devcluster, k8s_na
     bad = {**good, "metadata": {"name": "too-big"}, "spec": {"size": 80}}
     result = apply(devcluster, k8s_namespace, bad)
     assert result.returncode != 0
-    assert "spec.size: Invalid value: 80: spec.size in body should be less than or equal to 8" in result.stderr
+    assert (
+        "spec.size: Invalid value: 80: spec.size in body should be less than or equal to 8" in result.stderr
+    )
 
 
 def test_service_account_tokens_work_and_rbac_denies_what_is_not_granted(devcluster, k8s_namespace):
@@ -136,21 +153,35 @@ def test_service_account_tokens_work_and_rbac_denies_what_is_not_granted(devclus
 
     def as_reader(*args: str) -> subprocess.CompletedProcess[str]:
         # A kubeconfig-free call with the token alone: authentication by the API server's own SA keys.
-        server = devcluster.kubectl("config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}").stdout
-        return devcluster.kubectl("--kubeconfig=/dev/null", f"--server={server}", "--insecure-skip-tls-verify",
-                                  f"--token={token}", *args, "-n", ns, check=False)
+        server = devcluster.kubectl(
+            "config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}"
+        ).stdout
+        return devcluster.kubectl(
+            "--kubeconfig=/dev/null",
+            f"--server={server}",
+            "--insecure-skip-tls-verify",
+            f"--token={token}",
+            *args,
+            "-n",
+            ns,
+            check=False,
+        )
 
     denied = as_reader("get", "pods")
     assert denied.returncode != 0
     assert f'User "system:serviceaccount:{ns}:reader" cannot list resource "pods"' in denied.stderr
 
     devcluster.kubectl("create", "role", "pod-reader", "--verb=get,list", "--resource=pods", "-n", ns)
-    devcluster.kubectl("create", "rolebinding", "reader", "--role=pod-reader", f"--serviceaccount={ns}:reader", "-n", ns)
+    devcluster.kubectl(
+        "create", "rolebinding", "reader", "--role=pod-reader", f"--serviceaccount={ns}:reader", "-n", ns
+    )
     deadline = time.monotonic() + 10
     while (allowed := as_reader("get", "pods")).returncode != 0 and time.monotonic() < deadline:
         time.sleep(0.2)  # RBAC caches take a moment to see the binding
     assert allowed.returncode == 0, allowed.stderr
-    assert as_reader("delete", "pods", "--all").returncode != 0
+    write = as_reader("create", "configmap", "not-granted")
+    assert write.returncode != 0
+    assert 'cannot create resource "configmaps"' in write.stderr
 
 
 def _processes_mentioning(text: str) -> list[str]:
@@ -171,16 +202,35 @@ def test_cli_up_kubeconfig_down_leaves_no_processes(devcluster, tmp_path):
     env = {**os.environ, "GROK_DEVCLUSTER_BIN": str(devcluster.bin_dir)}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "grok_devcluster.cli", *args], capture_output=True, text=True, env=env)
+        return subprocess.run(
+            [sys.executable, "-m", "grok_devcluster.cli", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
 
     up = run("up", "--name", name, "--nodes", "2", "--gpus-per-node", "4", "--gpu-product", "NVIDIA-L40S")
     try:
         assert up.returncode == 0, up.stderr
         kubeconfig = run("kubeconfig", "--name", name).stdout.strip()
         assert Path(kubeconfig).exists()
-        nodes = json.loads(subprocess.run(
-            [str(devcluster.bin_dir / "kubectl"), "--kubeconfig", kubeconfig, "get", "nodes", "-o", "json"],
-            capture_output=True, text=True, check=True).stdout)["items"]
+        nodes = json.loads(
+            subprocess.run(
+                [
+                    str(devcluster.bin_dir / "kubectl"),
+                    "--kubeconfig",
+                    kubeconfig,
+                    "get",
+                    "nodes",
+                    "-o",
+                    "json",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )["items"]
         gpus = {n["metadata"]["name"]: n["status"]["allocatable"].get("nvidia.com/gpu") for n in nodes}
         assert gpus == {"gpu-0": "4", "gpu-1": "4", "cpu-0": None}
         assert _processes_mentioning(f"/{name}/"), "the cluster's processes should be running"

@@ -9,7 +9,6 @@ KUBE_VERSION=${KUBE_VERSION:-v1.36.3}
 KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
-PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-debian}
 
 CACHE=${GROK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/grok-serve}
 TOOLS=$CACHE/tools
@@ -41,8 +40,9 @@ build_in_module() {
     go mod edit -require "$module@$version"
     go get "$module@$version" >&2
     mkdir -p "$dest.tmp"
-    for p in "$@"; do
-      go build -mod=mod -ldflags="-s -w" -o "$dest.tmp/" "$p"
+    for p in "$@"; do  # PACKAGE, or NAME=PACKAGE to name the binary
+      if [[ $p == *=* ]]; then out="$dest.tmp/${p%%=*}"; p=${p#*=}; else out="$dest.tmp/"; fi
+      go build -mod=mod -ldflags="-s -w" -o "$out" "$p"
     done
   )
   rm -rf "$dest"; mv "$dest.tmp" "$dest"; touch "$dest/.complete"
@@ -55,13 +55,13 @@ build_in_module "$TOOLS/kubernetes-$KUBE_VERSION" k8s.io/kubernetes "$KUBE_VERSI
 build_in_module "$TOOLS/kwok-$KWOK_VERSION" sigs.k8s.io/kwok "$KWOK_VERSION" no \
   sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
 build_in_module "$TOOLS/etcd-$ETCD_VERSION" go.etcd.io/etcd/server/v3 "$ETCD_VERSION" no \
-  go.etcd.io/etcd/server/v3
+  etcd=go.etcd.io/etcd/server/v3
 build_in_module "$TOOLS/helm-$HELM_VERSION" helm.sh/helm/v3 "$HELM_VERSION" no \
   helm.sh/helm/v3/cmd/helm
 
 mkdir -p "$BIN"
 ln -sf "$TOOLS/kubernetes-$KUBE_VERSION"/* "$BIN/"
 ln -sf "$TOOLS/kwok-$KWOK_VERSION"/* "$BIN/"
-ln -sf "$TOOLS/etcd-$ETCD_VERSION/v3" "$BIN/etcd" 2>/dev/null || ln -sf "$TOOLS/etcd-$ETCD_VERSION"/* "$BIN/"
+ln -sf "$TOOLS/etcd-$ETCD_VERSION"/* "$BIN/"
 ln -sf "$TOOLS/helm-$HELM_VERSION"/* "$BIN/"
 echo "$BIN"

@@ -11,6 +11,11 @@ from grok_devcluster.tools import ToolsMissing, tools_dir
 from grok_operator.gpus import GPU_PRODUCTS
 
 DEFAULT_NAME = "grok"
+NODE_COLUMNS = (
+    "custom-columns=NAME:.metadata.name,READY:.status.conditions[?(@.type=='Ready')].status,"
+    "GPUS:.status.allocatable.nvidia\\.com/gpu,PRODUCT:.metadata.labels.nvidia\\.com/gpu\\.product,"
+    "INSTANCE-TYPE:.metadata.labels.node\\.kubernetes\\.io/instance-type"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,12 +30,22 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--name", default=DEFAULT_NAME)
     up.add_argument("--nodes", type=int, default=4, help="GPU nodes (default 4)")
     up.add_argument("--gpus-per-node", type=int, default=8)
-    up.add_argument("--gpu-product", default="NVIDIA-H100-80GB-HBM3", choices=sorted(GPU_PRODUCTS), metavar="PRODUCT",
-                    help="node label nvidia.com/gpu.product; one of: " + ", ".join(sorted(GPU_PRODUCTS)))
-    up.add_argument("--cpu-nodes", type=int, default=1, help="nodes without GPUs, for system pods (default 1)")
+    up.add_argument(
+        "--gpu-product",
+        default="NVIDIA-H100-80GB-HBM3",
+        choices=sorted(GPU_PRODUCTS),
+        metavar="PRODUCT",
+        help="node label nvidia.com/gpu.product; one of: " + ", ".join(sorted(GPU_PRODUCTS)),
+    )
+    up.add_argument(
+        "--cpu-nodes", type=int, default=1, help="nodes without GPUs, for system pods (default 1)"
+    )
     up.add_argument("--timeout", type=float, default=180)
 
-    for name, text in (("down", "stop a cluster and remove its state"), ("kubeconfig", "print a cluster's kubeconfig path")):
+    for name, text in (
+        ("down", "stop a cluster and remove its state"),
+        ("kubeconfig", "print a cluster's kubeconfig path"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--name", default=DEFAULT_NAME)
         if name == "down":
@@ -44,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
 def _existing(name: str) -> DevCluster:
     cluster = DevCluster(name)
     if not cluster.exists():
-        raise ClusterError(f"no cluster named {name!r} is up (start one with `grok-devcluster up --name {name}`)")
+        raise ClusterError(
+            f"no cluster named {name!r} is up (start one with `grok-devcluster up --name {name}`)"
+        )
     return cluster
 
 
@@ -61,12 +78,13 @@ def main(argv: list[str] | None = None) -> int:
                 raise ClusterError("--nodes and --cpu-nodes must be ≥ 0 and --gpus-per-node ≥ 1")
             start = time.monotonic()
             cluster = DevCluster(args.name)
-            cluster.up([NodePool(args.nodes, args.gpus_per_node, args.gpu_product)], cpu_nodes=args.cpu_nodes,
-                       timeout=args.timeout)
+            cluster.up(
+                [NodePool(args.nodes, args.gpus_per_node, args.gpu_product)],
+                cpu_nodes=args.cpu_nodes,
+                timeout=args.timeout,
+            )
             print(f"cluster {cluster.name!r} up in {time.monotonic() - start:.1f}s")
-            print(cluster.kubectl("get", "nodes", "-L", "nvidia.com/gpu.product",
-                                  "-o", "custom-columns=NAME:.metadata.name,GPUS:.status.allocatable.nvidia\\.com/gpu,"
-                                  "PRODUCT:.metadata.labels.nvidia\\.com/gpu\\.product,STATUS:.status.conditions[-1].type").stdout, end="")
+            print(cluster.kubectl("get", "nodes", "-o", NODE_COLUMNS).stdout, end="")
             print(f"\nexport KUBECONFIG={cluster.kubeconfig}\nexport PATH={cluster.bin_dir}:$PATH")
             print(f"stop it with: grok-devcluster down --name {cluster.name}")
         elif args.command == "down":

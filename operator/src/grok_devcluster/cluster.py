@@ -50,7 +50,11 @@ class ClusterError(RuntimeError):
 
 
 def state_root() -> Path:
-    return Path(os.environ.get("GROK_DEVCLUSTER_STATE", Path(tempfile.gettempdir()) / f"grok-devcluster-{os.getuid()}"))
+    return Path(
+        os.environ.get(
+            "GROK_DEVCLUSTER_STATE", Path(tempfile.gettempdir()) / f"grok-devcluster-{os.getuid()}"
+        )
+    )
 
 
 class DevCluster:
@@ -78,11 +82,17 @@ class DevCluster:
 
     def env(self) -> dict[str, str]:
         """Environment for commands that talk to this cluster (kubectl, helm, the operator)."""
-        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PATH": f"{self.bin_dir}{os.pathsep}{os.environ['PATH']}"}
+        return {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "PATH": f"{self.bin_dir}{os.pathsep}{os.environ['PATH']}",
+        }
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
-    def up(self, pools: Sequence[NodePool] = (NodePool(),), cpu_nodes: int = 1, timeout: float = 180) -> DevCluster:
+    def up(
+        self, pools: Sequence[NodePool] = (NodePool(),), cpu_nodes: int = 1, timeout: float = 180
+    ) -> DevCluster:
         """Starts the control plane, registers the nodes and waits until they are Ready.
 
         Anything started is stopped again if this fails or is interrupted (Ctrl-C).
@@ -118,10 +128,17 @@ class DevCluster:
 
     # -- talking to it --------------------------------------------------------------------------------
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [str(self.bin_dir / "kubectl"), *args],
-            input=input, capture_output=True, text=True, env=self.env(), timeout=timeout, check=False,
+            input=input,
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            timeout=timeout,
+            check=False,
         )
         if check and result.returncode != 0:
             raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
@@ -164,7 +181,10 @@ class DevCluster:
         env = {**self.env(), "KWOK_WORKDIR": str(self.workdir)}
         result = subprocess.run(
             [str(self.bin_dir / "kwokctl"), "--name", self.name, *args],
-            capture_output=True, text=True, env=env, check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
         )
         if check and result.returncode != 0:
             raise ClusterError(f"kwokctl {' '.join(args)} failed:\n{result.stderr.strip()}")
@@ -174,10 +194,15 @@ class DevCluster:
         while True:
             node_list = self.get_json("nodes")["items"]
             ready = all(
-                any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
+                any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in n.get("status", {}).get("conditions", [])
+                )
                 for n in node_list
             )
-            has_sa = self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0
+            has_sa = (
+                self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0
+            )
             if node_list and ready and has_sa:
                 return
             if time.monotonic() > deadline:

@@ -34,7 +34,9 @@ def _node(name: str, labels: dict[str, str], capacity: dict[str, str], taints: l
     }
 
 
-def gpu_node(name: str, product: GPUProduct, gpus: int, cpu: int = 192, memory_gib: int = 2048) -> dict[str, Any]:
+def gpu_node(
+    name: str, product: GPUProduct, gpus: int, cpu: int = 192, memory_gib: int = 2048
+) -> dict[str, Any]:
     """A GPU node as GPU feature discovery and the device plugin would label and size it."""
     prefix = product.label_prefix
     instance_type = product.instance_type if gpus == 8 and product.instance_type else f"sim-{gpus}x-gpu"

@@ -8,7 +8,16 @@ import subprocess
 from pathlib import Path
 
 BUILD_SCRIPT = Path(__file__).with_name("build_tools.sh")
-REQUIRED = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "etcd", "kwok", "kwokctl", "helm")
+REQUIRED = (
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+    "etcd",
+    "kwok",
+    "kwokctl",
+    "helm",
+)
 
 
 class ToolsMissing(RuntimeError):
@@ -37,7 +46,9 @@ def tools_dir(build: bool = True) -> Path:
         raise ToolsMissing("building the control plane needs Go (https://go.dev/dl/) on PATH")
     result = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False)
     if result.returncode != 0:
-        raise ToolsMissing(f"building the control-plane binaries failed (exit {result.returncode}); see above")
+        raise ToolsMissing(
+            f"building the control-plane binaries failed (exit {result.returncode}); see above"
+        )
     bin_dir = Path(result.stdout.strip().splitlines()[-1])
     if not _complete(bin_dir):
         raise ToolsMissing(f"build finished but {bin_dir} is incomplete")

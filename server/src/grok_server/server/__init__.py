@@ -1,0 +1,1 @@
+"""The gRPC generation server (`grok-server`). Importing this package does not import vLLM."""

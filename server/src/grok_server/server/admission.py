@@ -1,0 +1,48 @@
+"""Admission control: a hard bound on requests inside the server (running plus queued in the engine).
+
+vLLM queues without bound; past this limit the server answers RESOURCE_EXHAUSTED at once with a retry hint,
+so load balancers and clients spread the load instead of piling latency onto one replica.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+class Admission:
+    """Counts admitted requests. Used from the event loop only, so no lock is needed."""
+
+    def __init__(self, limit: int, default_retry_after_ms: int = 500) -> None:
+        if limit < 1:
+            raise ValueError(f"the admission limit must be >= 1, got {limit}")
+        self.limit = limit
+        self.in_flight = 0
+        self._default_retry_ms = default_retry_after_ms
+        # Recent request durations: the retry hint is about how long a slot takes to free up.
+        self._durations: deque[float] = deque(maxlen=64)
+
+    def try_acquire(self) -> bool:
+        if self.in_flight >= self.limit:
+            return False
+        self.in_flight += 1
+        return True
+
+    def release(self, duration_s: float | None = None) -> None:
+        self.in_flight -= 1
+        if duration_s is not None:
+            self._durations.append(duration_s)
+
+    def retry_after_ms(self) -> int:
+        return retry_hint_ms(list(self._durations), self.limit, self._default_retry_ms)
+
+
+def retry_hint_ms(recent_durations_s: list[float], limit: int, default_ms: int) -> int:
+    """Expected wait until one slot frees: the median duration spread over the `limit` slots.
+
+    Clamped to [50 ms, 30 s] so that a hint is never zero (a retry storm) nor absurd.
+    """
+    if not recent_durations_s:
+        return default_ms
+    ordered = sorted(recent_durations_s)
+    median = ordered[len(ordered) // 2]
+    return int(min(max(median / limit * 1000.0, 50.0), 30_000.0))

@@ -1,0 +1,118 @@
+"""Command-line flags of `grok-server` (pure: parsing only, no I/O beyond reading the arguments)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class ServerConfig:
+    model: str
+    served_model_name: str | None = None
+    tokenizer: str | None = None
+    tensor_parallel_size: int = 1
+    max_model_len: int | None = None
+    dtype: str = "auto"
+    quantization: str | None = None
+    kv_cache_memory_bytes: int | None = None
+    gpu_memory_utilization: float | None = None
+    max_num_seqs: int | None = None
+    enforce_eager: bool = False
+    engine_args: dict[str, Any] = field(default_factory=dict)
+    host: str = "0.0.0.0"
+    port: int = 50051
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9090
+    max_concurrent_requests: int = 256
+    default_max_tokens: int = 256
+    max_stop_strings: int = 16
+    max_stop_string_length: int = 256
+    max_request_bytes: int = 4 * 1024 * 1024
+    drain_grace_seconds: float = 25.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    auth_token_file: Path | None = None
+    log_level: str = "INFO"
+    warmup: bool = True
+
+
+def _engine_arg(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw  # a bare string such as bfloat16
+    return key.replace("-", "_"), value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="grok-server",
+        description="gRPC generation server over vLLM's AsyncLLM (grok.serving.v1.GenerationService).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    m = p.add_argument_group("model and engine")
+    m.add_argument("--model", required=True, help="checkpoint directory (or any model vLLM can load)")
+    m.add_argument("--served-model-name", help="name reported by GetModelInfo (default: --model)")
+    m.add_argument("--tokenizer", help="tokenizer directory (default: the model's)")
+    m.add_argument("--tensor-parallel-size", "--tp", type=_positive, default=1)
+    m.add_argument("--max-model-len", type=_positive, help="context length (default: the model's)")
+    m.add_argument("--dtype", default="auto")
+    m.add_argument("--quantization", help="e.g. fp8")
+    m.add_argument("--kv-cache-memory-bytes", type=_positive, help="fixed KV-cache size per device")
+    m.add_argument("--gpu-memory-utilization", type=float)
+    m.add_argument("--max-num-seqs", type=_positive, help="the engine's largest running batch")
+    m.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs / compilation (faster start)")
+    m.add_argument("--engine-arg", action="append", type=_engine_arg, default=[], metavar="KEY=VALUE",
+                   help="any other vLLM engine argument (VALUE parsed as JSON when it can be); repeatable")
+    s = p.add_argument_group("serving")
+    s.add_argument("--host", default="0.0.0.0")
+    s.add_argument("--port", type=int, default=50051)
+    s.add_argument("--metrics-host", default="0.0.0.0")
+    s.add_argument("--metrics-port", type=int, default=9090,
+                   help="HTTP port for /metrics, /healthz and /readyz")
+    s.add_argument("--max-concurrent-requests", type=_positive, default=256,
+                   help="admission limit on requests running plus queued; beyond it RESOURCE_EXHAUSTED")
+    s.add_argument("--default-max-tokens", type=_positive, default=256,
+                   help="max_new_tokens when a request leaves it unset")
+    s.add_argument("--max-stop-strings", type=int, default=16)
+    s.add_argument("--max-stop-string-length", type=_positive, default=256)
+    s.add_argument("--max-request-bytes", type=_positive, default=4 * 1024 * 1024)
+    s.add_argument("--drain-grace-seconds", type=float, default=25.0,
+                   help="on SIGTERM, how long in-flight requests may run before they are aborted")
+    s.add_argument("--log-level", default="INFO")
+    s.add_argument("--no-warmup", dest="warmup", action="store_false",
+                   help="skip the one tiny request run before reporting SERVING")
+    t = p.add_argument_group("security")
+    t.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS with --tls-key")
+    t.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    t.add_argument("--tls-client-ca", type=Path, help="CA bundle (PEM): require client certificates (mTLS)")
+    t.add_argument("--auth-token-file", type=Path,
+                   help="file with accepted bearer tokens, one per line; every RPC but health needs one")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> ServerConfig:
+    p = build_parser()
+    ns = p.parse_args(argv)
+    if (ns.tls_cert is None) != (ns.tls_key is None):
+        p.error("--tls-cert and --tls-key go together")
+    if ns.tls_client_ca is not None and ns.tls_cert is None:
+        p.error("--tls-client-ca needs --tls-cert and --tls-key")
+    values = vars(ns)
+    values["engine_args"] = dict(values.pop("engine_arg"))
+    return ServerConfig(**values)

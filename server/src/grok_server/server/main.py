@@ -1,0 +1,206 @@
+"""`grok-server`: serve a model over gRPC (grok.serving.v1) with vLLM's AsyncLLM.
+
+Startup: the gRPC port and the metrics port open first (health NOT_SERVING, RPCs UNAVAILABLE) while the engine
+loads in a thread; then health turns SERVING. SIGTERM drains: NOT_SERVING, new calls UNAVAILABLE, in-flight
+calls get --drain-grace-seconds to finish, then exit 0. If the engine dies: in-flight calls get UNAVAILABLE
+and the process exits 1 so that Kubernetes restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+import grpc
+from grok.serving.v1 import generation_pb2 as pb
+from grok.serving.v1 import generation_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from grok_server import __version__
+from grok_server.server.admission import Admission
+from grok_server.server.config import ServerConfig, parse_args
+from grok_server.server.lifecycle import Lifecycle, Phase
+from grok_server.server.metrics import MetricsHTTPServer, ServerMetrics
+from grok_server.server.security import BearerTokenInterceptor, load_tokens, server_credentials
+
+log = logging.getLogger("grok_server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
+EXIT_OK = 0
+EXIT_ENGINE_FAILED = 1
+# Time for calls that already have their final status (engine death, drain abort) to send it.
+_FLUSH_SECONDS = 2.0
+
+
+def _grpc_options(cfg: ServerConfig) -> list[tuple[str, int]]:
+    return [
+        # The servicer rejects requests over --max-request-bytes with a precise INVALID_ARGUMENT; the
+        # transport cap sits above it so that only absurd messages get gRPC's own RESOURCE_EXHAUSTED.
+        ("grpc.max_receive_message_length", cfg.max_request_bytes * 4 + 65536),
+        ("grpc.max_send_message_length", -1),
+        # Fail loudly when the port is taken instead of silently sharing it with another process.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class Server:
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        self.health = health_aio.HealthServicer()
+        self.lifecycle = Lifecycle(self.health, [SERVICE_NAME])
+        self.admission = Admission(cfg.max_concurrent_requests)
+        self.metrics = ServerMetrics(
+            max_concurrent=cfg.max_concurrent_requests,
+            build_info={"version": __version__, "model": cfg.served_model_name or cfg.model},
+        )
+        self.metrics.in_flight = lambda: self.admission.in_flight
+        self.lifecycle.observe(self.metrics.set_phase)
+        self.stop_requested = asyncio.Event()
+        self.engine_dead = asyncio.Event()
+        from grok_server.server.servicer import GenerationServicer  # imports vLLM: after arg parsing
+
+        self.servicer = GenerationServicer(self.lifecycle, self.admission, self.metrics, self.engine_dead.set)
+        self.engine = None
+
+    def _build_grpc(self) -> grpc.aio.Server:
+        interceptors = []
+        if self.cfg.auth_token_file is not None:
+            tokens = load_tokens(self.cfg.auth_token_file)
+            interceptors.append(BearerTokenInterceptor(
+                tokens, on_reject=lambda m: self.metrics.requests.labels(m.rsplit("/", 1)[-1],
+                                                                         "UNAUTHENTICATED").inc()))
+        server = grpc.aio.server(interceptors=interceptors, options=_grpc_options(self.cfg))
+        pb_grpc.add_GenerationServiceServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME],
+            server)
+        address = f"{self.cfg.host}:{self.cfg.port}"
+        if self.cfg.tls_cert is not None and self.cfg.tls_key is not None:
+            creds = server_credentials(self.cfg.tls_cert, self.cfg.tls_key, self.cfg.tls_client_ca)
+            self.port = server.add_secure_port(address, creds)
+        else:
+            self.port = server.add_insecure_port(address)
+        return server
+
+    async def _load_engine(self) -> None:
+        from grok_server.server import engine as eng
+
+        loop = asyncio.get_running_loop()
+        # Built in a thread so that health checks keep answering NOT_SERVING during a long load.
+        self.engine = await loop.run_in_executor(None, eng.create_engine, self.cfg, self.metrics.engine)
+        engine = self.engine
+        # Start vLLM's output loop on this event loop now (it otherwise starts on the first request), so that
+        # an engine that dies while idle is noticed.
+        engine._run_output_handler()
+        if self.cfg.warmup:
+            await eng.warm_up(engine)
+        limits = eng.limits_for(engine, self.cfg)
+        info = eng.model_info(engine, self.cfg, limits, __version__)
+        self.metrics.build_info = {**self.metrics.build_info, "engine_version": info.engine_version}
+        self.servicer.attach(engine, limits, info)
+
+    async def _watch_engine(self) -> None:
+        while not self.engine_dead.is_set():
+            if self.engine is not None and self.engine.errored:
+                self.engine_dead.set()
+                return
+            await asyncio.sleep(0.5)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        http = MetricsHTTPServer(self.metrics, self.cfg.metrics_host, self.cfg.metrics_port)
+        http.start()
+        grpc_server = self._build_grpc()
+        await grpc_server.start()
+        await self.lifecycle.set(Phase.LOADING)
+        log.info("listening on %s:%d (gRPC%s), metrics on %s:%d; loading %s", self.cfg.host, self.port,
+                 " with TLS" if self.cfg.tls_cert else "", self.cfg.metrics_host, http.port, self.cfg.model)
+        try:
+            return await self._serve(grpc_server)
+        finally:
+            http.stop()
+
+    async def _serve(self, grpc_server: grpc.aio.Server) -> int:
+        load = asyncio.create_task(self._load_engine())
+        stop = asyncio.create_task(self.stop_requested.wait())
+        await asyncio.wait({load, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not load.done():
+            log.info("stop requested while loading: waiting for the load to finish, then exiting")
+            with_error = await asyncio.gather(load, return_exceptions=True)
+            return await self._shutdown(grpc_server, EXIT_OK if not isinstance(with_error[0], BaseException)
+                                        else EXIT_ENGINE_FAILED)
+        if load.exception() is not None:
+            log.error("the engine failed to load", exc_info=load.exception())
+            await self.lifecycle.set(Phase.FAILED)
+            return await self._shutdown(grpc_server, EXIT_ENGINE_FAILED)
+        await self.lifecycle.set(Phase.SERVING)
+        log.info("serving %s on port %d", self.cfg.served_model_name or self.cfg.model, self.port)
+
+        watch = asyncio.create_task(self._watch_engine())
+        dead = asyncio.create_task(self.engine_dead.wait())
+        await asyncio.wait({stop, dead}, return_when=asyncio.FIRST_COMPLETED)
+        watch.cancel()
+        if self.engine_dead.is_set():
+            log.error("the engine died: failing in-flight requests with UNAVAILABLE and exiting")
+            await self.lifecycle.set(Phase.FAILED)
+            await self._wait_idle(_FLUSH_SECONDS)
+            return await self._shutdown(grpc_server, EXIT_ENGINE_FAILED)
+        return await self._drain(grpc_server)
+
+    async def _drain(self, grpc_server: grpc.aio.Server) -> int:
+        grace = self.cfg.drain_grace_seconds
+        log.info("draining: %d request(s) in flight, grace period %.1f s", self.admission.in_flight, grace)
+        await self.lifecycle.set(Phase.DRAINING)
+        if not await self._wait_idle(grace):
+            log.warning("drain grace period over: aborting %d request(s)", self.admission.in_flight)
+            await self.servicer.abort_all()
+            await self._wait_idle(_FLUSH_SECONDS)
+        if self.engine_dead.is_set():
+            await self.lifecycle.set(Phase.FAILED)
+            return await self._shutdown(grpc_server, EXIT_ENGINE_FAILED)
+        return await self._shutdown(grpc_server, EXIT_OK)
+
+    async def _wait_idle(self, seconds: float) -> bool:
+        try:
+            await asyncio.wait_for(self.servicer.idle.wait(), seconds)
+            return True
+        except TimeoutError:
+            return False
+
+    async def _shutdown(self, grpc_server: grpc.aio.Server, code: int) -> int:
+        if self.lifecycle.phase is not Phase.FAILED:
+            await self.lifecycle.set(Phase.STOPPED)
+        await grpc_server.stop(grace=1.0)
+        if self.engine is not None:
+            self.engine.shutdown()
+        log.info("exiting with status %d", code)
+        return code
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self.stop_requested.is_set():
+            log.warning("second %s: exiting now", sig.name)
+            os._exit(EXIT_ENGINE_FAILED if self.engine_dead.is_set() else EXIT_OK)
+        log.info("%s received", sig.name)
+        self.stop_requested.set()
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_args(argv)
+    logging.basicConfig(level=cfg.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    code = asyncio.run(Server(cfg).run())
+    logging.shutdown()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
