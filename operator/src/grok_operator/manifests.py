@@ -1,0 +1,357 @@
+"""Children of a GrokDeployment, as manifests (pure functions of the spec and its plan).
+
+Everything here is applied with server-side apply, so each builder states the whole desired object
+and nothing else: fields it leaves out are not fought over.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from grok_operator.planner import Plan, weight_bytes
+from grok_operator.resource import (
+    API_VERSION,
+    INSTANCE_LABEL,
+    KIND,
+    MANAGED_BY,
+    MODEL_LABEL,
+    GrokDeploymentSpec,
+    gpu_resource,
+)
+
+MODEL_MOUNT = "/models"
+STARTUP_PROBE_PERIOD = 10
+
+
+def labels(spec: GrokDeploymentSpec, component: str = "server") -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "grok-server" if component == "server" else f"grok-{component}",
+        "app.kubernetes.io/instance": spec.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/part-of": "grok-serve",
+        INSTANCE_LABEL: spec.name,
+    }
+
+
+def owner_reference(spec: GrokDeploymentSpec, controller: bool = True) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": spec.name,
+        "uid": spec.uid,
+        "controller": controller,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(spec: GrokDeploymentSpec, name: str, component: str = "server") -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": spec.namespace,
+        "labels": labels(spec, component),
+        "ownerReferences": [owner_reference(spec)],
+    }
+
+
+def cache_claim_name(spec: GrokDeploymentSpec) -> str:
+    return f"grok-model-{spec.model.cache_key}"
+
+
+def fetch_job_name(spec: GrokDeploymentSpec) -> str:
+    return f"grok-fetch-{spec.model.cache_key}"
+
+
+def model_path(spec: GrokDeploymentSpec) -> str:
+    if spec.model.scheme == "pvc":
+        return f"{MODEL_MOUNT}/{spec.model.path}".rstrip("/")
+    return MODEL_MOUNT
+
+
+def _model_volume(spec: GrokDeploymentSpec) -> dict[str, Any]:
+    claim = spec.model.location if spec.model.scheme == "pvc" else cache_claim_name(spec)
+    return {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+
+
+def server_args(spec: GrokDeploymentSpec, plan: Plan) -> list[str]:
+    s = spec.server
+    args = [
+        "--model",
+        model_path(spec),
+        "--served-model-name",
+        spec.name,
+        "--tensor-parallel-size",
+        str(plan.tensor_parallel_size),
+        "--max-model-len",
+        str(spec.max_model_len),
+        "--port",
+        str(s.get("grpcPort", 50051)),
+        "--metrics-port",
+        str(s.get("metricsPort", 9090)),
+        "--max-concurrent-requests",
+        str(s.get("maxConcurrentRequests", 256)),
+        "--gpu-memory-utilization",
+        str(s.get("gpuMemoryUtilization", 0.9)),
+        "--drain-seconds",
+        str(s.get("drainSeconds", 120)),
+    ]
+    if spec.quantization != "none":
+        args += ["--quantization", spec.quantization]
+    if spec.dtype != "auto":
+        args += ["--dtype", spec.dtype]
+    return args + list(s.get("engineArgs") or [])
+
+
+def _resources(spec: GrokDeploymentSpec, plan: Plan) -> dict[str, Any]:
+    tp = plan.tensor_parallel_size
+    gpu = gpu_resource(spec)
+    # Host memory: safetensors are memory-mapped while loading; give each rank room for its shard.
+    memory_gib = max(16, math.ceil(plan.weight_gib_per_gpu * tp * 0.25) + 8 * tp)
+    default = {
+        "requests": {"cpu": str(4 * tp), "memory": f"{memory_gib}Gi", gpu: str(tp)},
+        "limits": {gpu: str(tp)},
+    }
+    user = spec.server.get("resources") or {}
+    merged = {k: {**default.get(k, {}), **(user.get(k) or {})} for k in ("requests", "limits")}
+    # The GPU count is the plan's, whatever else the user sets.
+    merged["requests"][gpu] = merged["limits"][gpu] = str(tp)
+    return merged
+
+
+def _grpc_probe(port: int, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "grpc": {"port": port},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": 5,
+    }
+
+
+def deployment(spec: GrokDeploymentSpec, plan: Plan, scrape_annotations: bool = True) -> dict[str, Any]:
+    s = spec.server
+    grpc_port, metrics_port = int(s.get("grpcPort", 50051)), int(s.get("metricsPort", 9090))
+    tp = plan.tensor_parallel_size
+    drain = int(s.get("drainSeconds", 120))
+    startup_timeout = int(s.get("startupTimeoutSeconds", 1800))
+    pod_labels = labels(spec)
+    annotations = {}
+    if scrape_annotations:
+        annotations = {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(metrics_port),
+            "prometheus.io/path": "/metrics",
+        }
+    node_selector = {
+        f"{gpu_resource(spec).split('/')[0]}/gpu.product": spec.gpu_product_name,
+        **(s.get("nodeSelector") or {}),
+    }
+    tolerations = [
+        {"key": gpu_resource(spec), "operator": "Exists", "effect": "NoSchedule"},
+        *(s.get("tolerations") or []),
+    ]
+    pod_spec: dict[str, Any] = {
+        "nodeSelector": node_selector,
+        "tolerations": tolerations,
+        # Replicas on different nodes: a node failure takes out one replica, not all.
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": spec.selector_labels},
+            }
+        ],
+        # Drain (health NOT_SERVING, in-flight requests finish) needs the grace period, plus a margin.
+        "terminationGracePeriodSeconds": drain + 15,
+        "containers": [
+            {
+                "name": "server",
+                "image": s.get("image", "grok-serve/server:0.1.0"),
+                "imagePullPolicy": s.get("imagePullPolicy", "IfNotPresent"),
+                "args": server_args(spec, plan),
+                "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, *(s.get("env") or [])],
+                "ports": [
+                    {"name": "grpc", "containerPort": grpc_port, "protocol": "TCP"},
+                    {"name": "metrics", "containerPort": metrics_port, "protocol": "TCP"},
+                ],
+                "resources": _resources(spec, plan),
+                # The standard gRPC health service: NOT_SERVING while loading or draining.
+                "startupProbe": _grpc_probe(
+                    grpc_port, STARTUP_PROBE_PERIOD, max(1, startup_timeout // STARTUP_PROBE_PERIOD)
+                ),
+                "readinessProbe": _grpc_probe(grpc_port, 5, 2),
+                "livenessProbe": _grpc_probe(grpc_port, 10, 6),
+                "volumeMounts": [
+                    {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True},
+                    {"name": "dshm", "mountPath": "/dev/shm"},
+                ],
+            }
+        ],
+        "volumes": [
+            _model_volume(spec),
+            # Tensor-parallel ranks exchange activations through shared memory.
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{max(2, 4 * tp)}Gi"}},
+        ],
+    }
+    for key in ("affinity", "priorityClassName", "serviceAccountName"):
+        if s.get(key):
+            pod_spec[key] = s[key]
+    rollout = spec.rollout
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(spec, spec.name),
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": spec.selector_labels},
+            # Never below serving capacity: a new replica must be Ready before an old one goes.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {
+                    "maxSurge": rollout.get("maxSurge", 1),
+                    "maxUnavailable": rollout.get("maxUnavailable", 0),
+                },
+            },
+            "progressDeadlineSeconds": startup_timeout + 600,
+            "revisionHistoryLimit": 3,
+            "template": {"metadata": {"labels": pod_labels, "annotations": annotations}, "spec": pod_spec},
+        },
+    }
+
+
+def service(spec: GrokDeploymentSpec) -> dict[str, Any]:
+    s = spec.server
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(spec, spec.name),
+        "spec": {
+            "selector": spec.selector_labels,
+            "ports": [
+                {
+                    "name": "grpc",
+                    "port": int(s.get("grpcPort", 50051)),
+                    "targetPort": "grpc",
+                    "protocol": "TCP",
+                    "appProtocol": "kubernetes.io/h2c",
+                },
+                {
+                    "name": "metrics",
+                    "port": int(s.get("metricsPort", 9090)),
+                    "targetPort": "metrics",
+                    "protocol": "TCP",
+                },
+            ],
+        },
+    }
+
+
+def pod_disruption_budget(spec: GrokDeploymentSpec) -> dict[str, Any]:
+    # Voluntary disruptions (node drains) take at most one replica at a time.
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(spec, spec.name),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": spec.selector_labels},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+def service_monitor(spec: GrokDeploymentSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": _metadata(spec, spec.name),
+        "spec": {
+            "selector": {"matchLabels": {INSTANCE_LABEL: spec.name}},
+            "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}],
+        },
+    }
+
+
+def _shared_metadata(spec: GrokDeploymentSpec, name: str, component: str) -> dict[str, Any]:
+    """Cache and fetch Job are shared by every GrokDeployment of the same model in the namespace: each
+    adds itself as a (non-controller) owner, so they are collected when the last one goes."""
+    meta = _metadata(spec, name, component)
+    meta["labels"] = {
+        k: v for k, v in meta["labels"].items() if k not in (INSTANCE_LABEL, "app.kubernetes.io/instance")
+    }
+    meta["labels"][MODEL_LABEL] = spec.model.cache_key
+    meta["ownerReferences"] = [owner_reference(spec, controller=False)]
+    return meta
+
+
+def cache_size_gib(spec: GrokDeploymentSpec) -> int:
+    stored = weight_bytes(spec.shape, spec.quantization, "auto") / 1024**3
+    if spec.model.format == "xai":
+        stored *= 2  # the original int8 shards and the converted safetensors sit side by side
+    return max(1, math.ceil(stored * 1.2))
+
+
+def model_cache_claim(spec: GrokDeploymentSpec) -> dict[str, Any]:
+    cache = spec.model_spec.get("cache") or {}
+    claim: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _shared_metadata(spec, cache_claim_name(spec), "model-cache"),
+        "spec": {
+            # ReadWriteMany so replicas on every node mount the one copy (read-only).
+            "accessModes": [cache.get("accessMode", "ReadWriteMany")],
+            "resources": {"requests": {"storage": cache.get("size") or f"{cache_size_gib(spec)}Gi"}},
+        },
+    }
+    if cache.get("storageClassName"):
+        claim["spec"]["storageClassName"] = cache["storageClassName"]
+    return claim
+
+
+def fetch_job(spec: GrokDeploymentSpec) -> dict[str, Any]:
+    """Downloads the weights once into the cache volume (and converts xAI's ckpt-0 when format is xai)."""
+    secret = (spec.model_spec.get("secretRef") or {}).get("name")
+    container: dict[str, Any] = {
+        "name": "fetch",
+        "image": spec.server.get("image", "grok-serve/server:0.1.0"),
+        "imagePullPolicy": spec.server.get("imagePullPolicy", "IfNotPresent"),
+        "command": ["grok-fetch"],
+        "args": [
+            "--uri",
+            spec.model.uri,
+            "--revision",
+            spec.model.revision,
+            "--format",
+            spec.model.format,
+            "--out",
+            MODEL_MOUNT,
+        ],
+        "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT}],
+        "resources": {"requests": {"cpu": "2", "memory": "8Gi"}},
+    }
+    if secret:
+        container["envFrom"] = [{"secretRef": {"name": secret}}]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _shared_metadata(spec, fetch_job_name(spec), "model-fetch"),
+        "spec": {
+            "backoffLimit": 4,  # retries resume: grok-fetch skips files already complete
+            "template": {
+                "metadata": {
+                    "labels": {
+                        "app.kubernetes.io/name": "grok-model-fetch",
+                        "app.kubernetes.io/managed-by": MANAGED_BY,
+                    }
+                },
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "model", "persistentVolumeClaim": {"claimName": cache_claim_name(spec)}}
+                    ],
+                },
+            },
+        },
+    }

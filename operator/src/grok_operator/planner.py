@@ -1,0 +1,164 @@
+"""The capacity planner (pure): how many GPUs one replica needs, and what that leaves for the KV cache.
+
+Per GPU, vLLM may use `gpu_memory_utilization` of the device's memory. From that it needs the weights
+(split across tensor-parallel ranks), a reserve for activations, CUDA graphs and communication buffers,
+and whatever is left is KV cache. A tensor-parallel size is acceptable when the KV cache holds at least
+`min_sequences` sequences of `max_model_len` tokens. `auto` picks the smallest acceptable size: fewer
+GPUs per replica means more replicas for the same GPUs, and less communication per token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from grok_operator.gpus import GIB, GPUProduct
+from grok_operator.models import ModelShape
+
+# Bytes per weight, by quantization (none means the serving dtype, bf16 on GPUs).
+WEIGHT_BYTES = {"none": 2, "fp8": 1, "int8": 1}
+DTYPE_BYTES = {"auto": 2, "bfloat16": 2, "float16": 2, "float32": 4}
+KV_CACHE_BYTES = 2  # bf16 KV cache
+ACTIVATION_RESERVE_GIB = 4.0  # activations, CUDA graphs, NCCL buffers, CUDA context: per GPU
+DEFAULT_MIN_SEQUENCES = 4
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    shape: ModelShape
+    gpu: GPUProduct
+    quantization: str = "none"
+    dtype: str = "auto"
+    max_model_len: int = 8192
+    tensor_parallel: int | None = None  # None: choose
+    gpus_per_node: int = 8
+    gpu_memory_utilization: float = 0.90
+    gpu_memory_gib: float | None = None  # overrides the product's memory (e.g. MIG slices)
+    min_sequences: int = DEFAULT_MIN_SEQUENCES
+
+
+@dataclass(frozen=True)
+class Plan:
+    tensor_parallel_size: int
+    gpus_per_replica: int
+    weight_gib_per_gpu: float
+    kv_cache_gib_per_gpu: float
+    max_concurrent_sequences: int  # sequences of max_model_len tokens the KV cache holds
+    gpu_product: str
+    gpu_memory_gib: float
+
+    def to_status(self) -> dict[str, Any]:
+        """camelCase for the resource's status.plan."""
+        d = asdict(self)
+        return {
+            "tensorParallelSize": d["tensor_parallel_size"],
+            "gpusPerReplica": d["gpus_per_replica"],
+            "weightGiBPerGPU": round(d["weight_gib_per_gpu"], 2),
+            "kvCacheGiBPerGPU": round(d["kv_cache_gib_per_gpu"], 2),
+            "maxConcurrentSequences": d["max_concurrent_sequences"],
+            "gpuProduct": d["gpu_product"],
+            "gpuMemoryGiB": round(d["gpu_memory_gib"], 1),
+        }
+
+
+class PlanError(ValueError):
+    """A spec that cannot work; the message says why and what would."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def weight_bytes(shape: ModelShape, quantization: str, dtype: str) -> float:
+    if quantization == "none":
+        return shape.parameters * DTYPE_BYTES[dtype]
+    # Quantized checkpoints keep the embedding (and tied output head) in 16 bits.
+    return (shape.parameters - shape.embedding_parameters) * WEIGHT_BYTES[
+        quantization
+    ] + shape.embedding_parameters * 2
+
+
+def _evaluate(req: PlanRequest, tp: int) -> tuple[Plan | None, str]:
+    """The plan at one tensor-parallel size, or why it does not fit."""
+    memory_gib = req.gpu_memory_gib or req.gpu.memory_gib
+    usable_gib = memory_gib * req.gpu_memory_utilization - ACTIVATION_RESERVE_GIB
+    weights_gib = weight_bytes(req.shape, req.quantization, req.dtype) / tp / GIB
+    kv_gib = usable_gib - weights_gib
+    per_sequence = req.shape.kv_bytes_per_token(KV_CACHE_BYTES, tp) * req.max_model_len / GIB
+    sequences = int(kv_gib / per_sequence) if kv_gib > 0 else 0
+    if weights_gib > usable_gib:
+        return None, (
+            f"at tensor parallel {tp} the weights take {weights_gib:.1f} GiB per GPU, more than the "
+            f"{usable_gib:.1f} GiB usable on a {memory_gib:.0f} GiB {req.gpu.product}"
+        )
+    if sequences < req.min_sequences:
+        return None, (
+            f"at tensor parallel {tp} only {max(kv_gib, 0):.1f} GiB per GPU is left for the KV cache: "
+            f"{sequences} sequences of {req.max_model_len} tokens, fewer than {req.min_sequences}"
+        )
+    plan = Plan(tp, tp, weights_gib, kv_gib, sequences, req.gpu.product, memory_gib)
+    return plan, ""
+
+
+def plan(req: PlanRequest) -> Plan:
+    """The smallest valid tensor-parallel size that fits (or the requested one, checked)."""
+    shape = req.shape
+    if req.max_model_len > shape.max_context:
+        raise PlanError(
+            "ContextTooLong",
+            f"maxModelLen {req.max_model_len} exceeds the model's context of {shape.max_context} tokens",
+        )
+    if req.tensor_parallel is not None:
+        tp = req.tensor_parallel
+        if not shape.valid_tensor_parallel(tp):
+            valid = [t for t in range(1, req.gpus_per_node + 1) if shape.valid_tensor_parallel(t)]
+            raise PlanError(
+                "InvalidTensorParallel",
+                f"tensor parallel size {tp} does not divide the model's "
+                f"{shape.heads} query heads and {shape.kv_heads} KV heads; valid sizes: {valid}",
+            )
+        if tp > req.gpus_per_node:
+            raise PlanError(
+                "TooManyGPUsPerReplica",
+                f"tensor parallel size {tp} needs {tp} GPUs on one node, but nodes have {req.gpus_per_node}",
+            )
+        result, why = _evaluate(req, tp)
+        if result is None:
+            raise PlanError("InsufficientGPUMemory", why)
+        return result
+
+    candidates = [t for t in range(1, req.gpus_per_node + 1) if shape.valid_tensor_parallel(t)]
+    reasons = []
+    for tp in candidates:
+        result, why = _evaluate(req, tp)
+        if result is not None:
+            return result
+        reasons.append(why)
+    total_gib = weight_bytes(shape, req.quantization, req.dtype) / GIB
+    # The smallest valid tensor-parallel size that would fit if a replica could span nodes.
+    wider = PlanRequest(**{**req.__dict__, "gpus_per_node": 64})
+    needed = next(
+        (
+            t
+            for t in range(req.gpus_per_node + 1, 65)
+            if shape.valid_tensor_parallel(t) and _evaluate(wider, t)[0] is not None
+        ),
+        None,
+    )
+    need = (
+        (
+            f"it needs {needed} GPUs per replica ({math.ceil(needed / req.gpus_per_node)} nodes of "
+            f"{req.gpus_per_node}; "
+            "multi-node replicas are not supported yet)"
+        )
+        if needed
+        else "it does not fit even across 64 GPUs"
+    )
+    precision = "bf16" if req.quantization == "none" else req.quantization
+    raise PlanError(
+        "InsufficientGPUMemory",
+        f"the model does not fit on {req.gpus_per_node} {req.gpu.product} GPUs: its {precision} weights take "
+        f"{total_gib:.0f} GiB ({total_gib * GIB / 1e9:.0f} GB) and {need}; {reasons[-1]}; "
+        "use quantization fp8 or int8, GPUs with more memory, or a shorter maxModelLen",
+    )

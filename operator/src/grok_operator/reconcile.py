@@ -1,0 +1,201 @@
+"""Reconciliation of one GrokDeployment: plan, apply children, report status. Idempotent.
+
+Every child has a deterministic name and is written with server-side apply, so running this twice (an
+operator restarted mid-way, two events at once) converges on the same objects and never duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from grok_operator import manifests
+from grok_operator.kube import Kube
+from grok_operator.planner import Plan, PlanError, plan
+from grok_operator.resource import MANAGED_BY, GrokDeploymentSpec
+from grok_operator.status import Observed, status_patch
+
+log = logging.getLogger(__name__)
+
+SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
+
+
+@dataclass
+class ReconcileResult:
+    status: dict[str, Any]
+    plan: Plan | None
+    plan_error: tuple[str, str] | None
+    applied: list[str]
+
+
+def planned(spec_or_error: GrokDeploymentSpec | ValueError) -> tuple[Plan | None, tuple[str, str] | None]:
+    if isinstance(spec_or_error, ValueError):
+        return None, ("InvalidSpec", str(spec_or_error))
+    try:
+        return plan(spec_or_error.plan_request()), None
+    except PlanError as err:
+        return None, (err.reason, str(err))
+    except ValueError as err:
+        return None, ("InvalidSpec", str(err))
+
+
+def read_spec(body: dict[str, Any]) -> GrokDeploymentSpec | ValueError:
+    try:
+        return GrokDeploymentSpec.from_body(body)
+    except ValueError as err:
+        return err
+
+
+def field_manager(spec: GrokDeploymentSpec) -> str:
+    # One manager per GrokDeployment: objects shared by several (the model cache) keep each owner's reference.
+    return f"{MANAGED_BY}/{spec.name}"[:128]
+
+
+def is_subset(desired: Any, live: Any) -> bool:
+    """Whether every field we state has the value we stated (the API server may add defaults)."""
+    if isinstance(desired, dict):
+        return isinstance(live, dict) and all(is_subset(v, live.get(k)) for k, v in desired.items())
+    if isinstance(desired, list):
+        return (
+            isinstance(live, list)
+            and len(desired) == len(live)
+            and all(is_subset(d, x) for d, x in zip(desired, live, strict=True))
+        )
+    if isinstance(desired, int | float) and isinstance(live, str | int | float):
+        return str(desired) == str(live)
+    return desired == live
+
+
+class ServiceMonitorProbe:
+    """Whether the Prometheus Operator's ServiceMonitor CRD exists; re-checked at most once a minute."""
+
+    def __init__(self, kube: Kube, ttl: float = 60) -> None:
+        self.kube, self.ttl = kube, ttl
+        self._value, self._checked = False, -1e9
+
+    def __call__(self) -> bool:
+        if time.monotonic() - self._checked > self.ttl:
+            self._value, self._checked = self.kube.crd_exists(SERVICE_MONITOR_CRD), time.monotonic()
+        return self._value
+
+
+def model_state(job: dict[str, Any] | None) -> tuple[str, str]:
+    """Fetch Job status → (ModelReady state, message)."""
+    if job is None:
+        return "Fetching", "starting the model fetch Job"
+    status = job.get("status") or {}
+    for c in status.get("conditions") or []:
+        if c.get("type") == "Complete" and c.get("status") == "True":
+            return "Ready", "weights fetched into the model cache"
+        if c.get("type") == "Failed" and c.get("status") == "True":
+            return (
+                "FetchFailed",
+                f"fetch Job {job['metadata']['name']} failed: {c.get('message') or c.get('reason')}",
+            )
+    return (
+        "Fetching",
+        f"fetch Job {job['metadata']['name']} is running ({status.get('failed', 0)} failed attempts)",
+    )
+
+
+def desired_children(
+    spec: GrokDeploymentSpec, the_plan: Plan, with_service_monitor: bool
+) -> list[dict[str, Any]]:
+    children = [
+        manifests.deployment(spec, the_plan, scrape_annotations=not with_service_monitor),
+        manifests.service(spec),
+        manifests.pod_disruption_budget(spec),
+    ]
+    if with_service_monitor:
+        children.append(manifests.service_monitor(spec))
+    return children
+
+
+def unschedulable_messages(pods: list[dict[str, Any]]) -> list[str]:
+    messages = []
+    for pod in pods:
+        if (pod.get("status") or {}).get("phase") != "Pending":
+            continue
+        for c in (pod.get("status") or {}).get("conditions") or []:
+            if (
+                c.get("type") == "PodScheduled"
+                and c.get("status") == "False"
+                and c.get("reason") == "Unschedulable"
+            ):
+                messages.append(c.get("message") or "no node fits")
+    return messages
+
+
+def observe(
+    spec: GrokDeploymentSpec,
+    the_plan: Plan,
+    deployment: dict[str, Any] | None,
+    pods: list[dict[str, Any]],
+    model: tuple[str, str],
+) -> Observed:
+    dstatus = (deployment or {}).get("status") or {}
+    current = deployment is not None and dstatus.get("observedGeneration") == deployment["metadata"].get(
+        "generation"
+    )
+    port = spec.server.get("grpcPort", 50051)
+    return Observed(
+        desired_replicas=spec.replicas,
+        plan=the_plan,
+        model_state=model[0],
+        model_message=model[1],
+        replicas=int(dstatus.get("replicas", 0)),
+        ready_replicas=int(dstatus.get("readyReplicas", 0)),
+        updated_replicas=int(dstatus.get("updatedReplicas", 0)) if current else 0,
+        unschedulable=unschedulable_messages(pods),
+        endpoint=f"{spec.name}.{spec.namespace}.svc:{port}",
+        selector=spec.selector,
+    )
+
+
+def reconcile(
+    kube: Kube,
+    body: dict[str, Any],
+    service_monitors: ServiceMonitorProbe,
+    pods: list[dict[str, Any]] | None = None,
+) -> ReconcileResult:
+    """Brings the children in line with the spec and returns the status to write."""
+    spec = read_spec(body)
+    the_plan, plan_error = planned(spec)
+    old_status = body.get("status") or {}
+    generation = int(body["metadata"].get("generation", 1))
+    if the_plan is None or isinstance(spec, ValueError):
+        # Leave running children alone: a bad edit must not take down what serves now.
+        status = status_patch(Observed(desired_replicas=0, plan_error=plan_error), old_status, generation)
+        return ReconcileResult(status, None, plan_error, [])
+
+    manager = field_manager(spec)
+    applied: list[str] = []
+    model = ("Ready", f"mounted read-only from PersistentVolumeClaim {spec.model.location}")
+    if (
+        spec.model.scheme == "pvc"
+        and kube.get("v1", "PersistentVolumeClaim", spec.namespace, spec.model.location) is None
+    ):
+        model = (
+            "ClaimNotFound",
+            f"PersistentVolumeClaim {spec.model.location!r} not found in namespace "
+            f"{spec.namespace}: create it with the weights, or use an hf:// or s3:// uri",
+        )
+    elif spec.model.needs_fetch:
+        kube.apply(manifests.model_cache_claim(spec), manager)
+        job = kube.apply(manifests.fetch_job(spec), manager)
+        applied += ["PersistentVolumeClaim", "Job"]
+        model = model_state(job)
+
+    deployment = None
+    if model[0] == "Ready":
+        for child in desired_children(spec, the_plan, service_monitors()):
+            live = kube.apply(child, manager)
+            applied.append(child["kind"])
+            if child["kind"] == "Deployment":
+                deployment = live
+        if pods is None:
+            pods = kube.list("v1", "Pod", spec.namespace, spec.selector)
+    status = status_patch(observe(spec, the_plan, deployment, pods or [], model), old_status, generation)
+    return ReconcileResult(status, the_plan, None, applied)

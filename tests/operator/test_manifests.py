@@ -1,0 +1,205 @@
+"""Children of a GrokDeployment as the operator builds them (pure functions)."""
+
+import pytest
+
+from grok_operator import manifests
+from grok_operator.planner import plan
+from grok_operator.reconcile import is_subset, model_state, unschedulable_messages
+from grok_operator.resource import GrokDeploymentSpec, ModelSource
+from grok_operator.status import Observed, conditions_and_phase, merge_conditions
+
+
+def body(**spec):
+    return {
+        "metadata": {"name": "grok", "namespace": "ml", "uid": "u-1", "generation": 3},
+        "spec": {"model": {"uri": "pvc://weights/grok-1", "quantization": "fp8"}, **spec},
+    }
+
+
+def built(**spec):
+    s = GrokDeploymentSpec.from_body(body(**spec))
+    return s, plan(s.plan_request())
+
+
+def container(deployment):
+    return deployment["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_server_pods_request_the_planned_gpus_on_the_requested_product():
+    spec, p = built(replicas=2)
+    d = manifests.deployment(spec, p)
+    pod = d["spec"]["template"]["spec"]
+    assert container(d)["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    args = container(d)["args"]
+    assert args[args.index("--tensor-parallel-size") + 1] == "8"
+    assert args[args.index("--model") + 1] == "/models/grok-1"
+    assert args[args.index("--quantization") + 1] == "fp8"
+    assert d["spec"]["replicas"] == 2
+    assert d["metadata"]["ownerReferences"][0] == {
+        "apiVersion": "serving.grok.dev/v1alpha1",
+        "kind": "GrokDeployment",
+        "name": "grok",
+        "uid": "u-1",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def test_pods_are_built_to_load_slowly_drain_and_share_memory():
+    spec, p = built(server={"startupTimeoutSeconds": 1200, "drainSeconds": 90})
+    d = manifests.deployment(spec, p)
+    c, pod = container(d), d["spec"]["template"]["spec"]
+    startup = c["startupProbe"]
+    assert startup["grpc"] == {"port": 50051}
+    assert startup["periodSeconds"] * startup["failureThreshold"] == 1200
+    assert c["readinessProbe"]["grpc"] == {"port": 50051}
+    assert pod["terminationGracePeriodSeconds"] > 90
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    model = next(v for v in pod["volumes"] if v["name"] == "model")
+    assert model["persistentVolumeClaim"] == {"claimName": "weights", "readOnly": True}
+    assert d["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    spread = pod["topologySpreadConstraints"][0]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+
+
+def test_user_passthrough_is_merged_but_cannot_change_the_gpu_count():
+    spec, p = built(
+        server={
+            "resources": {"limits": {"nvidia.com/gpu": "1", "memory": "900Gi"}},
+            "nodeSelector": {"pool": "serving"},
+            "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+            "priorityClassName": "inference",
+        }
+    )
+    d = manifests.deployment(spec, p)
+    pod = d["spec"]["template"]["spec"]
+    assert container(d)["resources"]["limits"] == {"nvidia.com/gpu": "8", "memory": "900Gi"}
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "pool": "serving"}
+    assert {"key": "dedicated", "operator": "Exists"} in pod["tolerations"]
+    assert pod["priorityClassName"] == "inference"
+
+
+def test_fetched_models_share_one_cache_volume_and_job_per_model():
+    a = GrokDeploymentSpec.from_body(body(model={"uri": "hf://hpcai-tech/grok-1", "quantization": "fp8"}))
+    b_body = body(model={"uri": "hf://hpcai-tech/grok-1", "quantization": "fp8"})
+    b_body["metadata"]["name"] = "other"
+    b = GrokDeploymentSpec.from_body(b_body)
+    assert manifests.cache_claim_name(a) == manifests.cache_claim_name(b)
+    job = manifests.fetch_job(a)
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["--uri", "hf://hpcai-tech/grok-1"]
+    assert job["metadata"]["ownerReferences"][0]["controller"] is False
+    claim = manifests.model_cache_claim(a)
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == f"{manifests.cache_size_gib(a)}Gi"
+    assert 350 < manifests.cache_size_gib(a) < 400  # 317 GB of fp8 weights plus room
+    d = manifests.deployment(a, plan(a.plan_request()))
+    vol = next(v for v in d["spec"]["template"]["spec"]["volumes"] if v["name"] == "model")
+    assert vol["persistentVolumeClaim"]["claimName"] == manifests.cache_claim_name(a)
+
+
+def test_model_uri_parsing():
+    assert ModelSource.parse("pvc://claim/a/b/").path == "a/b"
+    assert ModelSource.parse("s3://bucket/prefix").needs_fetch
+    with pytest.raises(ValueError, match="must look like"):
+        ModelSource.parse("https://example/x")
+
+
+def test_unknown_gpu_product_needs_its_memory():
+    spec = GrokDeploymentSpec.from_body(body(gpu={"product": "NVIDIA-RTX-PRO-6000"}))
+    with pytest.raises(
+        ValueError, match=r"unknown GPU product 'NVIDIA-RTX-PRO-6000': set spec.gpu.memoryGiB"
+    ):
+        spec.plan_request()
+    spec = GrokDeploymentSpec.from_body(body(gpu={"product": "NVIDIA-RTX-PRO-6000", "memoryGiB": 96}))
+    assert plan(spec.plan_request()).gpu_memory_gib == 96
+
+
+def test_drift_detection_tolerates_server_defaults_but_not_edits():
+    desired = {
+        "spec": {
+            "replicas": 2,
+            "template": {"spec": {"containers": [{"image": "a", "ports": [{"containerPort": 1}]}]}},
+        }
+    }
+    live = {
+        "spec": {
+            "replicas": 2,
+            "progressDeadlineSeconds": 600,
+            "template": {
+                "spec": {"containers": [{"image": "a", "ports": [{"containerPort": 1, "protocol": "TCP"}]}]}
+            },
+        }
+    }
+    assert is_subset(desired, live)
+    live["spec"]["template"]["spec"]["containers"][0]["image"] = "b"
+    assert not is_subset(desired, live)
+
+
+def test_status_tells_why_pods_wait():
+    pods = [
+        {
+            "status": {
+                "phase": "Pending",
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": "0/5 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                    }
+                ],
+            }
+        }
+    ]
+    _, p = built(replicas=2)
+    observed = Observed(
+        desired_replicas=2,
+        plan=p,
+        replicas=2,
+        ready_replicas=1,
+        updated_replicas=2,
+        unschedulable=unschedulable_messages(pods),
+    )
+    conditions, phase = conditions_and_phase(observed)
+    by_type = {c["type"]: c for c in conditions}
+    assert by_type["Unschedulable"]["status"] == "True"
+    assert by_type["Unschedulable"]["reason"] == "InsufficientGPUs"
+    assert "Insufficient nvidia.com/gpu" in by_type["Unschedulable"]["message"]
+    assert by_type["Degraded"]["status"] == "True"
+    assert by_type["Ready"]["status"] == "False"
+    assert phase == "Degraded"
+
+
+def test_phases():
+    _, p = built()
+    assert (
+        conditions_and_phase(Observed(1, plan=p, replicas=1, ready_replicas=1, updated_replicas=1))[1]
+        == "Ready"
+    )
+    assert conditions_and_phase(Observed(1, plan=p, model_state="Fetching"))[1] == "Fetching"
+    assert conditions_and_phase(Observed(0, plan=p))[1] == "ScaledToZero"
+    assert conditions_and_phase(Observed(1, plan_error=("InsufficientGPUMemory", "no")))[1] == "Invalid"
+    assert (
+        conditions_and_phase(Observed(2, plan=p, replicas=2, ready_replicas=1, updated_replicas=2))[1]
+        == "Progressing"
+    )
+
+
+def test_fetch_job_states():
+    job = {"metadata": {"name": "grok-fetch-1"}, "status": {}}
+    assert model_state(job)[0] == "Fetching"
+    job["status"] = {"conditions": [{"type": "Failed", "status": "True", "message": "BackoffLimitExceeded"}]}
+    assert model_state(job) == ("FetchFailed", "fetch Job grok-fetch-1 failed: BackoffLimitExceeded")
+    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    assert model_state(job)[0] == "Ready"
+
+
+def test_condition_timestamps_move_only_on_change():
+    old = [{"type": "Ready", "status": "True", "lastTransitionTime": "t0"}]
+    same = merge_conditions(old, [{"type": "Ready", "status": "True"}], 2, timestamp="t1")
+    flipped = merge_conditions(old, [{"type": "Ready", "status": "False"}], 2, timestamp="t1")
+    assert same[0]["lastTransitionTime"] == "t0"
+    assert flipped[0]["lastTransitionTime"] == "t1"

@@ -1,0 +1,114 @@
+"""The capacity planner: Grok-1's real sizing cases, refusals that explain themselves, and properties."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from grok_operator.gpus import GPU_PRODUCTS, gpu_product
+from grok_operator.models import GROK_1, GROK_1_TINY, model_shape
+from grok_operator.planner import PlanError, PlanRequest, plan, weight_bytes
+
+H100, H200 = gpu_product("NVIDIA-H100-80GB-HBM3"), gpu_product("NVIDIA-H200")
+
+
+def test_grok1_parameter_count_and_kv_cache_match_the_published_model():
+    assert 314e9 < GROK_1.parameters < 317e9
+    assert GROK_1.kv_bytes_per_token(2, 1) == 256 * 1024  # 64 layers x 2 x 8 heads x 128 x 2 bytes
+    assert 630e9 < weight_bytes(GROK_1, "none", "auto") < 635e9  # bf16 ≈ 633 GB
+    assert 315e9 < weight_bytes(GROK_1, "fp8", "auto") < 320e9  # fp8 ≈ 317 GB
+
+
+def test_fp8_on_h100_needs_tensor_parallel_8():
+    p = plan(PlanRequest(GROK_1, H100, quantization="fp8"))
+    assert p.tensor_parallel_size == 8 and p.gpus_per_replica == 8
+    assert 36 < p.weight_gib_per_gpu < 38  # ≈40 GB per GPU
+    assert p.kv_cache_gib_per_gpu > 25
+    assert p.max_concurrent_sequences >= 100  # 8K-token sequences
+
+
+def test_bf16_on_h100_is_refused_with_the_reason_and_the_way_out():
+    with pytest.raises(PlanError) as err:
+        plan(PlanRequest(GROK_1, H100))
+    assert err.value.reason == "InsufficientGPUMemory"
+    message = str(err.value)
+    assert "631 GB" in message or "633 GB" in message
+    assert "needs 16 GPUs per replica" in message
+    assert "fp8" in message
+
+
+def test_bf16_on_h200_fits_on_eight():
+    p = plan(PlanRequest(GROK_1, H200))
+    assert p.tensor_parallel_size == 8
+    assert p.weight_gib_per_gpu == pytest.approx(73.5, abs=0.5)
+
+
+def test_tiny_model_needs_one_gpu():
+    assert plan(PlanRequest(GROK_1_TINY, H100, max_model_len=1024)).tensor_parallel_size == 1
+
+
+def test_explicit_tensor_parallel_is_checked_not_chosen():
+    assert plan(PlanRequest(GROK_1, H200, tensor_parallel=8)).tensor_parallel_size == 8
+    with pytest.raises(
+        PlanError, match=r"tensor parallel size 3 does not divide .* valid sizes: \[1, 2, 4, 8\]"
+    ):
+        plan(PlanRequest(GROK_1, H200, tensor_parallel=3))
+    with pytest.raises(PlanError, match="at tensor parallel 4 the weights take") as err:
+        plan(PlanRequest(GROK_1, H100, quantization="fp8", tensor_parallel=4))
+    assert err.value.reason == "InsufficientGPUMemory"
+    with pytest.raises(PlanError, match="needs 16 GPUs on one node, but nodes have 8"):
+        plan(PlanRequest(GROK_1, H200, tensor_parallel=16))
+
+
+def test_context_longer_than_the_model_is_refused():
+    with pytest.raises(PlanError, match="maxModelLen 16384 exceeds the model's context of 8192"):
+        plan(PlanRequest(GROK_1, H200, max_model_len=16384))
+
+
+def test_a_longer_context_needs_more_kv_cache_per_sequence():
+    short = plan(PlanRequest(GROK_1, H100, quantization="fp8", max_model_len=2048))
+    full = plan(PlanRequest(GROK_1, H100, quantization="fp8", max_model_len=8192))
+    assert short.max_concurrent_sequences == pytest.approx(4 * full.max_concurrent_sequences, rel=0.05)
+
+
+def test_custom_shape_and_unknown_profile():
+    shape = model_shape(
+        {
+            "profile": "custom",
+            "shape": {"layers": 2, "hiddenSize": 256, "heads": 8, "kvHeads": 8, "vocabSize": 1000},
+        }
+    )
+    assert shape.head_dim == 32
+    with pytest.raises(ValueError, match="missing heads"):
+        model_shape(
+            {"profile": "custom", "shape": {"layers": 2, "hiddenSize": 256, "kvHeads": 8, "vocabSize": 9}}
+        )
+    with pytest.raises(ValueError, match="unknown model profile 'grok-2'"):
+        model_shape({"profile": "grok-2"})
+
+
+@given(
+    product=st.sampled_from(sorted(GPU_PRODUCTS)),
+    quantization=st.sampled_from(["none", "fp8", "int8"]),
+    max_model_len=st.integers(16, 8192),
+    utilization=st.floats(0.5, 0.95),
+)
+def test_a_chosen_plan_always_fits_and_is_the_smallest(product, quantization, max_model_len, utilization):
+    req = PlanRequest(
+        GROK_1,
+        gpu_product(product),
+        quantization=quantization,
+        max_model_len=max_model_len,
+        gpu_memory_utilization=utilization,
+    )
+    try:
+        p = plan(req)
+    except PlanError as err:
+        assert err.reason == "InsufficientGPUMemory"
+        return
+    usable = p.gpu_memory_gib * utilization - 4.0
+    assert GROK_1.valid_tensor_parallel(p.tensor_parallel_size)
+    assert p.weight_gib_per_gpu + p.kv_cache_gib_per_gpu == pytest.approx(usable)
+    assert p.max_concurrent_sequences >= 4
+    for smaller in (t for t in (1, 2, 4) if t < p.tensor_parallel_size):
+        with pytest.raises(PlanError):
+            plan(PlanRequest(**{**req.__dict__, "tensor_parallel": smaller}))
