@@ -126,7 +126,7 @@ WIDGET_CRD = {
 
 def test_crd_custom_resource_round_trip_and_schema_validation(devcluster, k8s_namespace):
     devcluster.apply([WIDGET_CRD])
-    devcluster.kubectl("wait", "--for=condition=Established", "crd/widgets.test.grok.dev", "--timeout=30s")
+    devcluster.wait_crd_established("widgets.test.grok.dev")
 
     good = {
         "apiVersion": "test.grok.dev/v1",

@@ -91,7 +91,11 @@ class DevCluster:
     # -- lifecycle ------------------------------------------------------------------------------------
 
     def up(
-        self, pools: Sequence[NodePool] = (NodePool(),), cpu_nodes: int = 1, timeout: float = 180
+        self,
+        pools: Sequence[NodePool] = (NodePool(),),
+        cpu_nodes: int = 1,
+        volumes: int = 64,
+        timeout: float = 180,
     ) -> DevCluster:
         """Starts the control plane, registers the nodes and waits until they are Ready.
 
@@ -107,6 +111,7 @@ class DevCluster:
             manifests = [nodes.cpu_node(f"cpu-{i}") for i in range(cpu_nodes)]
             for pool in pools:
                 manifests += pool.manifests()
+            manifests += [nodes.static_volume(f"pv-{i:03d}") for i in range(volumes)]
             self.apply(manifests)
             self._wait_ready(deadline=time.monotonic() + timeout)
         except BaseException:
@@ -150,6 +155,44 @@ class DevCluster:
 
     def get_json(self, *args: str) -> Any:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def wait_crd_established(self, name: str, timeout: float = 60) -> None:
+        """`kubectl wait` fails outright on a CRD whose status is not written yet: retry until it can wait."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.kubectl(
+                "wait", "--for=condition=Established", f"crd/{name}", "--timeout=10s", check=False
+            )
+            if result.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"CRD {name} not established: {result.stderr.strip()}")
+            time.sleep(0.2)
+
+    def service_account_kubeconfig(self, namespace: str, account: str, path: Path, hours: int = 4) -> Path:
+        """A kubeconfig that authenticates as a ServiceAccount (with a real token from the API server),
+        to run a component with exactly the permissions RBAC grants that account."""
+        token = self.kubectl(
+            "create", "token", account, "-n", namespace, f"--duration={hours}h"
+        ).stdout.strip()
+        admin = yaml.safe_load(self.kubeconfig.read_text())
+        cluster = admin["clusters"][0]
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [cluster],
+            "users": [{"name": account, "user": {"token": token}}],
+            "contexts": [
+                {
+                    "name": account,
+                    "context": {"cluster": cluster["name"], "user": account, "namespace": namespace},
+                }
+            ],
+            "current-context": account,
+        }
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return path
 
     # -- internals ------------------------------------------------------------------------------------
 

@@ -69,3 +69,20 @@ def cpu_node(name: str, cpu: int = 16, memory_gib: int = 64) -> dict[str, Any]:
         capacity={"cpu": str(cpu), "memory": f"{memory_gib}Gi", "pods": "110", "ephemeral-storage": "1Ti"},
         taints=[],
     )
+
+
+def static_volume(name: str, size_gib: int = 2048) -> dict[str, Any]:
+    """A pre-provisioned volume: the simulated cluster has no storage driver, so claims (the model cache,
+    pvc:// weights) bind to these, as they would to a real cluster's volumes."""
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": name, "labels": {"grok-devcluster/volume": "static"}},
+        "spec": {
+            "capacity": {"storage": f"{size_gib}Gi"},
+            "accessModes": ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "hostPath": {"path": f"/var/lib/grok-devcluster/{name}"},
+        },
+    }

@@ -47,4 +47,5 @@ def k8s_namespace(devcluster: DevCluster, request: pytest.FixtureRequest) -> Ite
     # ServiceAccount admission refuses pods until the namespace's default ServiceAccount exists.
     devcluster.kubectl("wait", "--for=create", "serviceaccount/default", "-n", name, "--timeout=30s")
     yield name
-    devcluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    # Wait for the namespace to go: its pods hold simulated GPUs that the next test may need.
+    devcluster.kubectl("delete", "namespace", name, "--timeout=90s", check=False, timeout=120)

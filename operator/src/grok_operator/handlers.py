@@ -2,8 +2,12 @@
 
 - A GrokDeployment event reconciles it when its generation was not yet handled by this process
   (new, edited, scaled, or first seen after a restart).
-- A child event (Deployment, Service, PDB, Job, Pod) refreshes the owner's status; a child deleted or
-  edited away from its desired state is re-applied (drift repair).
+- A child event (Deployment, Service, PDB, Job, Pod, the weights' claim) refreshes the owner's status;
+  a child deleted or edited away from its desired state is re-applied (drift repair).
+
+Status is always computed inside a per-object lock from the watch indexes as they are at that moment:
+handlers run in parallel threads, and a status computed from what one of them saw earlier must never
+overwrite what another saw later.
 """
 
 from __future__ import annotations
@@ -12,14 +16,16 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import kopf
+import urllib3
+from kubernetes.client.exceptions import ApiException
 
 from grok_operator import metrics
 from grok_operator.kube import Kube, load_config
 from grok_operator.reconcile import (
-    ReconcileResult,
     ServiceMonitorProbe,
     desired_children,
     is_subset,
@@ -29,10 +35,11 @@ from grok_operator.reconcile import (
     reconcile,
 )
 from grok_operator.resource import GROUP, INSTANCE_LABEL, MANAGED_BY, MODEL_LABEL, PLURAL, VERSION
-from grok_operator.status import merge_conditions, status_patch
+from grok_operator.status import status_patch
 
 log = logging.getLogger("grok_operator")
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
+SERVER_PODS = {**MANAGED, "app.kubernetes.io/component": "server"}
 BAD_WHEN = {
     "PlanValid": "False",
     "ModelReady": "False",
@@ -47,10 +54,11 @@ class State:
 
     kube: Kube | None = None
     service_monitors: ServiceMonitorProbe | None = None
+    prometheus_url: str = ""
     handled: dict[str, int] = {}  # uid -> generation this process reconciled
     written: dict[str, dict[str, Any]] = {}  # uid -> the status this process last wrote
+    models: dict[str, tuple[str, str]] = {}  # uid -> model state (Ready, Fetching, ...) at the last reconcile
     status_locks: dict[str, threading.Lock] = {}
-    prometheus_url: str = ""
     lock = threading.Lock()
 
 
@@ -63,9 +71,7 @@ def _kube() -> Kube:
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    settings.posting.level = logging.INFO
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.posting.level = logging.WARNING  # kopf's own chatter stays out of the resources' Events
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 16
@@ -79,7 +85,7 @@ def _plain(body: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dict(body)))
 
 
-# -- indexes: in-memory views the watch streams keep current, so status needs no extra API reads -----------
+# -- indexes: in-memory views the watch streams keep current ----------------------------------------------
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
@@ -87,7 +93,7 @@ def grokds(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, An
     return {(namespace, name): _plain(body)}
 
 
-@kopf.index("", "v1", "pods", labels={**MANAGED, "app.kubernetes.io/component": "server"})
+@kopf.index("", "v1", "pods", labels=SERVER_PODS)
 def server_pods(namespace: str, labels: dict[str, str], status: kopf.Status, **_: Any) -> dict[Any, Any]:
     return {(namespace, labels.get(INSTANCE_LABEL)): {"status": _plain(status)}}
 
@@ -102,58 +108,33 @@ def _one(index: kopf.Index, key: Any) -> dict[str, Any] | None:
     return next(iter(store), None) if store else None
 
 
-# -- GrokDeployment ---------------------------------------------------------------------------------------
+class Views:
+    """The indexes a handler was given, read at the moment a status is computed."""
+
+    def __init__(self, grokds: kopf.Index, server_pods: kopf.Index, deployments: kopf.Index) -> None:
+        self.grokds, self.server_pods, self.deployments = grokds, server_pods, deployments
+
+    def owner(self, namespace: str, name: str | None) -> dict[str, Any] | None:
+        body = _one(self.grokds, (namespace, name)) if name else None
+        return None if body is None or body["metadata"].get("deletionTimestamp") else body
+
+    def pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        return list(self.server_pods.get((namespace, name), []))
+
+    def deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return _one(self.deployments, (namespace, name))
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
-def grokdeployment_event(
-    event: dict[str, Any], body: kopf.Body, uid: str, server_pods: kopf.Index, **_: Any
-) -> None:
-    if event.get("type") == "DELETED":
-        for table in (State.handled, State.written, State.status_locks):
-            table.pop(uid, None)  # children go with it: they carry owner references
-        return
-    generation = int(body["metadata"].get("generation", 1))
-    with State.lock:
-        if State.handled.get(uid) == generation:
-            return  # our own status writes, or a generation already handled
-    plain = _plain(body)
-    pods = list(server_pods.get((plain["metadata"]["namespace"], plain["metadata"]["name"]), []))
-    _reconcile_and_report(plain, pods, reason="spec")
-    with State.lock:
-        State.handled[uid] = generation
+# -- status and events ------------------------------------------------------------------------------------
 
 
-def _reconcile_and_report(body: dict[str, Any], pods: list[dict[str, Any]] | None, reason: str) -> None:
-    started = time.monotonic()
-    kube = _kube()
-    assert State.service_monitors is not None
-    try:
-        result = reconcile(kube, body, State.service_monitors, pods)
-    except Exception:
-        metrics.RECONCILE_ERRORS.labels(reason).inc()
-        raise
-    finally:
-        metrics.RECONCILE_DURATION.labels(reason).observe(time.monotonic() - started)
-    metrics.RECONCILES.labels(reason).inc()
-    _write_status(body, result.status)
-    _report(body, result)
-
-
-def _write_status(body: dict[str, Any], status: dict[str, Any]) -> None:
-    """Patches the status if it changed. Serialized per object, against the last status this process
-    wrote: handlers run in parallel threads and the watch copies they read may lag our own writes."""
+def _write_status(body: dict[str, Any], make_status: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
     meta = body["metadata"]
     with State.lock:
         lock = State.status_locks.setdefault(meta["uid"], threading.Lock())
     with lock:
         old = State.written.get(meta["uid"]) or body.get("status") or {}
-        status = {
-            **status,
-            "conditions": merge_conditions(
-                old.get("conditions") or [], status["conditions"], status["observedGeneration"]
-            ),
-        }
+        status = make_status(old)
         if all(old.get(k) == v for k, v in status.items()):
             return
         _kube().patch_status(meta["namespace"], meta["name"], status)
@@ -162,7 +143,7 @@ def _write_status(body: dict[str, Any], status: dict[str, Any]) -> None:
 
 
 def _announce_transitions(body: dict[str, Any], old: list[dict[str, Any]], new: list[dict[str, Any]]) -> None:
-    """An Event for every condition that changed status (and for a new plan)."""
+    """An Event for every condition that changed status."""
     before = {c["type"]: c for c in old}
     for c in new:
         prior = before.get(c["type"])
@@ -181,47 +162,127 @@ def _announce_transitions(body: dict[str, Any], old: list[dict[str, Any]], new: 
         )
 
 
-def _report(body: dict[str, Any], result: ReconcileResult) -> None:
+RETRY_DELAYS = (0.5, 1, 2, 4, 8, 16)
+
+
+def _transient(err: Exception) -> bool:
+    if isinstance(err, ApiException):
+        return err.status in (409, 429) or (err.status or 0) >= 500
+    return isinstance(err, OSError | urllib3.exceptions.HTTPError)
+
+
+def _with_retries(call: Callable[[], Any]) -> Any:
+    """Event handlers are not retried by kopf: ride out API-server hiccups (etcd timeouts, conflicts)."""
+    for delay in (*RETRY_DELAYS, None):
+        try:
+            return call()
+        except Exception as err:
+            if delay is None or not _transient(err):
+                raise
+            log.info("transient API error (%s), retrying in %ss", err, delay)
+            time.sleep(delay)
+    return None
+
+
+def _reconcile_and_report(body: dict[str, Any], views: Views, trigger: str) -> bool:
+    """Returns whether the spec was handled (False after a permanent error, which is reported as an Event)."""
+    started = time.monotonic()
+    probe = State.service_monitors
+    assert probe is not None
+    try:
+        result = _with_retries(lambda: reconcile(_kube(), body, probe))
+    except ApiException as err:
+        if err.status == 403 and "being terminated" in (err.body or ""):
+            return True  # the namespace is going away, and everything in it with it
+        metrics.RECONCILE_ERRORS.labels(trigger).inc()
+        log.exception("reconciling %s/%s failed", body["metadata"]["namespace"], body["metadata"]["name"])
+        kopf.event(
+            body,
+            type="Warning",
+            reason="ReconcileFailed",
+            message=f"{err.status} {err.reason}: {(err.body or '')[:500]}",
+        )
+        return False
+    except Exception:
+        metrics.RECONCILE_ERRORS.labels(trigger).inc()
+        raise
+    finally:
+        metrics.RECONCILE_DURATION.labels(trigger).observe(time.monotonic() - started)
+    metrics.RECONCILES.labels(trigger).inc()
     meta = body["metadata"]
+    ns, name, generation = meta["namespace"], meta["name"], int(meta.get("generation", 1))
     if result.plan_error:
-        log.warning("%s/%s: %s", meta["namespace"], meta["name"], result.plan_error[1])
+        log.warning("%s/%s: %s", ns, name, result.plan_error[1])
+    State.models[meta["uid"]] = result.model
+
+    def make(old: dict[str, Any]) -> dict[str, Any]:
+        return result.status(old, generation, views.pods(ns, name), views.deployment(ns, name))
+
+    _with_retries(lambda: _write_status(body, make))
+    return True
 
 
-# -- children ---------------------------------------------------------------------------------------------
-
-
-def _owner_body(grokds: kopf.Index, namespace: str, name: str | None) -> dict[str, Any] | None:
-    return _one(grokds, (namespace, name)) if name else None
-
-
-def _refresh(
-    owner: dict[str, Any], pods: list[dict[str, Any]], live_child: dict[str, Any] | None, deleted: bool
-) -> None:
-    """Status from what the watches show; a full reconcile if the child is gone or has drifted."""
+def _refresh_status(owner: dict[str, Any], views: Views) -> None:
+    """Status only (no writes to children): pods scheduled or pending, replicas becoming ready."""
     spec = read_spec(owner)
     the_plan, error = planned(spec)
     if error or the_plan is None or isinstance(spec, ValueError):
-        return  # an invalid spec leaves children alone; its status was written when it was seen
-    drifted = deleted
-    if live_child is not None and not deleted:
-        assert State.service_monitors is not None
-        wanted = {
-            (c["kind"], c["metadata"]["name"]): c
-            for c in desired_children(spec, the_plan, State.service_monitors())
-        }
-        desired = wanted.get((live_child.get("kind"), live_child["metadata"]["name"]))
-        drifted = desired is not None and not is_subset(desired, live_child)
-    if drifted:
-        kind = (live_child or {}).get("kind", "child")
-        kopf.event(
-            owner,
-            type="Normal",
-            reason="DriftRepaired",
-            message=f"{kind} {(live_child or {}).get('metadata', {}).get('name', '')} "
-            f"{'was deleted' if deleted else 'was changed'}: restored",
+        return  # written when the spec was reconciled; children are left alone
+    model = State.models.get(owner["metadata"]["uid"])
+    if model is None:
+        return  # not reconciled by this process yet: the GrokDeployment's own event comes first
+
+    def make(old: dict[str, Any]) -> dict[str, Any]:
+        observed = observe(
+            spec,
+            the_plan,
+            views.deployment(spec.namespace, spec.name),
+            views.pods(spec.namespace, spec.name),
+            model,
         )
-        metrics.DRIFT_REPAIRS.labels(kind).inc()
-    _reconcile_and_report(owner, pods, reason="drift" if drifted else "child")
+        return status_patch(observed, old, spec.generation)
+
+    _with_retries(lambda: _write_status(owner, make))
+
+
+# -- GrokDeployment ---------------------------------------------------------------------------------------
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def grokdeployment_event(
+    event: dict[str, Any],
+    body: kopf.Body,
+    uid: str,
+    grokds: kopf.Index,
+    server_pods: kopf.Index,
+    deployments: kopf.Index,
+    **_: Any,
+) -> None:
+    if event.get("type") == "DELETED":
+        for table in (State.handled, State.written, State.status_locks, State.models):
+            table.pop(uid, None)  # children go with it: they carry owner references
+        return
+    generation = int(body["metadata"].get("generation", 1))
+    if State.handled.get(uid) == generation:
+        return  # our own status writes, or a generation already handled
+    if _reconcile_and_report(_plain(body), Views(grokds, server_pods, deployments), trigger="spec"):
+        State.handled[uid] = generation
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=120, initial_delay=120)
+def retry_unhandled(
+    body: kopf.Body, uid: str, grokds: kopf.Index, server_pods: kopf.Index, deployments: kopf.Index, **_: Any
+) -> None:
+    """A safety net for a reconcile that failed for good (the API server down for longer than the
+    retries): tries again every two minutes; without any API call once the generation is handled."""
+    generation = int(body["metadata"].get("generation", 1))
+    if State.handled.get(uid) != generation and _reconcile_and_report(
+        _plain(body), Views(grokds, server_pods, deployments), trigger="retry"
+    ):
+        State.handled[uid] = generation
+
+
+# -- children ---------------------------------------------------------------------------------------------
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
@@ -235,56 +296,91 @@ def child_event(
     labels: dict[str, str],
     grokds: kopf.Index,
     server_pods: kopf.Index,
+    deployments: kopf.Index,
     **_: Any,
 ) -> None:
-    owner = _owner_body(grokds, namespace, labels.get(INSTANCE_LABEL))
-    if owner is None or owner["metadata"].get("deletionTimestamp"):
+    views = Views(grokds, server_pods, deployments)
+    owner = views.owner(namespace, labels.get(INSTANCE_LABEL))
+    if owner is None:
         return
-    pods = list(server_pods.get((namespace, owner["metadata"]["name"]), []))
+    spec = read_spec(owner)
+    the_plan, error = planned(spec)
+    if error or the_plan is None or isinstance(spec, ValueError):
+        return
     child = {**_plain(body), "kind": resource.kind}
-    _refresh(owner, pods, child, deleted=event.get("type") == "DELETED")
+    deleted = event.get("type") == "DELETED"
+    assert State.service_monitors is not None
+    wanted = {
+        (c["kind"], c["metadata"]["name"]): c
+        for c in desired_children(spec, the_plan, State.service_monitors())
+    }
+    desired = wanted.get((child["kind"], child["metadata"]["name"]))
+    if desired is not None and (deleted or not is_subset(desired, child)):
+        what = "was deleted" if deleted else "was changed"
+        kopf.event(
+            owner,
+            type="Normal",
+            reason="DriftRepaired",
+            message=f"{child['kind']} {child['metadata']['name']} {what}: restored",
+        )
+        metrics.DRIFT_REPAIRS.labels(child["kind"]).inc()
+        _reconcile_and_report(owner, views, trigger="drift")
+    elif child["kind"] == "Deployment":
+        _refresh_status(owner, views)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
 def fetch_job_event(
-    event: dict[str, Any],
     body: kopf.Body,
     namespace: str,
     labels: dict[str, str],
     grokds: kopf.Index,
     server_pods: kopf.Index,
+    deployments: kopf.Index,
     **_: Any,
 ) -> None:
-    """The model is fetched: start (or report on) every GrokDeployment that waits for it."""
-    key = labels.get(MODEL_LABEL)
+    """The model is fetched (or failed): start or report on every GrokDeployment that waits for it."""
+    views = Views(grokds, server_pods, deployments)
     for ref in body["metadata"].get("ownerReferences") or []:
-        owner = _owner_body(grokds, namespace, ref.get("name"))
-        if owner is None or owner["metadata"].get("deletionTimestamp"):
-            continue
-        spec = read_spec(owner)
-        if isinstance(spec, ValueError) or spec.model.cache_key != key:
-            continue
-        pods = list(server_pods.get((namespace, spec.name), []))
-        _reconcile_and_report(owner, pods, reason="model")
+        owner = views.owner(namespace, ref.get("name"))
+        spec = read_spec(owner) if owner else None
+        if (
+            owner is not None
+            and spec is not None
+            and not isinstance(spec, ValueError)
+            and spec.model.cache_key == labels.get(MODEL_LABEL)
+        ):
+            _reconcile_and_report(owner, views, trigger="model")
 
 
 @kopf.on.event("", "v1", "persistentvolumeclaims")
 def claim_event(
-    event: dict[str, Any], namespace: str, name: str, grokds: kopf.Index, server_pods: kopf.Index, **_: Any
+    event: dict[str, Any],
+    namespace: str,
+    name: str,
+    grokds: kopf.Index,
+    server_pods: kopf.Index,
+    deployments: kopf.Index,
+    **_: Any,
 ) -> None:
-    """A claim named by a pvc:// model appeared (or went): reconcile the deployments that wait for it."""
+    """A claim named by a pvc:// model appeared or went: reconcile the deployments that use it."""
     if event.get("type") not in ("ADDED", "DELETED"):
         return
-    for (ns, _name), store in list(grokds.items()):
-        owner = next(iter(store), None)
-        if ns != namespace or owner is None:
-            continue
-        spec = read_spec(owner)
-        if not isinstance(spec, ValueError) and spec.model.scheme == "pvc" and spec.model.location == name:
-            _reconcile_and_report(owner, list(server_pods.get((ns, spec.name), [])), reason="model")
+    views = Views(grokds, server_pods, deployments)
+    for (ns, gd_name), _store in list(grokds.items()):
+        owner = views.owner(ns, gd_name) if ns == namespace else None
+        spec = read_spec(owner) if owner else None
+        if (
+            owner is not None
+            and spec is not None
+            and not isinstance(spec, ValueError)
+            and spec.model.scheme == "pvc"
+            and spec.model.location == name
+        ):
+            _reconcile_and_report(owner, views, trigger="model")
 
 
-@kopf.on.event("", "v1", "pods", labels={**MANAGED, "app.kubernetes.io/component": "server"})
+@kopf.on.event("", "v1", "pods", labels=SERVER_PODS)
 def server_pod_event(
     namespace: str,
     labels: dict[str, str],
@@ -293,24 +389,7 @@ def server_pod_event(
     deployments: kopf.Index,
     **_: Any,
 ) -> None:
-    """Pods scheduled, unschedulable, ready: only the owner's status changes (no apply)."""
-    owner = _owner_body(grokds, namespace, labels.get(INSTANCE_LABEL))
-    if owner is None or owner["metadata"].get("deletionTimestamp"):
-        return
-    spec = read_spec(owner)
-    the_plan, error = planned(spec)
-    if error or the_plan is None or isinstance(spec, ValueError):
-        return
-    pods = list(server_pods.get((namespace, spec.name), []))
-    deployment = _one(deployments, (namespace, spec.name))
-    model_condition = next(
-        (c for c in (owner.get("status") or {}).get("conditions") or [] if c["type"] == "ModelReady"), None
-    )
-    if model_condition is None:
-        return  # not reconciled yet: the GrokDeployment's own event will write the status
-    model = (
-        "Ready" if model_condition["status"] == "True" else "Fetching",
-        model_condition.get("message", ""),
-    )
-    observed = observe(spec, the_plan, deployment, pods, model)
-    _write_status(owner, status_patch(observed, owner.get("status") or {}, spec.generation))
+    views = Views(grokds, server_pods, deployments)
+    owner = views.owner(namespace, labels.get(INSTANCE_LABEL))
+    if owner is not None:
+        _refresh_status(owner, views)

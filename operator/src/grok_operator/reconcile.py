@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from grok_operator import manifests
@@ -24,10 +24,38 @@ SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 
 @dataclass
 class ReconcileResult:
-    status: dict[str, Any]
+    spec: GrokDeploymentSpec | None
     plan: Plan | None
     plan_error: tuple[str, str] | None
-    applied: list[str]
+    model: tuple[str, str] = ("Ready", "")
+    deployment: dict[str, Any] | None = None  # as the API server returned it when applied
+    applied: list[str] = field(default_factory=list)
+
+    def status(
+        self,
+        old_status: dict[str, Any],
+        generation: int,
+        pods: list[dict[str, Any]],
+        deployment: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The status to write, from the freshest view of pods and Deployment the caller has."""
+        if self.plan is None or self.spec is None:
+            return status_patch(
+                Observed(desired_replicas=0, plan_error=self.plan_error), old_status, generation
+            )
+        live = newest(self.deployment, deployment)
+        return status_patch(observe(self.spec, self.plan, live, pods, self.model), old_status, generation)
+
+
+def newest(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Of two copies of one object, the later (resourceVersions are etcd revisions in practice)."""
+    if a is None or b is None:
+        return a or b
+
+    def version(o: dict[str, Any]) -> int:
+        return int(o["metadata"].get("resourceVersion") or 0)
+
+    return a if version(a) >= version(b) else b
 
 
 def planned(spec_or_error: GrokDeploymentSpec | ValueError) -> tuple[Plan | None, tuple[str, str] | None]:
@@ -154,21 +182,13 @@ def observe(
     )
 
 
-def reconcile(
-    kube: Kube,
-    body: dict[str, Any],
-    service_monitors: ServiceMonitorProbe,
-    pods: list[dict[str, Any]] | None = None,
-) -> ReconcileResult:
-    """Brings the children in line with the spec and returns the status to write."""
+def reconcile(kube: Kube, body: dict[str, Any], service_monitors: ServiceMonitorProbe) -> ReconcileResult:
+    """Brings the children in line with the spec; the caller writes the status from the result."""
     spec = read_spec(body)
     the_plan, plan_error = planned(spec)
-    old_status = body.get("status") or {}
-    generation = int(body["metadata"].get("generation", 1))
     if the_plan is None or isinstance(spec, ValueError):
         # Leave running children alone: a bad edit must not take down what serves now.
-        status = status_patch(Observed(desired_replicas=0, plan_error=plan_error), old_status, generation)
-        return ReconcileResult(status, None, plan_error, [])
+        return ReconcileResult(None, None, plan_error)
 
     manager = field_manager(spec)
     applied: list[str] = []
@@ -195,7 +215,4 @@ def reconcile(
             applied.append(child["kind"])
             if child["kind"] == "Deployment":
                 deployment = live
-        if pods is None:
-            pods = kube.list("v1", "Pod", spec.namespace, spec.selector)
-    status = status_patch(observe(spec, the_plan, deployment, pods or [], model), old_status, generation)
-    return ReconcileResult(status, the_plan, None, applied)
+    return ReconcileResult(spec, the_plan, None, model, deployment, applied)

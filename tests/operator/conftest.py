@@ -1,0 +1,153 @@
+"""The operator as users run it: a real process, authenticated as the chart's ServiceAccount, with
+exactly the RBAC the chart grants, against the simulated GPU cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from grok_devcluster import DevCluster
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "grok-operator"
+CRDS = CHART / "crds"
+OPERATOR_NAMESPACE = "grok-system"
+RELEASE = "grok"
+SERVICE_ACCOUNT = "grok-grok-operator"
+RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def render_chart(cluster: DevCluster, *args: str) -> list[dict]:
+    result = subprocess.run(
+        [
+            str(cluster.bin_dir / "helm"),
+            "template",
+            RELEASE,
+            str(CHART),
+            "-n",
+            OPERATOR_NAMESPACE,
+            "--kube-version",
+            "1.36.3",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+class OperatorProcess:
+    """One `grok-operator` process; logs go to a file the tests can read."""
+
+    def __init__(self, cluster: DevCluster, kubeconfig: Path, log_path: Path, *args: str) -> None:
+        self.metrics_port, self.health_port = free_port(), free_port()
+        self.log_path = log_path
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": OPERATOR_NAMESPACE}
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "grok_operator.main",
+                "--metrics-port",
+                str(self.metrics_port),
+                "--health-port",
+                str(self.health_port),
+                "--log-format",
+                "json",
+                *args,
+            ],
+            env=env,
+            stdout=log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+
+    def metric(self, name: str) -> float | None:
+        try:
+            text = (
+                urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2)
+                .read()
+                .decode()
+            )
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    def wait_leading(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"operator exited {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}"
+                )
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2)
+                return
+            except OSError:
+                time.sleep(0.3)
+        raise AssertionError(f"operator did not start leading:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def logs(self) -> list[dict]:
+        lines = self.log_path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(devcluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The CRD and the chart's ServiceAccount and RBAC, applied; a kubeconfig that is that account."""
+    devcluster.kubectl("apply", "--server-side", "-f", str(CRDS))
+    devcluster.wait_crd_established("grokdeployments.serving.grok.dev")
+    devcluster.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
+    devcluster.apply([d for d in render_chart(devcluster) if d["kind"] in RBAC_KINDS])
+    return devcluster.service_account_kubeconfig(
+        OPERATOR_NAMESPACE, SERVICE_ACCOUNT, tmp_path_factory.mktemp("operator") / "kubeconfig"
+    )
+
+
+@pytest.fixture(scope="session")
+def grok_operator(
+    devcluster: DevCluster, operator_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(
+        devcluster, operator_kubeconfig, tmp_path_factory.mktemp("operator-logs") / "operator.log"
+    )
+    proc.wait_leading()
+    yield proc
+    proc.stop()
+
+
+def wait_for(predicate, timeout: float = 90, interval: float = 0.3, message: str = "condition"):
+    """Polls `predicate` until it returns something truthy; returns that value."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {message} (last: {last!r})")

@@ -1,0 +1,366 @@
+"""The operator on the simulated GPU cluster, driven through kubectl as users drive it."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+
+import pytest
+import yaml
+
+from grok_devcluster import DevCluster
+from tests.operator.conftest import OPERATOR_NAMESPACE, SERVICE_ACCOUNT, OperatorProcess, wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+def grokd(name: str, **spec) -> dict:
+    spec.setdefault("model", {"uri": "pvc://weights/grok-1", "quantization": "fp8"})
+    return {
+        "apiVersion": "serving.grok.dev/v1alpha1",
+        "kind": "GrokDeployment",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def weights_claim() -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "weights"},
+        "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "400Gi"}}},
+    }
+
+
+def apply(cluster: DevCluster, ns: str, *manifests: dict) -> subprocess.CompletedProcess[str]:
+    return cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump_all(manifests), check=False)
+
+
+def get(cluster: DevCluster, ns: str, kind: str, name: str) -> dict | None:
+    result = cluster.kubectl("get", kind, name, "-n", ns, "-o", "json", check=False)
+    return yaml.safe_load(result.stdout) if result.returncode == 0 else None
+
+
+def conditions(cluster: DevCluster, ns: str, name: str) -> dict[str, dict]:
+    body = get(cluster, ns, "grokdeployment", name) or {}
+    return {c["type"]: c for c in (body.get("status") or {}).get("conditions") or []}
+
+
+def events(cluster: DevCluster, ns: str, name: str) -> list[dict]:
+    items = cluster.get_json(
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        f"involvedObject.kind=GrokDeployment,involvedObject.name={name}",
+    )["items"]
+    return items
+
+
+def wait_phase(cluster: DevCluster, ns: str, name: str, phase: str, timeout: float = 120) -> dict:
+    def reached():
+        body = get(cluster, ns, "grokdeployment", name)
+        status = (body or {}).get("status") or {}
+        gen = (body or {}).get("metadata", {}).get("generation")
+        return body if status.get("phase") == phase and status.get("observedGeneration") == gen else None
+
+    return wait_for(reached, timeout, message=f"{name} phase {phase}")
+
+
+def server_pods(cluster: DevCluster, ns: str, name: str) -> list[dict]:
+    return cluster.get_json("pods", "-n", ns, "-l", f"serving.grok.dev/deployment={name}")["items"]
+
+
+def test_apply_places_tensor_parallel_pods_on_the_requested_gpus(devcluster, k8s_namespace, grok_operator):
+    ns = k8s_namespace
+    assert apply(devcluster, ns, weights_claim(), grokd("grok", replicas=2)).returncode == 0
+    body = wait_phase(devcluster, ns, "grok", "Ready")
+    status = body["status"]
+    assert status["plan"]["tensorParallelSize"] == 8
+    assert status["readyReplicas"] == 2 and status["replicas"] == 2
+    assert status["endpoint"] == f"grok.{ns}.svc:50051"
+    pods = server_pods(devcluster, ns, "grok")
+    assert len(pods) == 2
+    nodes = {p["spec"]["nodeName"] for p in pods}
+    assert len(nodes) == 2, "replicas spread over nodes"
+    for pod in pods:
+        node = devcluster.get_json("node", pod["spec"]["nodeName"])
+        assert node["metadata"]["labels"]["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
+        assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    for kind in ("service", "poddisruptionbudget"):
+        child = get(devcluster, ns, kind, "grok")
+        assert child is not None
+        assert child["metadata"]["ownerReferences"][0]["kind"] == "GrokDeployment"
+    printed = devcluster.kubectl("get", "grokd", "grok", "-n", ns).stdout
+    assert printed.split("\n")[0].split() == ["NAME", "REPLICAS", "READY", "TP", "MODEL", "PHASE", "AGE"]
+    assert printed.split("\n")[1].split()[:6] == ["grok", "2", "2", "8", "pvc://weights/grok-1", "Ready"]
+    assert any(e["reason"] == "Planned" for e in events(devcluster, ns, "grok"))
+
+
+def test_update_rolls_out_and_scale_goes_through_the_scale_subresource(
+    devcluster, k8s_namespace, grok_operator
+):
+    ns = k8s_namespace
+    apply(devcluster, ns, weights_claim(), grokd("grok", replicas=1, gpu={"product": "NVIDIA-H200"}))
+    wait_phase(devcluster, ns, "grok", "Ready")
+    before = get(devcluster, ns, "deployment", "grok")
+
+    apply(
+        devcluster,
+        ns,
+        grokd("grok", replicas=1, gpu={"product": "NVIDIA-H200"}, server={"maxConcurrentRequests": 64}),
+    )
+    body = wait_phase(devcluster, ns, "grok", "Ready")
+    after = get(devcluster, ns, "deployment", "grok")
+    args = after["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--max-concurrent-requests") + 1] == "64"
+    assert after["metadata"]["generation"] > before["metadata"]["generation"]
+    assert body["status"]["observedGeneration"] == 2
+    assert after["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+    devcluster.kubectl("scale", "grokdeployment", "grok", "-n", ns, "--replicas=2")
+    wait_for(
+        lambda: (get(devcluster, ns, "deployment", "grok") or {}).get("spec", {}).get("replicas") == 2,
+        message="Deployment scaled to 2",
+    )
+    body = wait_phase(devcluster, ns, "grok", "Ready")
+    assert body["status"]["readyReplicas"] == 2
+    scale = devcluster.get_json("grokdeployment", "grok", "-n", ns, "--subresource=scale")
+    assert scale["status"]["replicas"] == 2
+    assert (
+        scale["status"]["selector"] == "app.kubernetes.io/name=grok-server,serving.grok.dev/deployment=grok"
+    )
+
+
+def test_too_few_gpus_leaves_pods_pending_and_says_why(devcluster, k8s_namespace, grok_operator):
+    ns = k8s_namespace
+    # bf16 Grok-1 on H200 takes 8 GPUs a replica; the session cluster has two H200 nodes: the third
+    # replica has nowhere to go.
+    apply(
+        devcluster,
+        ns,
+        weights_claim(),
+        grokd("grok", replicas=3, gpu={"product": "NVIDIA-H200"}, model={"uri": "pvc://weights/grok-1"}),
+    )
+    wait_for(
+        lambda: conditions(devcluster, ns, "grok").get("Unschedulable", {}).get("status") == "True",
+        message="Unschedulable condition",
+    )
+    cond = conditions(devcluster, ns, "grok")
+    assert cond["Unschedulable"]["reason"] == "InsufficientGPUs"
+    assert "Insufficient nvidia.com/gpu" in cond["Unschedulable"]["message"]
+    assert cond["Degraded"]["status"] == "True"
+    pending = [p for p in server_pods(devcluster, ns, "grok") if p["status"]["phase"] == "Pending"]
+    assert len(pending) == 1
+    warned = wait_for(
+        lambda: [e for e in events(devcluster, ns, "grok") if e["reason"] == "InsufficientGPUs"],
+        message="InsufficientGPUs event",
+    )
+    assert warned[0]["type"] == "Warning"
+
+
+def test_schema_rejects_an_invalid_spec_with_the_api_servers_message(devcluster, k8s_namespace):
+    bad = grokd("grok", parallelism={"tensor": "eight"})
+    result = apply(devcluster, k8s_namespace, bad)
+    assert result.returncode != 0
+    assert "spec.parallelism.tensor must be auto or an integer from 1 to 64" in result.stderr
+    result = apply(devcluster, k8s_namespace, grokd("grok", model={"uri": "ftp://weights"}))
+    assert "spec.model.uri in body should match" in result.stderr
+
+
+def test_planner_refuses_what_cannot_fit_with_a_condition_and_an_event(
+    devcluster, k8s_namespace, grok_operator
+):
+    ns = k8s_namespace
+    apply(
+        devcluster, ns, weights_claim(), grokd("grok", model={"uri": "pvc://weights/grok-1"})
+    )  # bf16 on H100
+    body = wait_phase(devcluster, ns, "grok", "Invalid")
+    cond = {c["type"]: c for c in body["status"]["conditions"]}
+    assert cond["PlanValid"]["status"] == "False"
+    assert cond["PlanValid"]["reason"] == "InsufficientGPUMemory"
+    assert "needs 16 GPUs per replica" in cond["PlanValid"]["message"]
+    warned = wait_for(
+        lambda: [e for e in events(devcluster, ns, "grok") if e["reason"] == "InsufficientGPUMemory"],
+        message="planner event",
+    )
+    assert warned[0]["type"] == "Warning"
+    assert get(devcluster, ns, "deployment", "grok") is None, "nothing is started for a spec that cannot work"
+
+
+def test_drift_is_repaired(devcluster, k8s_namespace, grok_operator):
+    ns = k8s_namespace
+    apply(devcluster, ns, weights_claim(), grokd("grok"))
+    wait_phase(devcluster, ns, "grok", "Ready")
+    uid = get(devcluster, ns, "service", "grok")["metadata"]["uid"]
+    devcluster.kubectl("delete", "service", "grok", "-n", ns)
+    wait_for(
+        lambda: (
+            (get(devcluster, ns, "service", "grok") or {}).get("metadata", {}).get("uid") not in (None, uid)
+        ),
+        message="Service recreated",
+    )
+    devcluster.kubectl("set", "image", "deployment/grok", "server=someone/else:latest", "-n", ns)
+    wait_for(
+        lambda: (
+            get(devcluster, ns, "deployment", "grok")["spec"]["template"]["spec"]["containers"][0]["image"]
+            == "grok-serve/server:0.1.0"
+        ),
+        message="image restored",
+    )
+    devcluster.kubectl("scale", "deployment", "grok", "-n", ns, "--replicas=5")
+    wait_for(
+        lambda: get(devcluster, ns, "deployment", "grok")["spec"]["replicas"] == 1,
+        message="replicas restored",
+    )
+    assert wait_for(
+        lambda: [e for e in events(devcluster, ns, "grok") if e["reason"] == "DriftRepaired"],
+        message="DriftRepaired event",
+    )
+
+
+def test_fetched_model_gets_a_cache_and_a_job_before_servers_start(devcluster, k8s_namespace, grok_operator):
+    ns = k8s_namespace
+    apply(devcluster, ns, grokd("grok", model={"uri": "hf://hpcai-tech/grok-1", "quantization": "fp8"}))
+    body = wait_phase(devcluster, ns, "grok", "Ready")
+    cond = {c["type"]: c for c in body["status"]["conditions"]}
+    assert cond["ModelReady"]["status"] == "True"
+    jobs = devcluster.get_json("jobs", "-n", ns)["items"]
+    claims = devcluster.get_json("pvc", "-n", ns)["items"]
+    assert len(jobs) == 1 and len(claims) == 1
+    assert jobs[0]["spec"]["template"]["spec"]["containers"][0]["args"][:2] == [
+        "--uri",
+        "hf://hpcai-tech/grok-1",
+    ]
+    volumes = get(devcluster, ns, "deployment", "grok")["spec"]["template"]["spec"]["volumes"]
+    model = next(v for v in volumes if v["name"] == "model")
+    assert model["persistentVolumeClaim"]["claimName"] == claims[0]["metadata"]["name"]
+    # A second deployment of the same model reuses the cache: no second download.
+    apply(devcluster, ns, grokd("grok-b", model={"uri": "hf://hpcai-tech/grok-1", "quantization": "fp8"}))
+    wait_phase(devcluster, ns, "grok-b", "Ready")
+    assert len(devcluster.get_json("jobs", "-n", ns)["items"]) == 1
+    owners = {
+        r["name"] for r in devcluster.get_json("jobs", "-n", ns)["items"][0]["metadata"]["ownerReferences"]
+    }
+    assert owners == {"grok", "grok-b"}
+
+
+def test_missing_claim_is_reported_then_picked_up(devcluster, k8s_namespace, grok_operator):
+    ns = k8s_namespace
+    apply(devcluster, ns, grokd("grok"))
+    wait_phase(devcluster, ns, "grok", "Failed")
+    cond = conditions(devcluster, ns, "grok")["ModelReady"]
+    assert cond["reason"] == "ClaimNotFound"
+    assert "PersistentVolumeClaim 'weights' not found" in cond["message"]
+    apply(devcluster, ns, weights_claim())
+    wait_phase(devcluster, ns, "grok", "Ready")
+
+
+def test_delete_leaves_nothing_behind(devcluster, k8s_namespace, grok_operator):
+    ns = k8s_namespace
+    apply(devcluster, ns, weights_claim(), grokd("grok"))
+    wait_phase(devcluster, ns, "grok", "Ready")
+    devcluster.kubectl("delete", "grokdeployment", "grok", "-n", ns, "--wait=true")
+
+    def all_gone():
+        left = devcluster.kubectl(
+            "get",
+            "deployments,services,pdb,pods,jobs",
+            "-n",
+            ns,
+            "-l",
+            "app.kubernetes.io/managed-by=grok-operator",
+            "-o",
+            "name",
+        ).stdout.split()
+        return not left or None
+
+    wait_for(all_gone, message="children garbage-collected")
+
+
+def test_operator_restarted_mid_reconcile_resumes_without_duplicates(
+    devcluster, k8s_namespace, operator_kubeconfig, grok_operator, tmp_path
+):
+    ns = k8s_namespace
+    grok_operator.stop(signal.SIGKILL)  # the session operator dies; a new one takes its place
+    apply(
+        devcluster,
+        ns,
+        weights_claim(),
+        *[
+            grokd(
+                f"g{i}", model={"uri": "pvc://weights/grok-1", "profile": "grok-1-tiny", "maxModelLen": 1024}
+            )
+            for i in range(12)
+        ],
+    )
+    first = OperatorProcess(devcluster, operator_kubeconfig, tmp_path / "first.log")
+    first.wait_leading()
+    wait_for(
+        lambda: devcluster.get_json("deployments", "-n", ns)["items"], message="the first operator to act"
+    )
+    assert first.stop(signal.SIGKILL) != 0  # killed mid-reconcile
+    second = OperatorProcess(devcluster, operator_kubeconfig, tmp_path / "second.log")
+    try:
+        second.wait_leading(timeout=60)  # the dead leader's Lease must expire first
+        for i in range(12):
+            wait_phase(devcluster, ns, f"g{i}", "Ready")
+        deployments = devcluster.get_json("deployments", "-n", ns)["items"]
+        assert sorted(d["metadata"]["name"] for d in deployments) == sorted(f"g{i}" for i in range(12))
+        assert len(devcluster.get_json("services", "-n", ns)["items"]) == 12
+        replica_sets = devcluster.get_json("replicasets", "-n", ns)["items"]
+        assert len(replica_sets) == 12, "no spurious rollouts from the restart"
+    finally:
+        second.stop()
+        # Hand the session fixture a working operator again.
+        grok_operator.__init__(devcluster, operator_kubeconfig, grok_operator.log_path)
+        grok_operator.wait_leading()
+
+
+def test_two_replicas_only_one_acts(devcluster, operator_kubeconfig, grok_operator, tmp_path):
+    standby = OperatorProcess(devcluster, operator_kubeconfig, tmp_path / "standby.log")
+    try:
+        wait_for(lambda: standby.metric("grok_operator_leader") is not None, message="standby metrics")
+        assert standby.metric("grok_operator_leader") == 0
+        assert grok_operator.metric("grok_operator_leader") == 1
+        grok_operator.stop()  # a clean stop hands the Lease over at once
+        standby.wait_leading(timeout=30)
+        assert standby.metric("grok_operator_leader") == 1
+    finally:
+        standby.stop()
+        grok_operator.__init__(devcluster, operator_kubeconfig, grok_operator.log_path)
+        grok_operator.wait_leading()
+
+
+def test_chart_rbac_is_enough_and_no_more(devcluster):
+    account = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{SERVICE_ACCOUNT}"
+
+    def can(*args: str) -> bool:
+        result = devcluster.kubectl("auth", "can-i", *args, f"--as={account}", check=False)
+        return result.stdout.strip() == "yes"
+
+    for verb, resource in [
+        ("watch", "grokdeployments.serving.grok.dev"),
+        ("patch", "grokdeployments/status"),
+        ("patch", "deployments.apps"),
+        ("create", "services"),
+        ("watch", "pods"),
+        ("create", "jobs.batch"),
+        ("create", "poddisruptionbudgets.policy"),
+        ("create", "events"),
+    ]:
+        assert can(verb, resource, "-A"), f"{verb} {resource}"
+    for verb, resource in [
+        ("get", "secrets"),
+        ("delete", "deployments.apps"),
+        ("delete", "pods"),
+        ("create", "pods"),
+        ("list", "nodes"),
+        ("create", "clusterroles"),
+        ("delete", "grokdeployments.serving.grok.dev"),
+        ("update", "configmaps"),
+    ]:
+        assert not can(verb, resource, "-A"), f"the operator must not {verb} {resource}"
+    assert can("update", "leases.coordination.k8s.io", "-n", OPERATOR_NAMESPACE)
+    assert not can("update", "leases.coordination.k8s.io", "-n", "default")
