@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: all setup python protos tools test lint demo clean
+.PHONY: all setup system python protos tools test lint demo clean
 
 all: test
 
@@ -17,7 +17,10 @@ protos: python
 tools:
 	@bash operator/src/grok_devcluster/build_tools.sh >/dev/null
 
-setup: python protos tools
+system:
+	@bash hack/setup-system.sh
+
+setup: system python protos tools
 
 lint: python
 	$(PY) -m ruff check .

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from grok_devcluster import DevCluster
-from tests.operator.conftest import OPERATOR_NAMESPACE, SERVICE_ACCOUNT, OperatorProcess, wait_for
+from tests.operatorlib import OPERATOR_NAMESPACE, SERVICE_ACCOUNT, OperatorProcess, wait_for
 
 pytestmark = pytest.mark.cluster
 

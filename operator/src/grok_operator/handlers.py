@@ -24,6 +24,13 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from grok_operator import metrics
+from grok_operator.autoscaler import (
+    DEFAULT_DEPLOYMENT_LABEL,
+    MetricsUnavailable,
+    Prometheus,
+    metric_query,
+    replica_startup,
+)
 from grok_operator.kube import Kube, load_config
 from grok_operator.reconcile import (
     ServiceMonitorProbe,
@@ -35,7 +42,8 @@ from grok_operator.reconcile import (
     reconcile,
 )
 from grok_operator.resource import GROUP, INSTANCE_LABEL, MANAGED_BY, MODEL_LABEL, PLURAL, VERSION
-from grok_operator.status import status_patch
+from grok_operator.scaling import History, Observation, Policy, decide
+from grok_operator.status import condition, merge_conditions, now, status_patch
 
 log = logging.getLogger("grok_operator")
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
@@ -55,6 +63,10 @@ class State:
     kube: Kube | None = None
     service_monitors: ServiceMonitorProbe | None = None
     prometheus_url: str = ""
+    deployment_label: str = DEFAULT_DEPLOYMENT_LABEL
+    autoscale_interval: float = 15.0
+    last_decisions: dict[str, tuple[str, int, int]] = {}
+    metrics_stale_after: float = 60.0
     handled: dict[str, int] = {}  # uid -> generation this process reconciled
     written: dict[str, dict[str, Any]] = {}  # uid -> the status this process last wrote
     models: dict[str, tuple[str, str]] = {}  # uid -> model state (Ready, Fetching, ...) at the last reconcile
@@ -94,8 +106,15 @@ def grokds(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, An
 
 
 @kopf.index("", "v1", "pods", labels=SERVER_PODS)
-def server_pods(namespace: str, labels: dict[str, str], status: kopf.Status, **_: Any) -> dict[Any, Any]:
-    return {(namespace, labels.get(INSTANCE_LABEL)): {"status": _plain(status)}}
+def server_pods(
+    namespace: str, labels: dict[str, str], meta: kopf.Meta, status: kopf.Status, **_: Any
+) -> dict[Any, Any]:
+    return {
+        (namespace, labels.get(INSTANCE_LABEL)): {
+            "status": _plain(status),
+            "created": meta.creation_timestamp,
+        }
+    }
 
 
 @kopf.index("apps", "v1", "deployments", labels=MANAGED)
@@ -393,3 +412,116 @@ def server_pod_event(
     owner = views.owner(namespace, labels.get(INSTANCE_LABEL))
     if owner is not None:
         _refresh_status(owner, views)
+
+
+# -- autoscaling ------------------------------------------------------------------------------------------
+
+
+def _autoscaled(spec: dict[str, Any], **_: Any) -> bool:
+    return bool(spec.get("autoscaling"))
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, when=_autoscaled, cancellation_timeout=5)
+def autoscaler(
+    stopped: kopf.DaemonStopped,
+    namespace: str,
+    name: str,
+    grokds: kopf.Index,
+    server_pods: kopf.Index,
+    deployments: kopf.Index,
+    **_: Any,
+) -> None:
+    """One loop per autoscaled GrokDeployment (kopf stops it when spec.autoscaling goes away, and the
+    built-in autoscaler stands aside: HPA or KEDA can then drive the scale subresource)."""
+    views = Views(grokds, server_pods, deployments)
+    history = History()  # in memory: after a restart, a full window passes before any change
+    while not stopped:
+        owner = views.owner(namespace, name)
+        if owner is not None and owner["spec"].get("autoscaling"):
+            try:
+                _autoscale_once(owner, views, history)
+            except Exception:
+                log.exception("autoscaling %s/%s failed; trying again next period", namespace, name)
+        stopped.wait(State.autoscale_interval)
+
+
+def _autoscale_once(owner: dict[str, Any], views: Views, history: History) -> None:
+    meta, spec = owner["metadata"], owner["spec"]
+    ns, name = meta["namespace"], meta["name"]
+    policy = Policy.from_spec(spec["autoscaling"])
+    replicas = int(spec.get("replicas", 1))
+    deployment = views.deployment(ns, name) or {}
+    ready = int((deployment.get("status") or {}).get("readyReplicas", 0))
+    moment = time.time()
+    starting, startup = replica_startup(views.pods(ns, name), moment)
+    try:
+        if not State.prometheus_url:
+            raise MetricsUnavailable(
+                "PrometheusNotConfigured", "the operator has no --prometheus-url (chart value prometheusURL)"
+            )
+        query = metric_query(policy.metric, ns, name, State.deployment_label)
+        value: float | None = Prometheus(State.prometheus_url).metric(query, State.metrics_stale_after)
+        problem = None
+    except MetricsUnavailable as err:
+        value, problem = None, err
+    decision = decide(policy, Observation(moment, replicas, ready, value, starting, startup), history)
+    summary = (problem.reason if problem else decision.reason.split(":")[-1].strip(), ready, len(starting))
+    if State.last_decisions.get(meta["uid"]) != summary:  # log when what the autoscaler thinks changes
+        State.last_decisions[meta["uid"]] = summary
+        log.info(
+            "%s/%s autoscaler: %s (replicas %d, ready %d, starting %d)",
+            ns,
+            name,
+            problem or decision.reason,
+            replicas,
+            ready,
+            len(starting),
+        )
+
+    if problem is not None:
+        active = condition(
+            "AutoscalingActive",
+            False,
+            problem.reason,
+            f"{problem}; holding {replicas} replicas (never scaling on missing data)",
+        )
+    else:
+        active = condition("AutoscalingActive", True, "Evaluating", decision.reason)
+    last_scale = None
+    if decision.changes(replicas):
+        _kube().patch_scale(ns, name, decision.replicas)
+        direction = "up" if decision.replicas > replicas else "down"
+        metrics.SCALING_DECISIONS.labels(direction).inc()
+        last_scale = {
+            "time": now(),
+            "from": replicas,
+            "to": decision.replicas,
+            "metric": policy.metric,
+            "value": round(decision.per_replica or 0.0, 4),
+            "reason": decision.reason,
+        }
+        kopf.event(
+            owner,
+            type="Normal",
+            reason=f"Scaled{direction.capitalize()}",
+            message=f"{replicas} -> {decision.replicas}: {decision.reason}",
+        )
+        log.info("%s/%s scaled %s -> %s: %s", ns, name, replicas, decision.replicas, decision.reason)
+
+    def make(old: dict[str, Any]) -> dict[str, Any]:
+        conditions = merge_conditions(old.get("conditions") or [], [active], int(meta.get("generation", 1)))
+        # Only the condition's status is news; its message (the live metric value) changes every period.
+        previous = next((c for c in old.get("conditions") or [] if c["type"] == "AutoscalingActive"), None)
+        if (
+            previous
+            and previous["status"] == active["status"]
+            and previous["reason"] == active["reason"]
+            and last_scale is None
+        ):
+            conditions = old.get("conditions") or []
+        status: dict[str, Any] = {"conditions": conditions}
+        if last_scale is not None:
+            status["lastScale"] = last_scale
+        return status
+
+    _with_retries(lambda: _write_status(owner, make))

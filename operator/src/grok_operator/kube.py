@@ -90,6 +90,13 @@ class Kube:
         path = _path(f"{GROUP}/{VERSION}", "GrokDeployment", namespace, name) + "/status"
         self._call("PATCH", path, body={"status": status}, content_type="application/merge-patch+json")
 
+    def patch_scale(self, namespace: str, name: str, replicas: int) -> None:
+        """Through the scale subresource, as `kubectl scale`, HPA and KEDA do."""
+        path = _path(f"{GROUP}/{VERSION}", "GrokDeployment", namespace, name) + "/scale"
+        self._call(
+            "PATCH", path, body={"spec": {"replicas": replicas}}, content_type="application/merge-patch+json"
+        )
+
     def crd_exists(self, name: str) -> bool:
         try:
             self._call("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")

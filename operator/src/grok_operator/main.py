@@ -63,6 +63,18 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("GROK_PROMETHEUS_URL", ""),
         help="Prometheus HTTP API for the autoscaler (e.g. http://prometheus:9090)",
     )
+    p.add_argument(
+        "--prometheus-deployment-label",
+        default="serving_grok_dev_deployment",
+        help="Prometheus label carrying the pod label serving.grok.dev/deployment",
+    )
+    p.add_argument("--autoscale-interval", type=float, default=15.0, help="seconds between evaluations")
+    p.add_argument(
+        "--metrics-stale-seconds",
+        type=float,
+        default=60.0,
+        help="older samples count as missing: replicas are held",
+    )
     p.add_argument("--log-level", default=os.environ.get("GROK_OPERATOR_LOG_LEVEL", "INFO"))
     p.add_argument(
         "--log-format", choices=["json", "text"], default=os.environ.get("GROK_OPERATOR_LOG_FORMAT", "json")
@@ -78,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
     log = logging.getLogger("grok_operator")
     handlers.State.prometheus_url = args.prometheus_url
+    handlers.State.deployment_label = args.prometheus_deployment_label
+    handlers.State.autoscale_interval = args.autoscale_interval
+    handlers.State.metrics_stale_after = args.metrics_stale_seconds
 
     start_http_server(args.metrics_port)
     stop_asking = threading.Event()

@@ -268,6 +268,8 @@ def service_monitor(spec: GrokDeploymentSpec) -> dict[str, Any]:
         "metadata": _metadata(spec, spec.name),
         "spec": {
             "selector": {"matchLabels": {INSTANCE_LABEL: spec.name}},
+            # Series carry serving_grok_dev_deployment: the autoscaler's queries select on it.
+            "podTargetLabels": [INSTANCE_LABEL],
             "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}],
         },
     }

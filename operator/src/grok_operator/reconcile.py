@@ -39,6 +39,9 @@ class ReconcileResult:
         deployment: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The status to write, from the freshest view of pods and Deployment the caller has."""
+        if self.spec is not None and not self.spec.autoscaling:  # the autoscaler's condition goes with it
+            kept = [c for c in old_status.get("conditions") or [] if c["type"] != "AutoscalingActive"]
+            old_status = {**old_status, "conditions": kept}
         if self.plan is None or self.spec is None:
             return status_patch(
                 Observed(desired_replicas=0, plan_error=self.plan_error), old_status, generation

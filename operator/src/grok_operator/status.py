@@ -37,15 +37,17 @@ def condition(type_: str, ok: bool, reason: str, message: str) -> dict[str, Any]
 def merge_conditions(
     old: list[dict[str, Any]], new: list[dict[str, Any]], generation: int, timestamp: str | None = None
 ) -> list[dict[str, Any]]:
-    """New conditions, keeping lastTransitionTime where a condition's status did not change."""
+    """New conditions, keeping lastTransitionTime where a condition's status did not change, and keeping
+    old conditions of the types the new list does not speak of (each writer owns its own types)."""
     previous = {c["type"]: c for c in old or []}
+    spoken = {c["type"] for c in new}
     merged = []
     for c in new:
         before = previous.get(c["type"])
         changed = before is None or before.get("status") != c["status"]
         stamp = (timestamp or now()) if changed else before.get("lastTransitionTime") or timestamp or now()
         merged.append({**c, "lastTransitionTime": stamp, "observedGeneration": generation})
-    return merged
+    return merged + [c for c in old or [] if c["type"] not in spoken]
 
 
 def conditions_and_phase(o: Observed) -> tuple[list[dict[str, Any]], str]:

@@ -19,7 +19,7 @@ import yaml
 
 from grok_devcluster import DevCluster
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "grok-operator"
 CRDS = CHART / "crds"
 OPERATOR_NAMESPACE = "grok-system"

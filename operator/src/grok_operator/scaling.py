@@ -1,0 +1,190 @@
+"""Autoscaling decisions (pure): from a metric, the replicas serving and starting, and the recent
+recommendations, to the replicas wanted now and why.
+
+The shape follows the Horizontal Pod Autoscaler, with two changes for replicas that cost 8 GPUs and
+take minutes to load:
+- only Ready replicas count as serving capacity, and while replicas are still starting (for less than
+  the start-up time measured on recent replicas, with a margin) no further scale-up is made for the
+  same demand;
+- separate stabilization windows: a scale-up happens only when every recommendation over the up window
+  asked for more (a spike shorter than the window does nothing); a scale-down only to the highest
+  recommendation over the (longer) down window.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+METRICS = {
+    # name: (PromQL over the deployment's series, how the value relates to replicas)
+    "waitingRequestsPerReplica": "sum",
+    "generatedTokensPerSecondPerReplica": "sum",
+    "kvCacheUsage": "average",
+}
+STARTUP_MARGIN = 1.5  # a replica is "still starting as expected" until 1.5x the measured start-up time
+DEFAULT_STARTUP_SECONDS = 600.0  # before any replica has been seen starting
+
+
+@dataclass(frozen=True)
+class Policy:
+    min_replicas: int
+    max_replicas: int
+    metric: str = "waitingRequestsPerReplica"
+    target: float = 4.0
+    tolerance: float = 0.1
+    up_window: float = 30.0
+    down_window: float = 300.0
+    max_up_step: int = 2
+    max_down_step: int = 1
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Policy:
+        return cls(
+            min_replicas=int(spec.get("minReplicas", 1)),
+            max_replicas=int(spec["maxReplicas"]),
+            metric=spec.get("metric", "waitingRequestsPerReplica"),
+            target=float(spec.get("target", 4)),
+            tolerance=float(spec.get("tolerance", 0.1)),
+            up_window=float(spec.get("scaleUpStabilizationSeconds", 30)),
+            down_window=float(spec.get("scaleDownStabilizationSeconds", 300)),
+            max_up_step=int(spec.get("maxScaleUpStep", 2)),
+            max_down_step=int(spec.get("maxScaleDownStep", 1)),
+        )
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the autoscaler sees at one evaluation."""
+
+    time: float
+    replicas: int  # spec.replicas now
+    ready: int  # replicas serving
+    metric_total: (
+        float | None
+    )  # sum over replicas ("sum" metrics) or the average ("average" metrics); None: no data
+    starting_ages: tuple[float, ...] = ()  # seconds since each not-yet-ready replica was created
+    startup_seconds: float = DEFAULT_STARTUP_SECONDS  # measured on recent replicas
+
+
+@dataclass(frozen=True)
+class Decision:
+    replicas: int  # what spec.replicas should be
+    recommendation: int | None  # the raw recommendation recorded for stabilization (None: no data)
+    per_replica: float | None
+    reason: str
+
+    def changes(self, current: int) -> bool:
+        return self.replicas != current
+
+
+@dataclass
+class History:
+    """Recent recommendations (time, replicas), trimmed to the longest window."""
+
+    entries: list[tuple[float, int]] = field(default_factory=list)
+
+    def add(self, when: float, replicas: int, keep: float) -> None:
+        self.entries.append((when, replicas))
+        older = [i for i, (t, _) in enumerate(self.entries) if t < when - keep]
+        if older:  # keep the newest entry past the longest window: it shows the window is covered
+            self.entries = self.entries[older[-1] :]
+
+    def within(self, now: float, window: float) -> list[int]:
+        return [r for t, r in self.entries if t >= now - window]
+
+    def covers(self, now: float, window: float) -> bool:
+        """Whether the history reaches back a whole window (after a restart it does not, yet)."""
+        return bool(self.entries) and self.entries[0][0] <= now - window
+
+
+def raw_recommendation(policy: Policy, ready: int, metric_total: float) -> tuple[int, float]:
+    """Replicas that would bring the metric per serving replica to the target (HPA's formula), and
+    that per-replica value. Within the tolerance the answer is `ready` itself."""
+    kind = METRICS[policy.metric]
+    if kind == "sum":
+        per_replica = metric_total / max(ready, 1)
+        wanted = metric_total / policy.target
+    else:
+        per_replica = metric_total
+        wanted = ready * metric_total / policy.target
+    if ready > 0 and abs(per_replica / policy.target - 1) <= policy.tolerance:
+        return ready, per_replica
+    return math.ceil(wanted - 1e-9), per_replica
+
+
+def decide(policy: Policy, obs: Observation, history: History) -> Decision:
+    """The replicas to have now. Records the raw recommendation in `history`."""
+    current = obs.replicas
+    clamp = lambda n: max(policy.min_replicas, min(policy.max_replicas, n))  # noqa: E731
+    if obs.metric_total is None:
+        return Decision(current, None, None, "no metric data: keeping the current replicas")
+
+    if obs.ready == 0:
+        # Nothing serves: no per-replica value to speak of. Make sure something is coming up.
+        want = clamp(max(current, 1))
+        return Decision(want, None, None, "no replica is ready yet: waiting for them to serve")
+
+    recommendation, per_replica = raw_recommendation(policy, obs.ready, obs.metric_total)
+    # Replicas created but not ready: loading as expected (younger than the measured start-up time with a
+    # margin) they will serve soon; older ones are stuck (no GPUs, crash loop) and hold nothing back.
+    starting = current - obs.ready
+    still_loading = [a for a in obs.starting_ages if a < obs.startup_seconds * STARTUP_MARGIN]
+    history.add(obs.time, recommendation, keep=max(policy.up_window, policy.down_window))
+    value = f"{per_replica:.3g} per replica (target {policy.target:g})"
+
+    if recommendation > current:
+        if not history.covers(obs.time, policy.up_window):
+            return Decision(
+                clamp(current),
+                recommendation,
+                per_replica,
+                f"{value}: waiting for the {policy.up_window:g}s scale-up window to fill",
+            )
+        stable_up = min(history.within(obs.time, policy.up_window))
+        if stable_up <= current:
+            return Decision(
+                clamp(current),
+                recommendation,
+                per_replica,
+                f"{value}: not high for the whole {policy.up_window:g}s scale-up window",
+            )
+        if starting > 0 and still_loading:
+            return Decision(
+                clamp(current),
+                recommendation,
+                per_replica,
+                f"{value}: {len(still_loading)} replica(s) still starting (measured start-up "
+                f"{obs.startup_seconds:.0f}s); not scaling up again for the same demand",
+            )
+        target = clamp(min(stable_up, current + policy.max_up_step))
+        return Decision(target, recommendation, per_replica, f"{value}: scaling up {current} -> {target}")
+
+    if recommendation < current:
+        if starting > 0 and still_loading:
+            return Decision(
+                clamp(current),
+                recommendation,
+                per_replica,
+                f"{value}: replicas are still starting; not scaling down meanwhile",
+            )
+        if not history.covers(obs.time, policy.down_window):
+            return Decision(
+                clamp(current),
+                recommendation,
+                per_replica,
+                f"{value}: waiting for the {policy.down_window:g}s scale-down window to fill",
+            )
+        stable_down = max(history.within(obs.time, policy.down_window))
+        if stable_down >= current:
+            return Decision(
+                clamp(current),
+                recommendation,
+                per_replica,
+                f"{value}: not low for the whole {policy.down_window:g}s scale-down window",
+            )
+        target = clamp(max(stable_down, current - policy.max_down_step))
+        return Decision(target, recommendation, per_replica, f"{value}: scaling down {current} -> {target}")
+
+    return Decision(clamp(current), recommendation, per_replica, f"{value}: within tolerance")

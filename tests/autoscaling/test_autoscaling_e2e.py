@@ -1,0 +1,190 @@
+"""Autoscaling end to end: a real Prometheus scrapes a real grok-server (tiny Grok-1 on the CPU) labelled
+as the replicas of a GrokDeployment on the simulated cluster; a gRPC load generator drives it; the
+operator (as the chart's ServiceAccount) decides through the scale subresource."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from grok.serving.v1 import generation_pb2 as pb
+from grok.serving.v1 import generation_pb2_grpc as pb_grpc
+
+from tests.autoscaling.prometheus import PrometheusServer
+from tests.operator.test_operator_cluster import apply, conditions, events, get, grokd, weights_claim
+from tests.operatorlib import OperatorProcess, wait_for
+from tests.server.serverlib import running_server
+
+pytestmark = pytest.mark.cluster
+
+UP_WINDOW, DOWN_WINDOW, INTERVAL = 6, 20, 2
+
+
+class Load:
+    """Closed-loop streams: each client sends its next request as soon as the last one ends."""
+
+    def __init__(self, target: str) -> None:
+        self.channel = grpc.insecure_channel(target)
+        self.stub = pb_grpc.GenerationServiceStub(self.channel)
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.completed = 0
+
+    def _client(self, stop: threading.Event) -> None:
+        request = pb.GenerateRequest(
+            text="the quick brown fox", stopping=pb.StoppingCriteria(max_new_tokens=96, ignore_eos=True)
+        )
+        while not stop.is_set():
+            with contextlib.suppress(grpc.RpcError):
+                for _ in self.stub.GenerateStream(request, timeout=60):
+                    pass
+                self.completed += 1
+
+    def clients(self, n: int) -> None:
+        """Sets the number of concurrent clients."""
+        self.stop.set()
+        for t in self.threads:
+            t.join(70)
+        self.stop = threading.Event()
+        self.threads = [
+            threading.Thread(target=self._client, args=(self.stop,), daemon=True) for _ in range(n)
+        ]
+        for t in self.threads:
+            t.start()
+
+    def close(self) -> None:
+        self.clients(0)
+        self.channel.close()
+
+
+@pytest.fixture
+def prometheus(tmp_path) -> Iterator[PrometheusServer]:
+    workdir = tmp_path / "prometheus"
+    workdir.mkdir()
+    server = PrometheusServer(workdir)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def autoscaling_operator(
+    devcluster, operator_kubeconfig, grok_operator, prometheus, tmp_path
+) -> Iterator[OperatorProcess]:
+    """The session operator steps aside for one that knows Prometheus and evaluates every 2 s."""
+    grok_operator.stop()
+    proc = OperatorProcess(
+        devcluster,
+        operator_kubeconfig,
+        tmp_path / "autoscaling-operator.log",
+        "--prometheus-url",
+        prometheus.url,
+        "--autoscale-interval",
+        str(INTERVAL),
+        "--metrics-stale-seconds",
+        "8",
+    )
+    try:
+        proc.wait_leading()
+        yield proc
+    finally:
+        proc.stop()
+        grok_operator.__init__(devcluster, operator_kubeconfig, grok_operator.log_path)
+        grok_operator.wait_leading()
+
+
+def replicas(devcluster, ns) -> int:
+    return int(get(devcluster, ns, "grokdeployment", "auto")["spec"]["replicas"])
+
+
+def test_scales_on_load_holds_at_target_and_on_missing_data(
+    devcluster, k8s_namespace, tiny_grok_checkpoint, prometheus, autoscaling_operator, tmp_path
+):
+    ns = k8s_namespace
+    # The engine runs two sequences at a time: the other clients' requests wait, so in a closed loop
+    # the waiting count is steady at (clients - 2).
+    with running_server(
+        tiny_grok_checkpoint, tmp_path / "server", "--max-num-seqs", "2", "--max-concurrent-requests", "64"
+    ) as server:
+        prometheus.scrape(
+            (
+                f"127.0.0.1:{server.metrics_port}",
+                {"namespace": ns, "serving_grok_dev_deployment": "auto", "pod": "auto-0"},
+            )
+        )
+        autoscaling = {
+            "minReplicas": 1,
+            "maxReplicas": 4,
+            "metric": "waitingRequestsPerReplica",
+            "target": 4,
+            "tolerance": 0.5,
+            "scaleUpStabilizationSeconds": UP_WINDOW,
+            "scaleDownStabilizationSeconds": DOWN_WINDOW,
+            "maxScaleUpStep": 1,
+        }
+        tiny = {"uri": "pvc://weights/tiny", "profile": "grok-1-tiny", "maxModelLen": 1024}
+        apply(devcluster, ns, weights_claim(), grokd("auto", replicas=1, model=tiny, autoscaling=autoscaling))
+        load = Load(server.target)
+        try:
+            # Steady load at the target (about 4 waiting on the one replica): no scaling.
+            load.clients(6)
+            wait_for(
+                lambda: (
+                    conditions(devcluster, ns, "auto").get("AutoscalingActive", {}).get("status") == "True"
+                ),
+                message="autoscaler evaluating",
+            )
+            steady_until = time.monotonic() + 3 * UP_WINDOW
+            while time.monotonic() < steady_until:
+                assert replicas(devcluster, ns) == 1, conditions(devcluster, ns, "auto")["AutoscalingActive"]
+                time.sleep(1)
+
+            # A load step: about 20 waiting. Scale-up within the window plus a few evaluations.
+            stepped = time.monotonic()
+            load.clients(22)
+            wait_for(
+                lambda: replicas(devcluster, ns) > 1,
+                timeout=UP_WINDOW + 10 * INTERVAL + 15,
+                message="scale-up",
+            )
+            reaction = time.monotonic() - stepped
+            assert reaction >= UP_WINDOW  # not before the stabilization window
+            last = get(devcluster, ns, "grokdeployment", "auto")["status"]["lastScale"]
+            assert last["to"] > last["from"] >= 1 and last["metric"] == "waitingRequestsPerReplica"
+            assert last["value"] > 4 * 1.5
+            scaled = [e["message"] for e in events(devcluster, ns, "auto") if e["reason"] == "ScaledUp"]
+            assert any(m.startswith("1 -> 2:") for m in scaled), scaled
+
+            # Load stops: scale-down only after the down window.
+            peak = wait_for(
+                lambda: replicas(devcluster, ns) if replicas(devcluster, ns) >= 3 else None,
+                timeout=60,
+                message="more scale-up while the queue stays long",
+            )
+            load.clients(0)
+            stopped = time.monotonic()
+            wait_for(lambda: replicas(devcluster, ns) < peak, timeout=DOWN_WINDOW + 120, message="scale-down")
+            assert time.monotonic() - stopped >= DOWN_WINDOW - INTERVAL
+        finally:
+            load.close()
+
+        # Prometheus goes away: replicas are held and a condition says why.
+        held = replicas(devcluster, ns)
+        prometheus.stop()
+        cond = wait_for(
+            lambda: (
+                (c := conditions(devcluster, ns, "auto").get("AutoscalingActive"))
+                and c["status"] == "False"
+                and c
+            ),
+            timeout=30,
+            message="AutoscalingActive False",
+        )
+        assert cond["reason"] == "PrometheusUnreachable"
+        assert f"holding {held} replicas" in cond["message"]
+        time.sleep(DOWN_WINDOW + 2 * INTERVAL)
+        assert replicas(devcluster, ns) == held
