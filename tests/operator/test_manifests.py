@@ -52,9 +52,11 @@ def test_pods_are_built_to_load_slowly_drain_and_share_memory():
     d = manifests.deployment(spec, p)
     c, pod = container(d), d["spec"]["template"]["spec"]
     startup = c["startupProbe"]
-    assert startup["grpc"] == {"port": 50051}
+    assert startup["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert startup["periodSeconds"] * startup["failureThreshold"] == 1200
-    assert c["readinessProbe"]["grpc"] == {"port": 50051}
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"  # not ready while loading or draining
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["terminationGracePeriodSeconds"] > 90
     shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
     assert shm["emptyDir"]["medium"] == "Memory"
@@ -94,7 +96,7 @@ def test_fetched_models_share_one_cache_volume_and_job_per_model():
     claim = manifests.model_cache_claim(a)
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
     assert claim["spec"]["resources"]["requests"]["storage"] == f"{manifests.cache_size_gib(a)}Gi"
-    assert 350 < manifests.cache_size_gib(a) < 400  # 317 GB of fp8 weights plus room
+    assert 700 < manifests.cache_size_gib(a) < 720  # the published bf16 checkpoint (≈633 GB) plus room
     d = manifests.deployment(a, plan(a.plan_request()))
     vol = next(v for v in d["spec"]["template"]["spec"]["volumes"] if v["name"] == "model")
     assert vol["persistentVolumeClaim"]["claimName"] == manifests.cache_claim_name(a)

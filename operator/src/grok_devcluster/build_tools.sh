@@ -12,15 +12,18 @@ ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 
 CACHE=${GROK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/grok-serve}
 TOOLS=$CACHE/tools
-BIN=$TOOLS/bin-k8s$KUBE_VERSION-kwok$KWOK_VERSION-helm$HELM_VERSION-etcd$ETCD_VERSION
+# Bump BUILD_REV when the way binaries are built changes (flags, patches): it keys the cache.
+BUILD_REV=2
+BIN=$TOOLS/bin-k8s$KUBE_VERSION-kwok$KWOK_VERSION-helm$HELM_VERSION-etcd$ETCD_VERSION-r$BUILD_REV
 export GOFLAGS="${GOFLAGS:-} -trimpath -buildvcs=false"
 export CGO_ENABLED=0
 
 log() { printf '[build-tools] %s\n' "$*" >&2; }
 
-# build_module DEST_DIR MODULE@VERSION PACKAGES... : a throwaway module that requires MODULE and builds PACKAGES.
+# build_in_module DEST MODULE VERSION REPLACE_STAGING LDFLAGS PACKAGES...: a throwaway module that requires
+# MODULE@VERSION and builds PACKAGES into DEST.
 build_in_module() {
-  local dest=$1 module=$2 version=$3 replace_staging=$4; shift 4
+  local dest=$1 module=$2 version=$3 replace_staging=$4 ldflags=$5; shift 5
   if [ -f "$dest/.complete" ]; then return 0; fi
   local work; work=$(mktemp -d)
   trap 'rm -rf "$work"' RETURN
@@ -42,26 +45,39 @@ build_in_module() {
     mkdir -p "$dest.tmp"
     for p in "$@"; do  # PACKAGE, or NAME=PACKAGE to name the binary
       if [[ $p == *=* ]]; then out="$dest.tmp/${p%%=*}"; p=${p#*=}; else out="$dest.tmp/"; fi
-      go build -mod=mod -ldflags="-s -w" -o "$out" "$p"
+      go build -mod=mod -ldflags="-s -w $ldflags" -o "$out" "$p"
     done
   )
   rm -rf "$dest"; mv "$dest.tmp" "$dest"; touch "$dest/.complete"
 }
 
 mkdir -p "$TOOLS"
-build_in_module "$TOOLS/kubernetes-$KUBE_VERSION" k8s.io/kubernetes "$KUBE_VERSION" yes \
+# Version stamps `make` would set upstream: without them the API server reports v0.0.0-master, and
+# charts' kubeVersion constraints and kubectl's version skew checks misfire.
+kube_minor=${KUBE_VERSION#v1.}; kube_minor=${kube_minor%%.*}
+kube_ldflags=""
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  kube_ldflags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$kube_minor"
+  kube_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
+helm_ldflags="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+  helm_ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$kube_minor"
+done
+
+build_in_module "$TOOLS/kubernetes-$KUBE_VERSION-r$BUILD_REV" k8s.io/kubernetes "$KUBE_VERSION" yes "$kube_ldflags" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
-build_in_module "$TOOLS/kwok-$KWOK_VERSION" sigs.k8s.io/kwok "$KWOK_VERSION" no \
+build_in_module "$TOOLS/kwok-$KWOK_VERSION" sigs.k8s.io/kwok "$KWOK_VERSION" no "" \
   sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
-build_in_module "$TOOLS/etcd-$ETCD_VERSION" go.etcd.io/etcd/server/v3 "$ETCD_VERSION" no \
+build_in_module "$TOOLS/etcd-$ETCD_VERSION" go.etcd.io/etcd/server/v3 "$ETCD_VERSION" no "" \
   etcd=go.etcd.io/etcd/server/v3
-build_in_module "$TOOLS/helm-$HELM_VERSION" helm.sh/helm/v3 "$HELM_VERSION" no \
+build_in_module "$TOOLS/helm-$HELM_VERSION-r$BUILD_REV" helm.sh/helm/v3 "$HELM_VERSION" no "$helm_ldflags" \
   helm.sh/helm/v3/cmd/helm
 
 mkdir -p "$BIN"
-ln -sf "$TOOLS/kubernetes-$KUBE_VERSION"/* "$BIN/"
+ln -sf "$TOOLS/kubernetes-$KUBE_VERSION-r$BUILD_REV"/* "$BIN/"
 ln -sf "$TOOLS/kwok-$KWOK_VERSION"/* "$BIN/"
 ln -sf "$TOOLS/etcd-$ETCD_VERSION"/* "$BIN/"
-ln -sf "$TOOLS/helm-$HELM_VERSION"/* "$BIN/"
+ln -sf "$TOOLS/helm-$HELM_VERSION-r$BUILD_REV"/* "$BIN/"
 echo "$BIN"

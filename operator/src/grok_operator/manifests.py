@@ -21,6 +21,14 @@ from grok_operator.resource import (
 )
 
 MODEL_MOUNT = "/models"
+# The images run as this non-root user; fsGroup lets it write the model cache volume.
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 65532,
+    "runAsGroup": 65532,
+    "fsGroup": 65532,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 STARTUP_PROBE_PERIOD = 10
 
 
@@ -66,7 +74,7 @@ def fetch_job_name(spec: GrokDeploymentSpec) -> str:
 def model_path(spec: GrokDeploymentSpec) -> str:
     if spec.model.scheme == "pvc":
         return f"{MODEL_MOUNT}/{spec.model.path}".rstrip("/")
-    return MODEL_MOUNT
+    return f"{MODEL_MOUNT}/model"  # where grok-fetch leaves a loadable checkpoint in the cache volume
 
 
 def _model_volume(spec: GrokDeploymentSpec) -> dict[str, Any]:
@@ -119,9 +127,9 @@ def _resources(spec: GrokDeploymentSpec, plan: Plan) -> dict[str, Any]:
     return merged
 
 
-def _grpc_probe(port: int, period: int, failures: int) -> dict[str, Any]:
+def _http_probe(path: str, period: int, failures: int) -> dict[str, Any]:
     return {
-        "grpc": {"port": port},
+        "httpGet": {"path": path, "port": "metrics"},
         "periodSeconds": period,
         "failureThreshold": failures,
         "timeoutSeconds": 5,
@@ -176,18 +184,21 @@ def deployment(spec: GrokDeploymentSpec, plan: Plan, scrape_annotations: bool = 
                     {"name": "metrics", "containerPort": metrics_port, "protocol": "TCP"},
                 ],
                 "resources": _resources(spec, plan),
-                # The standard gRPC health service: NOT_SERVING while loading or draining.
-                "startupProbe": _grpc_probe(
-                    grpc_port, STARTUP_PROBE_PERIOD, max(1, startup_timeout // STARTUP_PROBE_PERIOD)
+                # On the plain-HTTP metrics port, so probes work with TLS on the gRPC port too: /readyz is
+                # 200 only while serving (not loading, not draining), /healthz unless the engine failed.
+                "startupProbe": _http_probe(
+                    "/readyz", STARTUP_PROBE_PERIOD, max(1, startup_timeout // STARTUP_PROBE_PERIOD)
                 ),
-                "readinessProbe": _grpc_probe(grpc_port, 5, 2),
-                "livenessProbe": _grpc_probe(grpc_port, 10, 6),
+                "readinessProbe": _http_probe("/readyz", 5, 2),
+                "livenessProbe": _http_probe("/healthz", 10, 6),
+                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
                 "volumeMounts": [
                     {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True},
                     {"name": "dshm", "mountPath": "/dev/shm"},
                 ],
             }
         ],
+        "securityContext": dict(POD_SECURITY),
         "volumes": [
             _model_volume(spec),
             # Tensor-parallel ranks exchange activations through shared memory.
@@ -288,9 +299,11 @@ def _shared_metadata(spec: GrokDeploymentSpec, name: str, component: str) -> dic
 
 
 def cache_size_gib(spec: GrokDeploymentSpec) -> int:
-    stored = weight_bytes(spec.shape, spec.quantization, "auto") / 1024**3
+    # Published checkpoints are bf16 (vLLM quantizes to fp8 while loading); xAI's original is int8 shards,
+    # converted to bf16 beside them.
+    stored = weight_bytes(spec.shape, "none", "auto") / 1024**3
     if spec.model.format == "xai":
-        stored *= 2  # the original int8 shards and the converted safetensors sit side by side
+        stored += weight_bytes(spec.shape, "int8", "auto") / 1024**3
     return max(1, math.ceil(stored * 1.2))
 
 
@@ -349,6 +362,7 @@ def fetch_job(spec: GrokDeploymentSpec) -> dict[str, Any]:
                 },
                 "spec": {
                     "restartPolicy": "Never",
+                    "securityContext": dict(POD_SECURITY),
                     "containers": [container],
                     "volumes": [
                         {"name": "model", "persistentVolumeClaim": {"claimName": cache_claim_name(spec)}}

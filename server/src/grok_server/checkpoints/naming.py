@@ -43,7 +43,11 @@ class Grok1Shape:
 
     @classmethod
     def from_config(cls, config: Any) -> Grok1Shape:
-        get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+        get = (
+            config.get
+            if isinstance(config, dict)
+            else lambda key, default=None: getattr(config, key, default)
+        )
         heads = get("num_attention_heads")
         return cls(
             vocab_size=get("vocab_size"),
@@ -98,7 +102,7 @@ def hpcai_to_mixtral(name: str) -> str:
     return name
 
 
-def rename(name: str, naming: Naming) -> str:
+def rename(name: str, naming: str) -> str:
     """An hpcai name in the requested naming."""
     if naming == "hpcai":
         return name
@@ -166,9 +170,7 @@ def xai_leaf_targets(leaf: XaiLeaf) -> list[str]:
     module = leaf.path.split("/")
     prefix = f"model.layers.{leaf.layer}"
     if module[-2] == "moe":
-        return [
-            f"{prefix}.moe_block.experts.{expert}.{module[-1]}.weight" for expert in range(leaf.shape[0])
-        ]
+        return [f"{prefix}.moe_block.experts.{expert}.{module[-1]}.weight" for expert in range(leaf.shape[0])]
     if module[-2] == "multi_head_attention":
         return [f"{prefix}.attn.{_XAI_ATTENTION[module[-1]]}.weight"]
     if module[-1] == "router":
@@ -195,7 +197,9 @@ def xai_num_layers(num_files: int) -> int:
     return layers
 
 
-def infer_shape_from_xai(probe_shapes: dict[str, tuple[int, ...]], num_layers: int, head_dim: int) -> Grok1Shape:
+def infer_shape_from_xai(
+    probe_shapes: dict[str, tuple[int, ...]], num_layers: int, head_dim: int
+) -> Grok1Shape:
     """Model dimensions from the shapes of the `XAI_SHAPE_PROBES` leaves."""
     vocab, d = probe_shapes["embeddings"]
     e, d2, f = probe_shapes["moe_linear"]

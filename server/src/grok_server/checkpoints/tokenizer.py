@@ -21,7 +21,28 @@ _FIXED_TEXT = (
     "Kubernetes schedules pods onto nodes; the operator reconciles a GrokDeployment. "
     "def generate(prompt: str, max_tokens: int = 16) -> str: return model(prompt)\n"
 )
-_ONSETS = ("", "b", "c", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "st", "tr", "gr")
+_ONSETS = (
+    "",
+    "b",
+    "c",
+    "d",
+    "f",
+    "g",
+    "h",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "w",
+    "st",
+    "tr",
+    "gr",
+)
 _VOWELS = ("a", "e", "i", "o", "u", "ai", "ou", "ee")
 _CODAS = ("", "", "n", "r", "s", "t", "l", "ck", "nd", "ng")
 
@@ -29,7 +50,9 @@ _CODAS = ("", "", "n", "r", "s", "t", "l", "ck", "nd", "ng")
 def training_corpus(seed: int, num_sentences: int = 4000) -> list[str]:
     rng = random.Random(seed)
     words = [
-        "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(rng.randint(1, 3)))
+        "".join(
+            rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(rng.randint(1, 3))
+        )
         for _ in range(1500)
     ]
     # A Zipf-like choice makes frequent words, hence useful merges.
@@ -37,12 +60,14 @@ def training_corpus(seed: int, num_sentences: int = 4000) -> list[str]:
     lines = [_FIXED_TEXT] * 20
     for _ in range(num_sentences):
         sentence = " ".join(rng.choices(words, weights, k=rng.randint(4, 14)))
-        lines.append(sentence.capitalize() + rng.choice((".", "!", "?", ",", ";")) + " " + str(rng.randint(0, 999)))
+        lines.append(
+            sentence.capitalize() + rng.choice((".", "!", "?", ",", ";")) + " " + str(rng.randint(0, 999))
+        )
     return lines
 
 
 def train_tokenizer(out_dir: Path, vocab_size: int, seed: int = 0, model_max_length: int = 8192) -> Tokenizer:
-    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json; exactly `vocab_size` tokens."""
+    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json (`vocab_size` tokens)."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()

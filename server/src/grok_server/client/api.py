@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,7 +177,8 @@ class GrokClient:
             raise _error(e) from None
 
     def generate_stream(self, prompt: str | Sequence[int] | pb.GenerateRequest, *,
-                        timeout: float | None = None, **options: Any) -> Iterator[pb.GenerateResponse]:
+                        timeout: float | None = None, **options: Any,
+                        ) -> Generator[pb.GenerateResponse, None, None]:
         """Yields deltas; closing the iterator early (break) cancels the request on the server."""
         req = prompt if isinstance(prompt, pb.GenerateRequest) else build_request(prompt, **options)
         call = self._stub.GenerateStream(req, **self._kw(timeout))

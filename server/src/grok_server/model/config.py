@@ -15,9 +15,13 @@ The class lives at module level: vLLM pickles the config to its worker processes
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from typing import Any, ClassVar
 
 from transformers import PretrainedConfig
+
+logger = logging.getLogger(__name__)
 
 GROK1_MODEL_TYPE = "grok-1"
 SUPPORTED_ACTIVATIONS = ("gelu_tanh", "gelu")
@@ -65,7 +69,7 @@ class Grok1Config(PretrainedConfig):
             raise ValueError(f"hidden_act must be one of {SUPPORTED_ACTIVATIONS}, got {self.hidden_act!r}")
         if not 0 < self.num_experts_per_tok <= self.num_experts:
             raise ValueError(
-                f"num_experts_per_tok {self.num_experts_per_tok} must be in 1..num_experts ({self.num_experts})"
+                f"num_experts_per_tok {self.num_experts_per_tok} must be between 1 and {self.num_experts}"
             )
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
@@ -78,3 +82,28 @@ class Grok1Config(PretrainedConfig):
             self.rope_parameters = {"rope_type": "default", "rope_theta": self.default_theta}
         self.rope_parameters.setdefault("rope_type", "default")
         self.rope_parameters.setdefault("rope_theta", self.default_theta)
+
+
+def as_grok1_config(config: PretrainedConfig) -> Grok1Config:
+    """A Grok1Config for any config a Grok-1 checkpoint may come with.
+
+    Some Mixtral-style ports ship `model_type: "mixtral"` (so transformers builds a MixtralConfig) with
+    Grok-1's extra keys; missing Grok-1 keys take Grok-1's values, the attention multiplier 1/sqrt(head_dim).
+    """
+    if isinstance(config, Grok1Config):
+        return config
+    values = config.to_dict()
+    if "num_experts" not in values and "num_local_experts" in values:
+        values["num_experts"] = values["num_local_experts"]
+    if values.get("hidden_act") not in SUPPORTED_ACTIVATIONS:
+        logger.warning(
+            "Grok-1 experts use GELU; ignoring hidden_act=%r from a %s",
+            values.get("hidden_act"),
+            type(config).__name__,
+        )
+        values.pop("hidden_act", None)
+    if "attn_output_multiplier" not in values:
+        head_dim = values.get("head_dim") or values["hidden_size"] // values["num_attention_heads"]
+        values["attn_output_multiplier"] = head_dim**-0.5
+    fields = {field.name for field in dataclasses.fields(Grok1Config)}
+    return Grok1Config(**{key: value for key, value in values.items() if key in fields})

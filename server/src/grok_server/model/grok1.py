@@ -13,10 +13,13 @@ Semantics follow xai-org/grok-1's model.py (see the config module for the knobs 
 One implementation serves both checkpoint namings (hpcai-tech's `attn` / `moe_block` / `.scale` and the
 Mixtral-style `self_attn` / `block_sparse_moe` / `w1..w3` / `.weight`): `GROK1_WEIGHTS_MAPPER` renames either
 onto this module tree.
+
+One difference from the JAX code, by design: it hides keys whose token id is the pad id (0) from attention,
+for its padded batches; vLLM never pads inside a sequence, so a prompt that itself contains token 0 is
+attended to in full here.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: support_torch_compile reads the forward() annotations at runtime.
 import re
 from collections.abc import Iterable
 from itertools import islice
@@ -43,9 +46,10 @@ from vllm.model_executor.models.utils import (
     make_layers,
     maybe_prefix,
 )
+from vllm.platforms import current_platform
 from vllm.sequence import IntermediateTensors
 
-from grok_server.model.config import Grok1Config
+from grok_server.model.config import Grok1Config, as_grok1_config
 
 # Checkpoint names -> this module tree. Both namings can be mapped by one mapper: their names are disjoint.
 GROK1_WEIGHTS_MAPPER = WeightsMapper(
@@ -66,6 +70,17 @@ GROK1_WEIGHTS_MAPPER = WeightsMapper(
         ".v_proj": (".qkv_proj", "v"),
     },
 )
+
+
+def softmax_topk_routing(
+    hidden_states: torch.Tensor, gating_output: torch.Tensor, topk: int, renormalize: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of the softmax over all experts: the same math as vLLM's CPU router, which computes
+    non-renormalised gates through a logsumexp that costs several times more than the rest of routing."""
+    weights, ids = torch.topk(torch.softmax(gating_output.float(), dim=-1), topk, dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, ids.to(torch.int32)
 
 
 class Grok1MoE(nn.Module):
@@ -99,6 +114,8 @@ class Grok1MoE(nn.Module):
             intermediate_size=config.intermediate_size,
             renormalize=bool(config.router_renormalize),
             scoring_func="softmax",
+            # GPUs keep vLLM's fused top-k softmax kernel.
+            custom_routing_function=softmax_topk_routing if current_platform.is_cpu() else None,
             activation=config.hidden_act,
             quant_config=quant_config,
             router_logits_dtype=torch.float32,
@@ -228,7 +245,7 @@ class Grok1DecoderLayer(nn.Module):
 class Grok1Model(nn.Module):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
-        config: Grok1Config = vllm_config.model_config.hf_config
+        config = as_grok1_config(vllm_config.model_config.hf_config)
         cache_config = vllm_config.cache_config
         quant_config = vllm_config.quant_config
         self.config = config
@@ -294,7 +311,7 @@ class Grok1ForCausalLM(nn.Module, SupportsPP):
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
-        config: Grok1Config = vllm_config.model_config.hf_config
+        config = as_grok1_config(vllm_config.model_config.hf_config)
         quant_config = vllm_config.quant_config
         self.config = config
         self.quant_config = quant_config

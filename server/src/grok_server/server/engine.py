@@ -135,8 +135,9 @@ def model_info(engine: AsyncLLM, cfg: ServerConfig, limits: Limits, server_versi
     )
 
 
-def sampling_params(req: ValidatedRequest, max_tokens: int) -> SamplingParams:
-    return SamplingParams(max_tokens=max_tokens, output_kind=RequestOutputKind.DELTA, **req.sampling)
+def sampling_params(req: ValidatedRequest, max_tokens: int, stream_interval: int = 1) -> SamplingParams:
+    extra = {"stream_interval": stream_interval} if stream_interval > 1 else {}
+    return SamplingParams(max_tokens=max_tokens, output_kind=RequestOutputKind.DELTA, **req.sampling, **extra)
 
 
 def engine_input(token_ids: list[int], text: str | None) -> TokensInput:

@@ -45,6 +45,11 @@ def _grpc_options(cfg: ServerConfig) -> list[tuple[str, int]]:
         ("grpc.max_send_message_length", -1),
         # Fail loudly when the port is taken instead of silently sharing it with another process.
         ("grpc.so_reuseport", 0),
+        # A unary Generate sends nothing while the engine decodes: client keepalive pings in that window must
+        # not count as abuse (GOAWAY "too_many_pings" would fail every call on the connection).
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
     ]
 
 
@@ -64,7 +69,8 @@ class Server:
         self.engine_dead = asyncio.Event()
         from grok_server.server.servicer import GenerationServicer  # imports vLLM: after arg parsing
 
-        self.servicer = GenerationServicer(self.lifecycle, self.admission, self.metrics, self.engine_dead.set)
+        self.servicer = GenerationServicer(self.lifecycle, self.admission, self.metrics, self.engine_dead.set,
+                                           cfg.stream_interval)
         self.engine = None
 
     def _build_grpc(self) -> grpc.aio.Server:

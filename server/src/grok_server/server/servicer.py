@@ -21,7 +21,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from grok_server.server import engine as eng
-from grok_server.server.admission import Admission
+from grok_server.server.admission import Admission, auto_stream_interval
 from grok_server.server.lifecycle import Lifecycle, unavailable_message
 from grok_server.server.metrics import ServerMetrics
 from grok_server.server.validation import (
@@ -66,11 +66,12 @@ class RpcFailure(Exception):
 
 class GenerationServicer(pb_grpc.GenerationServiceServicer):
     def __init__(self, lifecycle: Lifecycle, admission: Admission, metrics: ServerMetrics,
-                 on_engine_dead: Callable[[], None]) -> None:
+                 on_engine_dead: Callable[[], None], stream_interval: int = 0) -> None:
         self._lifecycle = lifecycle
         self._admission = admission
         self._metrics = metrics
         self._on_engine_dead = on_engine_dead
+        self._stream_interval = stream_interval  # 0: auto
         self._engine: AsyncLLM | None = None
         self._limits: Limits | None = None
         self._info: pb.ModelInfo | None = None
@@ -238,7 +239,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                     raise ValidationError("prompt is empty after tokenization")
             max_tokens = resolve_max_tokens(len(prompt_ids), v.max_new_tokens, limits,
                                             v.sampling.get("min_tokens", 0))
-            params = eng.sampling_params(v, max_tokens)
+            interval = self._stream_interval or auto_stream_interval(self._admission.in_flight)
+            params = eng.sampling_params(v, max_tokens, interval)
             job = _Job(engine_id, request_id, prompt_ids, v, params, v.sampling.get("logprobs") or 0, started)
             self._active.add(engine_id)
             async for part in self._run_engine(engine, job):

@@ -1,0 +1,541 @@
+#!/usr/bin/env python
+"""Closed-loop load on grok-server and its peers, same tiny model and engine settings, one after another.
+
+Systems:
+  grok       this server (grok.serving.v1 GenerateStream, token-id prompts)
+  vllm-grpc  vLLM's own gRPC server (vllm.entrypoints.launchers.grpc_server + smg-grpc-servicer), run from a
+             separate virtualenv this script creates under ~/.cache/grok-serve/bench/ (never in .venv: its
+             vllm.general_plugins entry point would load into every vLLM process of that environment)
+  openai     vLLM's OpenAI HTTP server, /v1/completions with stream=true
+  inprocess  AsyncLLM driven in-process, no network: the limit
+
+For each concurrency C, C workers each send --requests-per-worker requests back to back (fixed prompt of
+--prompt-tokens token ids, exactly --output-tokens greedy tokens with ignore_eos). Systems run alternately
+within each round; the table shows medians over --rounds. Prints output tokens/s, time-to-first-token
+p50/p99, the ratios, and the targets: grok >= vllm-grpc and >= openai at every C, grok >= 0.95 x inprocess
+at C=32, TTFT p50 within 5 ms of inprocess.
+
+    .venv/bin/python bench/server_vs_peers.py                      # everything (first run builds the venv)
+    .venv/bin/python bench/server_vs_peers.py --systems grok,inprocess --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import venv
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("GROK_SERVE_CACHE", Path.home() / ".cache" / "grok-serve")) / "bench"
+SMG_PACKAGES = ("smg-grpc-servicer==0.14.1", "smg-grpc-proto==0.4.28")
+SYSTEMS = ("grok", "vllm-grpc", "openai", "inprocess")
+START_TIMEOUT = 420.0
+
+
+# ---- measurement ---------------------------------------------------------------------------------
+
+@dataclass
+class Sample:
+    ttft: float
+    tokens: int
+
+
+@dataclass
+class Result:
+    system: str
+    concurrency: int
+    tokens_per_s: float
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+    errors: int = 0
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+async def closed_loop(one: Callable[[int], Awaitable[Sample]], concurrency: int, per_worker: int) -> tuple[
+        list[Sample], float, int]:
+    samples: list[Sample] = []
+    errors = 0
+
+    async def worker(w: int) -> None:
+        nonlocal errors
+        for i in range(per_worker):
+            try:
+                samples.append(await one(w * 1000 + i))
+            except Exception as e:  # reported, not fatal: the table shows the count
+                errors += 1
+                if errors <= 3:
+                    print(f"    request failed: {type(e).__name__}: {e}", file=sys.stderr)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    return samples, time.perf_counter() - start, errors
+
+
+def summarize(system: str, concurrency: int, samples: list[Sample], wall: float, errors: int) -> Result:
+    ttfts = [s.ttft * 1000 for s in samples]
+    return Result(system, concurrency, sum(s.tokens for s in samples) / wall, percentile(ttfts, 50),
+                  percentile(ttfts, 99), errors)
+
+
+# ---- clients -------------------------------------------------------------------------------------
+
+@dataclass
+class Load:
+    prompt: list[int]
+    output_tokens: int
+
+
+class GrokClient:
+    def __init__(self, target: str, load: Load) -> None:
+        import grpc
+        from grok.serving.v1 import generation_pb2 as pb
+        from grok.serving.v1 import generation_pb2_grpc as pb_grpc
+
+        self._channel = grpc.aio.insecure_channel(target)
+        self._stub = pb_grpc.GenerationServiceStub(self._channel)
+        self._request = pb.GenerateRequest(
+            token_ids=pb.TokenIds(ids=load.prompt), sampling=pb.SamplingParams(temperature=0.0),
+            stopping=pb.StoppingCriteria(max_new_tokens=load.output_tokens, ignore_eos=True))
+
+    async def one(self, i: int) -> Sample:
+        start = time.perf_counter()
+        ttft, tokens = 0.0, 0
+        async for part in self._stub.GenerateStream(self._request, timeout=600):
+            if part.token_ids and not tokens:
+                ttft = time.perf_counter() - start
+            tokens += len(part.token_ids)
+        return Sample(ttft, tokens)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+class VllmGrpcClient:
+    def __init__(self, target: str, load: Load, smg_site: Path) -> None:
+        import grpc
+
+        sys.path.append(str(smg_site))  # the proto package only; nothing of the servicer runs here
+        from smg_grpc_proto import vllm_engine_pb2 as pb
+        from smg_grpc_proto import vllm_engine_pb2_grpc as pb_grpc
+
+        self._pb = pb
+        self._channel = grpc.aio.insecure_channel(target)
+        self._stub = pb_grpc.VllmEngineStub(self._channel)
+        self._load = load
+
+    async def one(self, i: int) -> Sample:
+        pb = self._pb
+        req = pb.GenerateRequest(
+            request_id=f"bench-{i}-{time.monotonic_ns()}",
+            tokenized=pb.TokenizedInput(input_ids=self._load.prompt),
+            sampling_params=pb.SamplingParams(temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
+                                              max_tokens=self._load.output_tokens, ignore_eos=True),
+            stream=True)
+        start = time.perf_counter()
+        ttft, tokens = 0.0, 0
+        async for resp in self._stub.Generate(req, timeout=600):
+            if resp.HasField("chunk"):
+                new = len(resp.chunk.token_ids)
+                if new and not tokens:
+                    ttft = time.perf_counter() - start
+                tokens += new
+        return Sample(ttft, tokens)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+class OpenAIClient:
+    def __init__(self, url: str, model: str, load: Load) -> None:
+        import aiohttp
+
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        self._url = f"{url}/v1/completions"
+        self._body = {"model": model, "prompt": load.prompt, "max_tokens": load.output_tokens,
+                      "temperature": 0.0, "ignore_eos": True, "stream": True,
+                      "stream_options": {"include_usage": True}}
+
+    async def one(self, i: int) -> Sample:
+        start = time.perf_counter()
+        ttft, tokens, chunks = 0.0, 0, 0
+        async with self._session.post(self._url, json=self._body) as resp:
+            resp.raise_for_status()
+            async for raw in resp.content:
+                line = raw.strip()
+                if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if event.get("choices"):
+                    chunks += 1
+                    if chunks == 1:
+                        ttft = time.perf_counter() - start
+                if event.get("usage"):
+                    tokens = event["usage"]["completion_tokens"]
+        return Sample(ttft, tokens)
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+# ---- the in-process engine (a subprocess of this script: the CPU backend spawns workers) ------------
+
+def inprocess_worker(args: argparse.Namespace) -> None:
+    """Reads 'concurrency per_worker' lines on stdin, answers one JSON Result per line."""
+    # vLLM logs to stdout: keep the original stdout for answers only, send everything else to stderr.
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.inputs import tokens_input
+    from vllm.sampling_params import RequestOutputKind, SamplingParams
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    load = Load(list(json.loads(args.prompt_json)), args.output_tokens)
+
+    async def main() -> None:
+        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**json.loads(args.engine_json)))
+        params = SamplingParams(max_tokens=load.output_tokens, temperature=0.0, ignore_eos=True,
+                                output_kind=RequestOutputKind.DELTA)
+
+        async def one(i: int) -> Sample:
+            start = time.perf_counter()
+            ttft, tokens = 0.0, 0
+            rid = f"bench-{i}-{time.monotonic_ns()}"
+            async for out in engine.generate(tokens_input(load.prompt), params, rid):
+                new = len(out.outputs[0].token_ids)
+                if new and not tokens:
+                    ttft = time.perf_counter() - start
+                tokens += new
+            return Sample(ttft, tokens)
+
+        loop = asyncio.get_running_loop()
+        print("ready", file=answers)
+        while True:
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            if not line.strip():
+                break
+            c, per = (int(x) for x in line.split())
+            samples, wall, errors = await closed_loop(one, c, per)
+            print(json.dumps(summarize("inprocess", c, samples, wall, errors).__dict__), file=answers)
+        engine.shutdown()
+
+    asyncio.run(main())
+
+
+# ---- processes -----------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def engine_flags(args: argparse.Namespace) -> list[str]:
+    flags = ["--enforce-eager", "--kv-cache-memory-bytes", str(args.kv_cache_bytes), "--dtype", args.dtype]
+    if args.max_num_seqs:
+        flags += ["--max-num-seqs", str(args.max_num_seqs)]
+    return flags
+
+
+def engine_kwargs(args: argparse.Namespace, model: Path) -> dict[str, object]:
+    kw: dict[str, object] = {"model": str(model), "enforce_eager": True, "dtype": args.dtype,
+                             "kv_cache_memory_bytes": args.kv_cache_bytes, "disable_log_stats": True}
+    if args.max_num_seqs:
+        kw["max_num_seqs"] = args.max_num_seqs
+    return kw
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    address: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL; then anything left in its process group (engine processes) goes too."""
+        if self.popen.stdin is not None:
+            with contextlib.suppress(Exception):
+                self.popen.stdin.close()  # the in-process worker's cue to shut its engine down
+        try:
+            self.popen.wait(timeout=30 if self.popen.stdin is not None else 0.01)
+        except subprocess.TimeoutExpired:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)  # spawned with start_new_session: its own group
+
+
+def spawn(name: str, cmd: list[str], workdir: Path, env_extra: dict[str, str] | None = None,
+          stdin: int | None = None, stdout: int | None = None) -> Proc:
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "TMPDIR": str(workdir), "VLLM_CACHE_ROOT": str(workdir / "vllm-cache"),
+           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    log = workdir / f"{name}.log"
+    with log.open("wb") as f:
+        popen = subprocess.Popen(cmd, stdout=stdout if stdout is not None else f, stderr=f, stdin=stdin,
+                                 env=env, cwd=workdir, start_new_session=True)
+    return Proc(name, popen, log)
+
+
+def wait_port(proc: Proc, port: int, check: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}; log {proc.log}:\n"
+                               + proc.log.read_text(errors="replace")[-4000:])
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"{proc.name} did not come up in {START_TIMEOUT} s; log {proc.log}")
+
+
+_HEALTH_CHECK = """
+import sys, grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+with grpc.insecure_channel("127.0.0.1:" + sys.argv[1]) as ch:
+    resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
+sys.exit(0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 1)
+"""
+
+
+def grpc_serving(port: int) -> bool:
+    # In a child process: this process drives the load with grpc.aio, and once the synchronous gRPC API has
+    # run in a process, grpc.aio channels there intermittently hold streamed messages back (seen: ~290 ms
+    # time to first token on a fraction of channels, for every system).
+    return subprocess.run([sys.executable, "-c", _HEALTH_CHECK, str(port)], capture_output=True,
+                          timeout=30, check=False).returncode == 0
+
+
+def http_ok(url: str) -> bool:
+    from urllib.request import urlopen
+
+    with urlopen(url, timeout=2) as r:
+        return r.status == 200
+
+
+def smg_venv() -> tuple[Path, Path]:
+    """A virtualenv with smg-grpc-servicer on top of the repository's environment (made once, cached)."""
+    root = CACHE / ("smg-venv-" + "-".join(p.split("==")[1] for p in SMG_PACKAGES))
+    py = root / "bin" / "python"
+    site = root / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    if (root / ".complete").exists():
+        return py, site
+    shutil.rmtree(root, ignore_errors=True)
+    print(f"creating {root} (first run only)", file=sys.stderr)
+    venv.EnvBuilder(with_pip=True).create(root)
+    repo_site = next(p for p in sys.path if p.endswith("site-packages") and str(REPO / ".venv") in p)
+    # See the repository's environment (vLLM, grpc, the Grok-1 plugin) with its own .pth files processed.
+    (site / "_grok_repo.pth").write_text(f"import site; site.addsitedir({repo_site!r})\n")
+    subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+                    *SMG_PACKAGES], check=True)
+    (root / ".complete").touch()
+    return py, site
+
+
+def start_systems(args: argparse.Namespace, model: Path, load: Load, workdir: Path) -> dict[str, Proc]:
+    procs: dict[str, Proc] = {}
+    py = sys.executable
+    try:
+        for name in args.systems:
+            port = free_port()
+            if name == "grok":
+                p = spawn(name, [py, "-m", "grok_server.server.main", "--model", str(model),
+                                 "--host", "127.0.0.1", "--port", str(port),
+                                 "--metrics-port", str(free_port()), "--max-concurrent-requests", "4096",
+                                 *engine_flags(args)], workdir / name)
+                wait_port(p, port, lambda port=port: grpc_serving(port))
+                p.address = f"127.0.0.1:{port}"
+            elif name == "vllm-grpc":
+                smg_py, smg_site = smg_venv()
+                p = spawn(name, [str(smg_py), "-m", "vllm.entrypoints.launchers.grpc_server",
+                                 "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
+                                 *engine_flags(args)], workdir / name, {"SMG_VLLM_SERVICER_KV_EVENTS": "0"})
+                wait_port(p, port, lambda port=port: grpc_serving(port))
+                p.address = f"127.0.0.1:{port}"
+                p.extra["site"] = str(smg_site)
+            elif name == "openai":
+                p = spawn(name, [py, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+                                 "--host", "127.0.0.1", "--port", str(port), "--disable-uvicorn-access-log",
+                                 *engine_flags(args)], workdir / name)
+                wait_port(p, port, lambda port=port: http_ok(f"http://127.0.0.1:{port}/health"))
+                p.address = f"http://127.0.0.1:{port}"
+            elif name == "inprocess":
+                p = spawn(name, [py, str(Path(__file__).resolve()), "--inprocess-worker",
+                                 "--engine-json", json.dumps(engine_kwargs(args, model)),
+                                 "--prompt-json", json.dumps(load.prompt), "--output-tokens",
+                                 str(load.output_tokens)], workdir / name, stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE)
+                assert p.popen.stdout is not None
+                line = p.popen.stdout.readline().decode().strip()
+                if line != "ready":
+                    raise RuntimeError(f"inprocess worker failed; log {p.log}:\n"
+                                       + p.log.read_text(errors="replace")[-4000:])
+            else:
+                raise SystemExit(f"unknown system {name!r}; choose from {', '.join(SYSTEMS)}")
+            procs[name] = p
+            print(f"  {name} up", file=sys.stderr)
+    except BaseException:
+        for p in procs.values():
+            p.stop()
+        raise
+    return procs
+
+
+async def measure(name: str, proc: Proc, load: Load, model: Path, c: int, per_worker: int) -> Result:
+    if name == "inprocess":
+        assert proc.popen.stdin is not None and proc.popen.stdout is not None
+        proc.popen.stdin.write(f"{c} {per_worker}\n".encode())
+        proc.popen.stdin.flush()
+        line = await asyncio.get_running_loop().run_in_executor(None, proc.popen.stdout.readline)
+        return Result(**json.loads(line))
+    client: GrokClient | VllmGrpcClient | OpenAIClient
+    if name == "grok":
+        client = GrokClient(proc.address, load)
+    elif name == "vllm-grpc":
+        client = VllmGrpcClient(proc.address, load, Path(proc.extra["site"]))
+    else:
+        client = OpenAIClient(proc.address, str(model), load)
+    try:
+        samples, wall, errors = await closed_loop(client.one, c, per_worker)
+    finally:
+        await client.close()
+    return summarize(name, c, samples, wall, errors)
+
+
+# ---- report --------------------------------------------------------------------------------------
+
+def report(results: list[Result], systems: list[str], concurrencies: list[int]) -> str:
+    def med(system: str, c: int, attr: str) -> float:
+        values = [getattr(r, attr) for r in results if r.system == system and r.concurrency == c]
+        return statistics.median(values) if values else float("nan")
+
+    lines = ["| C | system | output tok/s | TTFT p50 ms | TTFT p99 ms | errors |",
+             "|---|---|---:|---:|---:|---:|"]
+    for c in concurrencies:
+        for s in systems:
+            errors = sum(r.errors for r in results if r.system == s and r.concurrency == c)
+            lines.append(f"| {c} | {s} | {med(s, c, 'tokens_per_s'):.0f} | {med(s, c, 'ttft_p50_ms'):.1f} | "
+                         f"{med(s, c, 'ttft_p99_ms'):.1f} | {errors} |")
+    if "grok" in systems:
+        lines += ["", "| C | ratio | value | target | met |", "|---|---|---:|---|---|"]
+        for c in concurrencies:
+            grok_tps = med("grok", c, "tokens_per_s")
+            for peer in ("vllm-grpc", "openai"):
+                if peer in systems:
+                    ratio = grok_tps / med(peer, c, "tokens_per_s")
+                    lines.append(f"| {c} | grok / {peer} tok/s | {ratio:.2f} | >= 1.00 | "
+                                 f"{'yes' if ratio >= 1.0 else 'NO'} |")
+            if "inprocess" in systems:
+                ratio = grok_tps / med("inprocess", c, "tokens_per_s")
+                target = 0.95 if c == 32 else None
+                met = "" if target is None else ("yes" if ratio >= target else "NO")
+                lines.append(f"| {c} | grok / inprocess tok/s | {ratio:.2f} | "
+                             f"{'>= 0.95' if target else '-'} | {met} |")
+                gap = med("grok", c, "ttft_p50_ms") - med("inprocess", c, "ttft_p50_ms")
+                lines.append(f"| {c} | grok - inprocess TTFT p50 | {gap:+.1f} ms | <= 5 ms | "
+                             f"{'yes' if gap <= 5.0 else 'NO'} |")
+    return "\n".join(lines)
+
+
+def tiny_model() -> Path:
+    out = CACHE / "models" / "grok1-tiny-hpcai-seed0"
+    if not (out / "config.json").exists():
+        from grok_server.checkpoints.tiny import make_tiny_checkpoint
+
+        shutil.rmtree(out, ignore_errors=True)
+        make_tiny_checkpoint(out, size="tiny", naming="hpcai", seed=0)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, help="checkpoint (default: the tiny Grok-1 one, made and cached)")
+    p.add_argument("--systems", default=",".join(SYSTEMS))
+    p.add_argument("--concurrency", default="1,8,32")
+    p.add_argument("--prompt-tokens", type=int, default=32)
+    p.add_argument("--output-tokens", type=int, default=128)
+    p.add_argument("--requests-per-worker", type=int, default=4)
+    p.add_argument("--min-requests", type=int, default=24,
+                   help="at least this many requests per measurement (more per worker at low concurrency)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--kv-cache-bytes", type=int, default=512 * 1024 * 1024)
+    p.add_argument("--max-num-seqs", type=int, default=0)
+    p.add_argument("--json-out", type=Path, help="also write every round's results here")
+    p.add_argument("--inprocess-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--engine-json", help=argparse.SUPPRESS)
+    p.add_argument("--prompt-json", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.inprocess_worker:
+        inprocess_worker(args)
+        return
+    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model = args.model or tiny_model()
+    vocab = int(json.loads((model / "config.json").read_text())["vocab_size"])
+    # A fixed prompt of token ids (the same bytes for every system; no tokenizer differences).
+    load = Load([(7 + 131 * i) % (vocab - 10) + 5 for i in range(args.prompt_tokens)], args.output_tokens)
+    workdir = Path(tempfile.mkdtemp(prefix="grok-bench-"))
+    print(f"model {model}; logs in {workdir}; starting {', '.join(args.systems)}", file=sys.stderr)
+    procs = start_systems(args, model, load, workdir)
+    results: list[Result] = []
+
+    async def run() -> None:
+        for name in args.systems:  # warm-up: first requests pay one-time costs in every system
+            await measure(name, procs[name], load, model, 4, 2)
+        for r in range(args.rounds):
+            order = args.systems[r % len(args.systems):] + args.systems[: r % len(args.systems)]
+            for c in concurrencies:
+                per_worker = max(args.requests_per_worker, -(-args.min_requests // c))
+                for name in order:
+                    res = await measure(name, procs[name], load, model, c, per_worker)
+                    results.append(res)
+                    print(f"  round {r + 1} C={c:<3} {name:<10} {res.tokens_per_s:8.0f} tok/s  "
+                          f"TTFT p50 {res.ttft_p50_ms:6.1f} ms  p99 {res.ttft_p99_ms:6.1f} ms"
+                          + (f"  errors {res.errors}" if res.errors else ""), file=sys.stderr)
+
+    try:
+        asyncio.run(run())
+    finally:
+        for proc in procs.values():
+            proc.stop()
+    if args.json_out:
+        args.json_out.write_text(json.dumps([r.__dict__ for r in results], indent=1))
+    print(f"\nprompt {args.prompt_tokens} tokens, output {args.output_tokens} tokens (greedy, ignore_eos), "
+          f"{args.requests_per_worker} requests per worker (at least {args.min_requests} per measurement), "
+          f"median of {args.rounds} rounds, "
+          f"dtype {args.dtype}, enforce_eager, model {model.name}\n")
+    print(report(results, args.systems, concurrencies))
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

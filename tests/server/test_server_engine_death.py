@@ -1,0 +1,71 @@
+"""When the engine process dies, in-flight requests get UNAVAILABLE and the server exits non-zero."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+from grok.serving.v1 import generation_pb2 as pb
+from grok.serving.v1 import generation_pb2_grpc as pb_grpc
+
+from tests.server.serverlib import running_server
+
+
+def test_engine_death_fails_in_flight_requests_and_exits_nonzero(
+    grok_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with (
+        running_server(grok_model, tmp_path_factory.mktemp("grok-server-death")) as server,
+        grpc.insecure_channel(server.target) as channel,
+    ):
+        stub = pb_grpc.GenerationServiceStub(channel)
+        info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+        engine_pids = server.engine_core_pids()
+        assert len(engine_pids) == 1, engine_pids
+
+        call = stub.GenerateStream(
+            pb.GenerateRequest(
+                text="doomed",
+                stopping=pb.StoppingCriteria(max_new_tokens=info.max_model_len - 16, ignore_eos=True),
+            ),
+            timeout=120,
+        )
+        first = threading.Event()
+
+        def consume() -> tuple[grpc.StatusCode, str]:
+            try:
+                for _ in call:
+                    first.set()
+                return grpc.StatusCode.OK, ""
+            except grpc.RpcError as e:
+                return e.code(), e.details() or ""
+            finally:
+                first.set()
+
+        with ThreadPoolExecutor(1) as pool:
+            outcome = pool.submit(consume)
+            assert first.wait(60)
+            killed_at = time.monotonic()
+            os.kill(engine_pids[0], signal.SIGKILL)
+            code, details = outcome.result(timeout=60)
+        assert code == grpc.StatusCode.UNAVAILABLE
+        assert details == "the engine died while serving the request; retry on another replica"
+        assert time.monotonic() - killed_at < 30  # never a hang
+
+        # Nothing is served any more: while the process still runs a new call gets UNAVAILABLE from the
+        # server; once it is shutting down gRPC itself refuses the call (UNAVAILABLE or CANCELLED).
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Generate(pb.GenerateRequest(text="after"), timeout=10)
+        assert e.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+        if e.value.code() == grpc.StatusCode.UNAVAILABLE and "engine" in (e.value.details() or ""):
+            assert e.value.details() == (
+                "the engine has failed and the server is restarting; retry on another replica"
+            )
+        assert server.wait_exit(timeout=60) == 1
+        assert "the engine died" in server.log()
