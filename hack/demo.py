@@ -1,95 +1,357 @@
-"""`make demo`: the main job, end to end, on an embedded default (a simulated GPU cluster).
+"""`make demo`: grok-serve end to end on an embedded default, a simulated GPU cluster on this machine.
 
-Brings up a local control plane with simulated H100 nodes, places a tensor-parallel-8 serving workload
-on them the way the operator will, shows where it landed, and tears everything down (or keeps it with
---keep and prints how to connect).
+1. a local control plane with four simulated 8-GPU H100 nodes (grok-devcluster);
+2. `helm install` of the operator chart (CRD, RBAC); the operator runs here as the chart's ServiceAccount
+   (there is no container runtime: the chart's own operator pods are simulated and do nothing);
+3. a tiny Grok-1-shaped checkpoint, and a GrokDeployment for it (examples/grok-1-tiny-cpu.yaml, with
+   autoscaling on): the operator plans it and places its pods on the GPU nodes;
+4. a real grok-server on the CPU serving that checkpoint through vLLM, standing in for the replicas'
+   containers; a real Prometheus scrapes it as the GrokDeployment's replica;
+5. a streamed completion through grok-client, the GrokDeployment's status and pods, then load from a
+   gRPC load generator until the autoscaler scales up, and a summary.
+
+Everything is torn down at the end, or kept with --keep (`make demo KEEP=1`), which prints how to connect.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import subprocess
 import sys
 import time
+import urllib.request
+from pathlib import Path
 
 import yaml
 
 from grok_devcluster import DevCluster, NodePool
+from grok_devcluster.prometheus import PrometheusServer, free_port
 
-CLUSTER_NAME = "grok-demo"
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = "grok-demo"
+NAMESPACE = "demo"
+OPERATOR_NAMESPACE = "grok-system"
+NAME = "grok-1-tiny"
+CACHE = Path(os.environ.get("GROK_CACHE", Path.home() / ".cache" / "grok-serve"))
+STATE = CACHE / "demo"
+AUTOSCALING = {
+    "minReplicas": 1,
+    "maxReplicas": 3,
+    "metric": "waitingRequestsPerReplica",
+    "target": 2,
+    "tolerance": 0.5,
+    "scaleUpStabilizationSeconds": 6,
+    "scaleDownStabilizationSeconds": 60,
+    "maxScaleUpStep": 1,
+}
 
 
 def step(text: str) -> None:
-    print(f"\n==> {text}", flush=True)
+    print(f"\n\033[1m==> {text}\033[0m", flush=True)
+
+
+def run(*cmd: str | Path, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"demo: {' '.join(map(str, cmd))} failed:\n{result.stderr}")
+    return result.stdout
+
+
+def wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise SystemExit(f"demo: timed out waiting for {what}")
+
+
+def tiny_checkpoint() -> Path:
+    path = CACHE / "models" / "grok-1-tiny-seed0"
+    if not (path / "config.json").exists():
+        run(sys.executable, "-m", "grok_server.checkpoints.tiny", path, "--size", "tiny")
+    return path
+
+
+class Demo:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.cluster = DevCluster(CLUSTER)
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.prometheus: PrometheusServer | None = None
+        STATE.mkdir(parents=True, exist_ok=True)
+
+    def kubectl(self, *args: str) -> str:
+        return self.cluster.kubectl(*args).stdout
+
+    def grokd(self) -> dict:
+        return yaml.safe_load(self.kubectl("get", "grokdeployment", NAME, "-n", NAMESPACE, "-o", "yaml"))
+
+    def start(
+        self, name: str, *cmd: str | Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        log = (STATE / f"{name}.log").open("wb")
+        proc = subprocess.Popen(
+            [str(c) for c in cmd],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+        self.processes.append(proc)
+        return proc
+
+    # -- the steps ------------------------------------------------------------------------------------
+
+    def control_plane(self) -> None:
+        if self.cluster.exists():
+            self.cluster.down()
+        step("1/6 simulated GPU cluster: etcd, kube-apiserver, controller-manager, scheduler, KWOK nodes")
+        self.cluster.up([NodePool(4, 8, "NVIDIA-H100-80GB-HBM3", "h100")], cpu_nodes=1)
+        print(self.kubectl("get", "nodes", "-L", "nvidia.com/gpu.product,node.kubernetes.io/instance-type"))
+
+    def operator(self) -> None:
+        step("2/6 helm install charts/grok-operator (CRD, ServiceAccount, least-privilege RBAC)")
+        helm = self.cluster.bin_dir / "helm"
+        print(
+            run(
+                helm,
+                "install",
+                "grok",
+                ROOT / "charts" / "grok-operator",
+                "-n",
+                OPERATOR_NAMESPACE,
+                "--create-namespace",
+                "--set",
+                "replicaCount=0",
+                env=self.cluster.env(),
+            ).split("NOTES:")[0]
+        )
+        (STATE / "prometheus").mkdir(exist_ok=True)
+        self.prometheus = PrometheusServer(STATE / "prometheus")
+        self.prometheus.start()
+        kubeconfig = self.cluster.service_account_kubeconfig(
+            OPERATOR_NAMESPACE, "grok-grok-operator", STATE / "operator-kubeconfig"
+        )
+        health = free_port()
+        self.start(
+            "operator",
+            sys.executable,
+            "-m",
+            "grok_operator.main",
+            "--prometheus-url",
+            self.prometheus.url,
+            "--autoscale-interval",
+            "2",
+            "--metrics-stale-seconds",
+            "10",
+            "--metrics-port",
+            str(free_port()),
+            "--health-port",
+            str(health),
+            "--log-format",
+            "text",
+            env={"KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": OPERATOR_NAMESPACE},
+        )
+
+        def healthy() -> bool:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=2)
+                return True
+            except OSError:
+                return False
+
+        wait(healthy, 90, "the operator")
+        print(
+            f"operator running as system:serviceaccount:{OPERATOR_NAMESPACE}:grok-grok-operator "
+            f"(log: {STATE / 'operator.log'}); Prometheus at {self.prometheus.url}"
+        )
+
+    def deployment(self) -> None:
+        step("3/6 kubectl apply a GrokDeployment of a tiny Grok-1-shaped model (with autoscaling)")
+        manifests = list(yaml.safe_load_all((ROOT / "examples" / "grok-1-tiny-cpu.yaml").read_text()))
+        for m in manifests:
+            if m["kind"] == "GrokDeployment":
+                m["spec"]["autoscaling"] = AUTOSCALING
+        self.kubectl("create", "namespace", NAMESPACE)
+        self.cluster.kubectl(
+            "wait", "--for=create", "serviceaccount/default", "-n", NAMESPACE, "--timeout=60s"
+        )
+        print(
+            self.cluster.kubectl(
+                "apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump_all(manifests)
+            ).stdout
+        )
+        wait(lambda: (self.grokd().get("status") or {}).get("phase") == "Ready", 120, "the GrokDeployment")
+        print(self.kubectl("get", "grokdeployments", "-n", NAMESPACE))
+        print(self.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide"))
+        plan = self.grokd()["status"]["plan"]
+        print(
+            f"plan: tensor parallel {plan['tensorParallelSize']} on {plan['gpuProduct']}, "
+            f"{plan['maxConcurrentSequences']} full-context sequences per replica"
+        )
+
+    def server(self) -> str:
+        step("4/6 starting grok-server on the CPU (vLLM + the Grok-1 plugin) with the tiny checkpoint")
+        model = tiny_checkpoint()
+        port, metrics_port = free_port(), free_port()
+        run_dir = STATE / "server"
+        run_dir.mkdir(exist_ok=True)
+        self.start(
+            "server",
+            sys.executable,
+            "-m",
+            "grok_server.server.main",
+            "--model",
+            model,
+            "--served-model-name",
+            NAME,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--metrics-host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(metrics_port),
+            "--enforce-eager",
+            "--kv-cache-memory-bytes",
+            str(256 * 1024 * 1024),
+            "--max-num-seqs",
+            "2",
+            "--max-concurrent-requests",
+            "64",
+            env={"TMPDIR": str(run_dir), "VLLM_CACHE_ROOT": str(run_dir / "vllm"), "HF_HUB_OFFLINE": "1"},
+        )
+
+        def ready() -> bool:
+            try:
+                return (
+                    urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=2).status == 200
+                )
+            except OSError:
+                return False
+
+        started = time.monotonic()
+        wait(ready, 300, "grok-server to load the model")
+        print(
+            f"serving on 127.0.0.1:{port} after {time.monotonic() - started:.0f}s, log {STATE / 'server.log'}"
+        )
+        assert self.prometheus is not None
+        self.prometheus.scrape(
+            (
+                f"127.0.0.1:{metrics_port}",
+                {"namespace": NAMESPACE, "serving_grok_dev_deployment": NAME, "pod": f"{NAME}-0"},
+            )
+        )
+        return f"127.0.0.1:{port}"
+
+    def completion(self, target: str) -> None:
+        step("5/6 grok-client generate --stream (random weights: the text is noise, the tokens are real)")
+        out = run(
+            sys.executable,
+            "-m",
+            "grok_server.client.cli",
+            "generate",
+            "--target",
+            target,
+            "--stream",
+            "--max-tokens",
+            "24",
+            "--temperature",
+            "0",
+            "The capital of France is",
+        )
+        print(out)
+        print(run(sys.executable, "-m", "grok_server.client.cli", "info", "--target", target))
+
+    def autoscaling(self, target: str) -> int:
+        step("6/6 load: 12 concurrent streams against a replica that runs 2 at a time -> the queue grows")
+        load = self.start(
+            "load", sys.executable, "-m", "grok_server.client.load", "--target", target, "--clients", "12"
+        )
+        started = time.monotonic()
+        try:
+
+            def replicas() -> int:
+                return int(self.grokd()["spec"]["replicas"])
+
+            scaled = wait(lambda: replicas() > 1 and replicas(), 180, "a scale-up")
+            print(f"scaled 1 -> {scaled} after {time.monotonic() - started:.0f}s of load")
+            last = self.grokd()["status"].get("lastScale", {})
+            print(f"lastScale: {last.get('from')} -> {last.get('to')}: {last.get('reason')}")
+            time.sleep(4)
+            print(self.kubectl("get", "grokdeployments", "-n", NAMESPACE))
+            print(
+                self.kubectl(
+                    "get",
+                    "events",
+                    "-n",
+                    NAMESPACE,
+                    "--field-selector",
+                    f"involvedObject.name={NAME}",
+                    "-o",
+                    "custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message",
+                )
+            )
+        finally:
+            load.send_signal(signal.SIGTERM)
+            load.wait(150)
+        print("load generator: " + (STATE / "load.log").read_text().strip().splitlines()[-1])
+        return scaled
+
+    def stop_processes(self) -> None:
+        for proc in reversed(self.processes):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.processes:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        if self.prometheus is not None:
+            self.prometheus.stop()
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--keep", action="store_true", help="leave the cluster running")
+    parser = argparse.ArgumentParser(description="grok-serve end to end on a simulated GPU cluster")
+    parser.add_argument(
+        "--keep", action="store_true", help="leave everything running and print how to connect"
+    )
     args = parser.parse_args()
-
-    started = time.monotonic()
-    cluster = DevCluster(CLUSTER_NAME)
-    if cluster.exists():
-        step(f"removing the previous demo cluster {CLUSTER_NAME!r}")
-        cluster.down()
-    step("starting the simulated GPU cluster (etcd, kube-apiserver, controller-manager, scheduler, KWOK)")
-    cluster.up([NodePool(4, 8, "NVIDIA-H100-80GB-HBM3", "h100")], cpu_nodes=1)
+    demo = Demo(args)
+    began = time.monotonic()
     try:
+        demo.control_plane()
+        demo.operator()
+        demo.deployment()
+        target = demo.server()
+        demo.completion(target)
+        scaled = demo.autoscaling(target)
+        step(f"done in {time.monotonic() - began:.0f}s")
+        print(f"  cluster        {CLUSTER}: 4 simulated H100 nodes (8 GPUs each) + 1 CPU node")
         print(
-            cluster.kubectl(
-                "get", "nodes", "-L", "nvidia.com/gpu.product,node.kubernetes.io/instance-type"
-            ).stdout
+            f"  GrokDeployment {NAMESPACE}/{NAME}: Ready, autoscaled 1 -> {scaled} on grok_requests_waiting"
         )
-
-        step("placing a tensor-parallel-8 workload (8 GPUs per pod, 2 replicas) on the H100 nodes")
-        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(_tp8_workload()))
-        cluster.kubectl("rollout", "status", "deployment/grok-demo", "--timeout=60s")
-        print(cluster.kubectl("get", "pods", "-o", "wide").stdout)
-        print(
-            cluster.kubectl("describe", "nodes", "h100-0")
-            .stdout.split("Allocated resources:")[1]
-            .split("Events:")[0]
-        )
-
-        step(f"done in {time.monotonic() - started:.1f}s")
+        print(f"  server         {target} (gRPC), streaming completions through grok-client")
         if args.keep:
             print(
-                f"the cluster keeps running:\n  export KUBECONFIG={cluster.kubeconfig}\n"
-                f"  export PATH={cluster.bin_dir}:$PATH\n  kubectl get nodes\n"
-                f"stop it with: .venv/bin/grok-devcluster down --name {CLUSTER_NAME}"
+                f"\nstill running (make demo KEEP=1):\n  export KUBECONFIG={demo.cluster.kubeconfig}\n"
+                f"  export PATH={demo.cluster.bin_dir}:$PATH\n  kubectl get grokd -n {NAMESPACE}\n"
+                f"  .venv/bin/grok-client generate --target {target} --stream 'Hello'\n"
+                f"stop: kill the operator/server processes (pids {[p.pid for p in demo.processes]}) and run "
+                f".venv/bin/grok-devcluster down --name {CLUSTER}"
             )
+        return 0
     finally:
         if not args.keep:
-            step("tearing the cluster down")
-            cluster.down()
-    return 0
-
-
-def _tp8_workload() -> dict:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "grok-demo", "namespace": "default"},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": "grok-demo"}},
-            "template": {
-                "metadata": {"labels": {"app": "grok-demo"}},
-                "spec": {
-                    "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                    "containers": [
-                        {
-                            "name": "server",
-                            "image": "grok-serve/server:dev",
-                            "args": ["--tensor-parallel-size", "8"],
-                            "resources": {"limits": {"nvidia.com/gpu": "8"}},
-                        }
-                    ],
-                },
-            },
-        },
-    }
+            step("tearing down")
+            demo.stop_processes()
+            demo.cluster.down()
+            print("everything stopped")
 
 
 if __name__ == "__main__":

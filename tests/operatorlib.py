@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 import yaml
 
 from grok_devcluster import DevCluster
+from grok_devcluster.prometheus import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "grok-operator"
@@ -26,12 +26,6 @@ OPERATOR_NAMESPACE = "grok-system"
 RELEASE = "grok"
 SERVICE_ACCOUNT = "grok-grok-operator"
 RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def render_chart(cluster: DevCluster, *args: str) -> list[dict]:

@@ -4,17 +4,16 @@ operator (as the chart's ServiceAccount) decides through the scale subresource."
 
 from __future__ import annotations
 
-import contextlib
-import threading
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
-import grpc
 import pytest
-from grok.serving.v1 import generation_pb2 as pb
-from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
-from tests.autoscaling.prometheus import PrometheusServer
+from grok_devcluster.prometheus import PrometheusServer
 from tests.operator.test_operator_cluster import apply, conditions, events, get, grokd, weights_claim
 from tests.operatorlib import OperatorProcess, wait_for
 from tests.server.serverlib import running_server
@@ -25,40 +24,34 @@ UP_WINDOW, DOWN_WINDOW, INTERVAL = 6, 20, 2
 
 
 class Load:
-    """Closed-loop streams: each client sends its next request as soon as the last one ends."""
+    """Closed-loop gRPC load from a process of its own (`python -m grok_server.client.load`): this
+    process forks kubectl all the time, which would disturb its own gRPC channels."""
 
-    def __init__(self, target: str) -> None:
-        self.channel = grpc.insecure_channel(target)
-        self.stub = pb_grpc.GenerationServiceStub(self.channel)
-        self.stop = threading.Event()
-        self.threads: list[threading.Thread] = []
-        self.completed = 0
-
-    def _client(self, stop: threading.Event) -> None:
-        request = pb.GenerateRequest(
-            text="the quick brown fox", stopping=pb.StoppingCriteria(max_new_tokens=96, ignore_eos=True)
-        )
-        while not stop.is_set():
-            with contextlib.suppress(grpc.RpcError):
-                for _ in self.stub.GenerateStream(request, timeout=60):
-                    pass
-                self.completed += 1
+    def __init__(self, target: str, log: Path) -> None:
+        self.target, self.log, self.proc = target, log, None
 
     def clients(self, n: int) -> None:
-        """Sets the number of concurrent clients."""
-        self.stop.set()
-        for t in self.threads:
-            t.join(70)
-        self.stop = threading.Event()
-        self.threads = [
-            threading.Thread(target=self._client, args=(self.stop,), daemon=True) for _ in range(n)
-        ]
-        for t in self.threads:
-            t.start()
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(150)
+            self.proc = None
+        if n:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "grok_server.client.load",
+                    "--target",
+                    self.target,
+                    "--clients",
+                    str(n),
+                ],
+                stdout=self.log.open("ab"),
+                stderr=subprocess.STDOUT,
+            )
 
     def close(self) -> None:
         self.clients(0)
-        self.channel.close()
 
 
 @pytest.fixture
@@ -128,7 +121,7 @@ def test_scales_on_load_holds_at_target_and_on_missing_data(
         }
         tiny = {"uri": "pvc://weights/tiny", "profile": "grok-1-tiny", "maxModelLen": 1024}
         apply(devcluster, ns, weights_claim(), grokd("auto", replicas=1, model=tiny, autoscaling=autoscaling))
-        load = Load(server.target)
+        load = Load(server.target, tmp_path / "load.log")
         try:
             # Steady load at the target (about 4 waiting on the one replica): no scaling.
             load.clients(6)

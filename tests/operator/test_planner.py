@@ -112,3 +112,11 @@ def test_a_chosen_plan_always_fits_and_is_the_smallest(product, quantization, ma
     for smaller in (t for t in (1, 2, 4) if t < p.tensor_parallel_size):
         with pytest.raises(PlanError):
             plan(PlanRequest(**{**req.__dict__, "tensor_parallel": smaller}))
+
+
+def test_the_tiny_profiles_are_the_shapes_the_generator_writes():
+    from grok_operator.models import GROK_1_SMALL
+    from grok_server.checkpoints.tiny import parameter_count
+
+    assert GROK_1_TINY.parameters == parameter_count("tiny")
+    assert GROK_1_SMALL.parameters == parameter_count("small")

@@ -328,6 +328,9 @@ def child_event(
         return
     child = {**_plain(body), "kind": resource.kind}
     deleted = event.get("type") == "DELETED"
+    meta = owner["metadata"]
+    if State.handled.get(meta["uid"]) != int(meta.get("generation", 1)):
+        return  # a spec change not yet applied: its own event reconciles it (this is not drift)
     assert State.service_monitors is not None
     wanted = {
         (c["kind"], c["metadata"]["name"]): c

@@ -57,7 +57,7 @@ GROK_1 = ModelShape(
     expert_ffn=32768,
     max_context=8192,
 )
-# The shapes `grok-make-tiny-model` writes (for the CPU demo and tests).
+# The shapes `grok-make-tiny-model` writes (for the CPU demo and tests; grok_server.checkpoints.tiny).
 GROK_1_TINY = ModelShape(
     layers=2,
     hidden=128,
@@ -67,20 +67,20 @@ GROK_1_TINY = ModelShape(
     vocab=1024,
     experts=8,
     experts_per_token=2,
-    expert_ffn=128,
-    max_context=1024,
+    expert_ffn=256,
+    max_context=2048,
 )
 GROK_1_SMALL = ModelShape(
-    layers=8,
+    layers=6,
     hidden=512,
     heads=8,
     kv_heads=2,
     head_dim=64,
-    vocab=8192,
+    vocab=4096,
     experts=8,
     experts_per_token=2,
     expert_ffn=1024,
-    max_context=2048,
+    max_context=8192,
 )
 
 PROFILES: dict[str, ModelShape] = {"grok-1": GROK_1, "grok-1-tiny": GROK_1_TINY, "grok-1-small": GROK_1_SMALL}

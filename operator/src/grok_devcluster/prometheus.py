@@ -1,9 +1,11 @@
-"""A real Prometheus server (Debian's package) for tests: scrapes targets listed in a file."""
+"""A real Prometheus server (the system's `prometheus` binary, e.g. Debian's package) for the simulated
+cluster's tests and demo: it scrapes the targets listed in a file, which can change while it runs."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import time
 import urllib.parse
@@ -12,7 +14,11 @@ from pathlib import Path
 
 import yaml
 
-from tests.operatorlib import free_port
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class PrometheusServer:
