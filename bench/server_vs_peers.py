@@ -48,6 +48,7 @@ START_TIMEOUT = 420.0
 
 # ---- measurement ---------------------------------------------------------------------------------
 
+
 @dataclass
 class Sample:
     ttft: float
@@ -72,8 +73,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[k]
 
 
-async def closed_loop(one: Callable[[int], Awaitable[Sample]], concurrency: int, per_worker: int) -> tuple[
-        list[Sample], float, int]:
+async def closed_loop(
+    one: Callable[[int], Awaitable[Sample]], concurrency: int, per_worker: int
+) -> tuple[list[Sample], float, int]:
     samples: list[Sample] = []
     errors = 0
 
@@ -94,11 +96,18 @@ async def closed_loop(one: Callable[[int], Awaitable[Sample]], concurrency: int,
 
 def summarize(system: str, concurrency: int, samples: list[Sample], wall: float, errors: int) -> Result:
     ttfts = [s.ttft * 1000 for s in samples]
-    return Result(system, concurrency, sum(s.tokens for s in samples) / wall, percentile(ttfts, 50),
-                  percentile(ttfts, 99), errors)
+    return Result(
+        system,
+        concurrency,
+        sum(s.tokens for s in samples) / wall,
+        percentile(ttfts, 50),
+        percentile(ttfts, 99),
+        errors,
+    )
 
 
 # ---- clients -------------------------------------------------------------------------------------
+
 
 @dataclass
 class Load:
@@ -115,8 +124,10 @@ class GrokClient:
         self._channel = grpc.aio.insecure_channel(target)
         self._stub = pb_grpc.GenerationServiceStub(self._channel)
         self._request = pb.GenerateRequest(
-            token_ids=pb.TokenIds(ids=load.prompt), sampling=pb.SamplingParams(temperature=0.0),
-            stopping=pb.StoppingCriteria(max_new_tokens=load.output_tokens, ignore_eos=True))
+            token_ids=pb.TokenIds(ids=load.prompt),
+            sampling=pb.SamplingParams(temperature=0.0),
+            stopping=pb.StoppingCriteria(max_new_tokens=load.output_tokens, ignore_eos=True),
+        )
 
     async def one(self, i: int) -> Sample:
         start = time.perf_counter()
@@ -149,9 +160,16 @@ class VllmGrpcClient:
         req = pb.GenerateRequest(
             request_id=f"bench-{i}-{time.monotonic_ns()}",
             tokenized=pb.TokenizedInput(input_ids=self._load.prompt),
-            sampling_params=pb.SamplingParams(temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
-                                              max_tokens=self._load.output_tokens, ignore_eos=True),
-            stream=True)
+            sampling_params=pb.SamplingParams(
+                temperature=0.0,
+                top_p=1.0,
+                top_k=0,
+                repetition_penalty=1.0,
+                max_tokens=self._load.output_tokens,
+                ignore_eos=True,
+            ),
+            stream=True,
+        )
         start = time.perf_counter()
         ttft, tokens = 0.0, 0
         async for resp in self._stub.Generate(req, timeout=600):
@@ -172,9 +190,15 @@ class OpenAIClient:
 
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         self._url = f"{url}/v1/completions"
-        self._body = {"model": model, "prompt": load.prompt, "max_tokens": load.output_tokens,
-                      "temperature": 0.0, "ignore_eos": True, "stream": True,
-                      "stream_options": {"include_usage": True}}
+        self._body = {
+            "model": model,
+            "prompt": load.prompt,
+            "max_tokens": load.output_tokens,
+            "temperature": 0.0,
+            "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
 
     async def one(self, i: int) -> Sample:
         start = time.perf_counter()
@@ -200,6 +224,7 @@ class OpenAIClient:
 
 # ---- the in-process engine (a subprocess of this script: the CPU backend spawns workers) ------------
 
+
 def inprocess_worker(args: argparse.Namespace) -> None:
     """Reads 'concurrency per_worker' lines on stdin, answers one JSON Result per line."""
     # vLLM logs to stdout: keep the original stdout for answers only, send everything else to stderr.
@@ -214,8 +239,12 @@ def inprocess_worker(args: argparse.Namespace) -> None:
 
     async def main() -> None:
         engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**json.loads(args.engine_json)))
-        params = SamplingParams(max_tokens=load.output_tokens, temperature=0.0, ignore_eos=True,
-                                output_kind=RequestOutputKind.DELTA)
+        params = SamplingParams(
+            max_tokens=load.output_tokens,
+            temperature=0.0,
+            ignore_eos=True,
+            output_kind=RequestOutputKind.DELTA,
+        )
 
         async def one(i: int) -> Sample:
             start = time.perf_counter()
@@ -244,6 +273,7 @@ def inprocess_worker(args: argparse.Namespace) -> None:
 
 # ---- processes -----------------------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -258,8 +288,13 @@ def engine_flags(args: argparse.Namespace) -> list[str]:
 
 
 def engine_kwargs(args: argparse.Namespace, model: Path) -> dict[str, object]:
-    kw: dict[str, object] = {"model": str(model), "enforce_eager": True, "dtype": args.dtype,
-                             "kv_cache_memory_bytes": args.kv_cache_bytes, "disable_log_stats": True}
+    kw: dict[str, object] = {
+        "model": str(model),
+        "enforce_eager": True,
+        "dtype": args.dtype,
+        "kv_cache_memory_bytes": args.kv_cache_bytes,
+        "disable_log_stats": True,
+    }
     if args.max_num_seqs:
         kw["max_num_seqs"] = args.max_num_seqs
     return kw
@@ -291,15 +326,34 @@ class Proc:
             os.killpg(self.popen.pid, signal.SIGKILL)  # spawned with start_new_session: its own group
 
 
-def spawn(name: str, cmd: list[str], workdir: Path, env_extra: dict[str, str] | None = None,
-          stdin: int | None = None, stdout: int | None = None) -> Proc:
+def spawn(
+    name: str,
+    cmd: list[str],
+    workdir: Path,
+    env_extra: dict[str, str] | None = None,
+    stdin: int | None = None,
+    stdout: int | None = None,
+) -> Proc:
     workdir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "TMPDIR": str(workdir), "VLLM_CACHE_ROOT": str(workdir / "vllm-cache"),
-           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    env = {
+        **os.environ,
+        "TMPDIR": str(workdir),
+        "VLLM_CACHE_ROOT": str(workdir / "vllm-cache"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        **(env_extra or {}),
+    }
     log = workdir / f"{name}.log"
     with log.open("wb") as f:
-        popen = subprocess.Popen(cmd, stdout=stdout if stdout is not None else f, stderr=f, stdin=stdin,
-                                 env=env, cwd=workdir, start_new_session=True)
+        popen = subprocess.Popen(
+            cmd,
+            stdout=stdout if stdout is not None else f,
+            stderr=f,
+            stdin=stdin,
+            env=env,
+            cwd=workdir,
+            start_new_session=True,
+        )
     return Proc(name, popen, log)
 
 
@@ -307,8 +361,10 @@ def wait_port(proc: Proc, port: int, check: Callable[[], bool]) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.popen.poll() is not None:
-            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}; log {proc.log}:\n"
-                               + proc.log.read_text(errors="replace")[-4000:])
+            raise RuntimeError(
+                f"{proc.name} exited with {proc.popen.returncode}; log {proc.log}:\n"
+                + proc.log.read_text(errors="replace")[-4000:]
+            )
         with contextlib.suppress(Exception):
             if check():
                 return
@@ -329,8 +385,12 @@ def grpc_serving(port: int) -> bool:
     # In a child process: this process drives the load with grpc.aio, and once the synchronous gRPC API has
     # run in a process, grpc.aio channels there intermittently hold streamed messages back (seen: ~290 ms
     # time to first token on a fraction of channels, for every system).
-    return subprocess.run([sys.executable, "-c", _HEALTH_CHECK, str(port)], capture_output=True,
-                          timeout=30, check=False).returncode == 0
+    return (
+        subprocess.run(
+            [sys.executable, "-c", _HEALTH_CHECK, str(port)], capture_output=True, timeout=30, check=False
+        ).returncode
+        == 0
+    )
 
 
 def http_ok(url: str) -> bool:
@@ -353,8 +413,19 @@ def smg_venv() -> tuple[Path, Path]:
     repo_site = next(p for p in sys.path if p.endswith("site-packages") and str(REPO / ".venv") in p)
     # See the repository's environment (vLLM, grpc, the Grok-1 plugin) with its own .pth files processed.
     (site / "_grok_repo.pth").write_text(f"import site; site.addsitedir({repo_site!r})\n")
-    subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-                    *SMG_PACKAGES], check=True)
+    subprocess.run(
+        [
+            str(py),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            *SMG_PACKAGES,
+        ],
+        check=True,
+    )
     (root / ".complete").touch()
     return py, site
 
@@ -366,37 +437,94 @@ def start_systems(args: argparse.Namespace, model: Path, load: Load, workdir: Pa
         for name in args.systems:
             port = free_port()
             if name == "grok":
-                p = spawn(name, [py, "-m", "grok_server.server.main", "--model", str(model),
-                                 "--host", "127.0.0.1", "--port", str(port),
-                                 "--metrics-port", str(free_port()), "--max-concurrent-requests", "4096",
-                                 *engine_flags(args)], workdir / name)
+                p = spawn(
+                    name,
+                    [
+                        py,
+                        "-m",
+                        "grok_server.server.main",
+                        "--model",
+                        str(model),
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                        "--metrics-port",
+                        str(free_port()),
+                        "--max-concurrent-requests",
+                        "4096",
+                        *engine_flags(args),
+                    ],
+                    workdir / name,
+                )
                 wait_port(p, port, lambda port=port: grpc_serving(port))
                 p.address = f"127.0.0.1:{port}"
             elif name == "vllm-grpc":
                 smg_py, smg_site = smg_venv()
-                p = spawn(name, [str(smg_py), "-m", "vllm.entrypoints.launchers.grpc_server",
-                                 "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
-                                 *engine_flags(args)], workdir / name, {"SMG_VLLM_SERVICER_KV_EVENTS": "0"})
+                p = spawn(
+                    name,
+                    [
+                        str(smg_py),
+                        "-m",
+                        "vllm.entrypoints.launchers.grpc_server",
+                        "--model",
+                        str(model),
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                        *engine_flags(args),
+                    ],
+                    workdir / name,
+                    {"SMG_VLLM_SERVICER_KV_EVENTS": "0"},
+                )
                 wait_port(p, port, lambda port=port: grpc_serving(port))
                 p.address = f"127.0.0.1:{port}"
                 p.extra["site"] = str(smg_site)
             elif name == "openai":
-                p = spawn(name, [py, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-                                 "--host", "127.0.0.1", "--port", str(port), "--disable-uvicorn-access-log",
-                                 *engine_flags(args)], workdir / name)
+                p = spawn(
+                    name,
+                    [
+                        py,
+                        "-m",
+                        "vllm.entrypoints.openai.api_server",
+                        "--model",
+                        str(model),
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                        "--disable-uvicorn-access-log",
+                        *engine_flags(args),
+                    ],
+                    workdir / name,
+                )
                 wait_port(p, port, lambda port=port: http_ok(f"http://127.0.0.1:{port}/health"))
                 p.address = f"http://127.0.0.1:{port}"
             elif name == "inprocess":
-                p = spawn(name, [py, str(Path(__file__).resolve()), "--inprocess-worker",
-                                 "--engine-json", json.dumps(engine_kwargs(args, model)),
-                                 "--prompt-json", json.dumps(load.prompt), "--output-tokens",
-                                 str(load.output_tokens)], workdir / name, stdin=subprocess.PIPE,
-                          stdout=subprocess.PIPE)
+                p = spawn(
+                    name,
+                    [
+                        py,
+                        str(Path(__file__).resolve()),
+                        "--inprocess-worker",
+                        "--engine-json",
+                        json.dumps(engine_kwargs(args, model)),
+                        "--prompt-json",
+                        json.dumps(load.prompt),
+                        "--output-tokens",
+                        str(load.output_tokens),
+                    ],
+                    workdir / name,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                )
                 assert p.popen.stdout is not None
                 line = p.popen.stdout.readline().decode().strip()
                 if line != "ready":
-                    raise RuntimeError(f"inprocess worker failed; log {p.log}:\n"
-                                       + p.log.read_text(errors="replace")[-4000:])
+                    raise RuntimeError(
+                        f"inprocess worker failed; log {p.log}:\n" + p.log.read_text(errors="replace")[-4000:]
+                    )
             else:
                 raise SystemExit(f"unknown system {name!r}; choose from {', '.join(SYSTEMS)}")
             procs[name] = p
@@ -431,18 +559,23 @@ async def measure(name: str, proc: Proc, load: Load, model: Path, c: int, per_wo
 
 # ---- report --------------------------------------------------------------------------------------
 
+
 def report(results: list[Result], systems: list[str], concurrencies: list[int]) -> str:
     def med(system: str, c: int, attr: str) -> float:
         values = [getattr(r, attr) for r in results if r.system == system and r.concurrency == c]
         return statistics.median(values) if values else float("nan")
 
-    lines = ["| C | system | output tok/s | TTFT p50 ms | TTFT p99 ms | errors |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| C | system | output tok/s | TTFT p50 ms | TTFT p99 ms | errors |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for c in concurrencies:
         for s in systems:
             errors = sum(r.errors for r in results if r.system == s and r.concurrency == c)
-            lines.append(f"| {c} | {s} | {med(s, c, 'tokens_per_s'):.0f} | {med(s, c, 'ttft_p50_ms'):.1f} | "
-                         f"{med(s, c, 'ttft_p99_ms'):.1f} | {errors} |")
+            lines.append(
+                f"| {c} | {s} | {med(s, c, 'tokens_per_s'):.0f} | {med(s, c, 'ttft_p50_ms'):.1f} | "
+                f"{med(s, c, 'ttft_p99_ms'):.1f} | {errors} |"
+            )
     if "grok" in systems:
         lines += ["", "| C | ratio | value | target | met |", "|---|---|---:|---|---|"]
         for c in concurrencies:
@@ -450,17 +583,22 @@ def report(results: list[Result], systems: list[str], concurrencies: list[int]) 
             for peer in ("vllm-grpc", "openai"):
                 if peer in systems:
                     ratio = grok_tps / med(peer, c, "tokens_per_s")
-                    lines.append(f"| {c} | grok / {peer} tok/s | {ratio:.2f} | >= 1.00 | "
-                                 f"{'yes' if ratio >= 1.0 else 'NO'} |")
+                    lines.append(
+                        f"| {c} | grok / {peer} tok/s | {ratio:.2f} | >= 1.00 | "
+                        f"{'yes' if ratio >= 1.0 else 'NO'} |"
+                    )
             if "inprocess" in systems:
                 ratio = grok_tps / med("inprocess", c, "tokens_per_s")
                 target = 0.95 if c == 32 else None
                 met = "" if target is None else ("yes" if ratio >= target else "NO")
-                lines.append(f"| {c} | grok / inprocess tok/s | {ratio:.2f} | "
-                             f"{'>= 0.95' if target else '-'} | {met} |")
+                lines.append(
+                    f"| {c} | grok / inprocess tok/s | {ratio:.2f} | {'>= 0.95' if target else '-'} | {met} |"
+                )
                 gap = med("grok", c, "ttft_p50_ms") - med("inprocess", c, "ttft_p50_ms")
-                lines.append(f"| {c} | grok - inprocess TTFT p50 | {gap:+.1f} ms | <= 5 ms | "
-                             f"{'yes' if gap <= 5.0 else 'NO'} |")
+                lines.append(
+                    f"| {c} | grok - inprocess TTFT p50 | {gap:+.1f} ms | <= 5 ms | "
+                    f"{'yes' if gap <= 5.0 else 'NO'} |"
+                )
     return "\n".join(lines)
 
 
@@ -482,8 +620,12 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--output-tokens", type=int, default=128)
     p.add_argument("--requests-per-worker", type=int, default=4)
-    p.add_argument("--min-requests", type=int, default=24,
-                   help="at least this many requests per measurement (more per worker at low concurrency)")
+    p.add_argument(
+        "--min-requests",
+        type=int,
+        default=24,
+        help="at least this many requests per measurement (more per worker at low concurrency)",
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--kv-cache-bytes", type=int, default=512 * 1024 * 1024)
@@ -512,15 +654,18 @@ def main() -> None:
         for name in args.systems:  # warm-up: first requests pay one-time costs in every system
             await measure(name, procs[name], load, model, 4, 2)
         for r in range(args.rounds):
-            order = args.systems[r % len(args.systems):] + args.systems[: r % len(args.systems)]
+            order = args.systems[r % len(args.systems) :] + args.systems[: r % len(args.systems)]
             for c in concurrencies:
                 per_worker = max(args.requests_per_worker, -(-args.min_requests // c))
                 for name in order:
                     res = await measure(name, procs[name], load, model, c, per_worker)
                     results.append(res)
-                    print(f"  round {r + 1} C={c:<3} {name:<10} {res.tokens_per_s:8.0f} tok/s  "
-                          f"TTFT p50 {res.ttft_p50_ms:6.1f} ms  p99 {res.ttft_p99_ms:6.1f} ms"
-                          + (f"  errors {res.errors}" if res.errors else ""), file=sys.stderr)
+                    print(
+                        f"  round {r + 1} C={c:<3} {name:<10} {res.tokens_per_s:8.0f} tok/s  "
+                        f"TTFT p50 {res.ttft_p50_ms:6.1f} ms  p99 {res.ttft_p99_ms:6.1f} ms"
+                        + (f"  errors {res.errors}" if res.errors else ""),
+                        file=sys.stderr,
+                    )
 
     try:
         asyncio.run(run())
@@ -529,10 +674,12 @@ def main() -> None:
             proc.stop()
     if args.json_out:
         args.json_out.write_text(json.dumps([r.__dict__ for r in results], indent=1))
-    print(f"\nprompt {args.prompt_tokens} tokens, output {args.output_tokens} tokens (greedy, ignore_eos), "
-          f"{args.requests_per_worker} requests per worker (at least {args.min_requests} per measurement), "
-          f"median of {args.rounds} rounds, "
-          f"dtype {args.dtype}, enforce_eager, model {model.name}\n")
+    print(
+        f"\nprompt {args.prompt_tokens} tokens, output {args.output_tokens} tokens (greedy, ignore_eos), "
+        f"{args.requests_per_worker} requests per worker (at least {args.min_requests} per measurement), "
+        f"median of {args.rounds} rounds, "
+        f"dtype {args.dtype}, enforce_eager, model {model.name}\n"
+    )
     print(report(results, args.systems, concurrencies))
     shutil.rmtree(workdir, ignore_errors=True)
 

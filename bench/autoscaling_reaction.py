@@ -1,0 +1,227 @@
+"""Autoscaler reaction and stability, on real components: Prometheus scraping a real grok-server (tiny
+Grok-1 on the CPU) labelled as a GrokDeployment's replica on the simulated cluster, the operator deciding.
+
+Prints (1) the reaction time from a load step to the scale decision, against the target of two scrape
+intervals plus the evaluation period (the scale-up stabilization window is set to 0 here: it adds to the
+reaction by design), and (2) the number of scale events during steady load at 90% of the target.
+
+    .venv/bin/python bench/autoscaling_reaction.py [--steady-seconds 600] [--scrape-seconds 5] [--interval 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from grok_devcluster import DevCluster, NodePool
+from grok_devcluster.prometheus import PrometheusServer, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET = 10  # waiting requests per replica; the engine runs 2 sequences at a time (--max-num-seqs 2)
+
+
+def spawn(log: Path, *cmd: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        list(cmd),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steady-seconds", type=float, default=600)
+    parser.add_argument("--scrape-seconds", type=int, default=5)
+    parser.add_argument("--interval", type=float, default=5, help="the autoscaler's evaluation period")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="grok-bench-autoscaling-"))
+    model = (
+        Path(os.environ.get("GROK_CACHE", Path.home() / ".cache/grok-serve")) / "models" / "grok-1-tiny-seed0"
+    )
+    if not (model / "config.json").exists():
+        subprocess.run([sys.executable, "-m", "grok_server.checkpoints.tiny", str(model)], check=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    (work / "prometheus").mkdir()
+    prometheus = PrometheusServer(work / "prometheus", scrape_interval=f"{args.scrape_seconds}s")
+    with DevCluster(f"bench-as-{os.getpid()}") as cluster:
+        try:
+            cluster.up([NodePool(2, 8, "NVIDIA-H100-80GB-HBM3", "h100")], cpu_nodes=1, volumes=2)
+            cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "charts/grok-operator/crds"))
+            cluster.wait_crd_established("grokdeployments.serving.grok.dev")
+            prometheus.start()
+            procs.append(
+                spawn(
+                    work / "operator.log",
+                    sys.executable,
+                    "-m",
+                    "grok_operator.main",
+                    "--prometheus-url",
+                    prometheus.url,
+                    "--autoscale-interval",
+                    str(args.interval),
+                    "--no-leader-election",
+                    "--metrics-port",
+                    str(free_port()),
+                    "--health-port",
+                    str(free_port()),
+                    env={"KUBECONFIG": str(cluster.kubeconfig)},
+                )
+            )
+            port, metrics_port = free_port(), free_port()
+            procs.append(
+                spawn(
+                    work / "server.log",
+                    sys.executable,
+                    "-m",
+                    "grok_server.server.main",
+                    "--model",
+                    str(model),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--metrics-host",
+                    "127.0.0.1",
+                    "--metrics-port",
+                    str(metrics_port),
+                    "--enforce-eager",
+                    "--kv-cache-memory-bytes",
+                    str(256 << 20),
+                    "--max-num-seqs",
+                    "2",
+                    env={"TMPDIR": str(work), "VLLM_CACHE_ROOT": str(work / "vllm"), "HF_HUB_OFFLINE": "1"},
+                )
+            )
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                try:
+                    if (
+                        urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=2).status
+                        == 200
+                    ):
+                        break
+                except OSError:
+                    time.sleep(1)
+            prometheus.scrape(
+                (
+                    f"127.0.0.1:{metrics_port}",
+                    {"namespace": "default", "serving_grok_dev_deployment": "bench"},
+                )
+            )
+            claim = {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "weights", "namespace": "default"},
+                "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}},
+            }
+            grokd = {
+                "apiVersion": "serving.grok.dev/v1alpha1",
+                "kind": "GrokDeployment",
+                "metadata": {"name": "bench", "namespace": "default"},
+                "spec": {
+                    "model": {"uri": "pvc://weights/tiny", "profile": "grok-1-tiny", "maxModelLen": 1024},
+                    "replicas": 1,
+                    "autoscaling": {
+                        "minReplicas": 1,
+                        "maxReplicas": 8,
+                        "target": TARGET,
+                        "tolerance": 0.15,
+                        "scaleUpStabilizationSeconds": 0,
+                        "scaleDownStabilizationSeconds": 3600,
+                        "maxScaleUpStep": 1,
+                    },
+                },
+            }
+            cluster.apply([claim, grokd])
+
+            def replicas() -> int:
+                return int(cluster.get_json("grokdeployment", "bench")["spec"]["replicas"])
+
+            def load(clients: int) -> subprocess.Popen[bytes]:
+                return spawn(
+                    work / f"load-{clients}.log",
+                    sys.executable,
+                    "-m",
+                    "grok_server.client.load",
+                    "--target",
+                    f"127.0.0.1:{port}",
+                    "--clients",
+                    str(clients),
+                )
+
+            time.sleep(3 * args.scrape_seconds)  # a quiet baseline in Prometheus
+            # (1) Reaction: a step to twice the target (22 clients: 20 waiting).
+            step = load(2 + 2 * TARGET)
+            stepped = time.monotonic()
+            while replicas() == 1 and time.monotonic() - stepped < 300:
+                time.sleep(0.2)
+            reaction = time.monotonic() - stepped
+            os.killpg(step.pid, signal.SIGTERM)
+            step.wait(120)
+
+            # (2) Steady load at 90% of the target on one replica: 11 clients, 9 waiting.
+            cluster.kubectl("scale", "grokdeployment", "bench", "--replicas=1")
+            time.sleep(3 * args.scrape_seconds)
+            events_before = len(
+                cluster.get_json(
+                    "events",
+                    "--field-selector",
+                    "involvedObject.name=bench,involvedObject.kind=GrokDeployment",
+                )["items"]
+            )
+            steady = load(2 + int(0.9 * TARGET))
+            changes, last, began = 0, replicas(), time.monotonic()
+            while time.monotonic() - began < args.steady_seconds:
+                now = replicas()
+                changes += now != last
+                last = now
+                time.sleep(1)
+            os.killpg(steady.pid, signal.SIGTERM)
+            steady.wait(120)
+            scale_events = [
+                e
+                for e in cluster.get_json(
+                    "events",
+                    "--field-selector",
+                    "involvedObject.name=bench,involvedObject.kind=GrokDeployment",
+                )["items"][events_before:]
+                if e["reason"].startswith("Scaled")
+            ]
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGTERM)
+            for proc in procs:
+                proc.wait(120)
+            prometheus.stop()
+
+    budget = 2 * args.scrape_seconds + args.interval
+    print(
+        f"\nscrape {args.scrape_seconds}s, evaluation {args.interval:g}s, target {TARGET} waiting/replica"
+    )
+    print(
+        f"reaction, load step -> scale decision: {reaction:.1f}s (target <= {budget:g}s: "
+        f"{'met' if reaction <= budget else 'MISSED'})"
+    )
+    print(
+        f"steady load at 90% of target for {args.steady_seconds:.0f}s: {changes} replica changes, "
+        f"{len(scale_events)} scale events (target 0)"
+    )
+    print(f"logs: {work}")
+    print(yaml.safe_dump({"reaction_seconds": round(reaction, 1), "flaps": changes}).strip())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

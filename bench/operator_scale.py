@@ -1,0 +1,146 @@
+"""Operator at scale: N GrokDeployments applied at once on the simulated GPU cluster.
+
+Prints the time until all are Ready, p50/p99 from apply to children created, the operator's peak RSS,
+and its CPU use while idle for a minute afterwards. Targets (500 deployments): all Ready <= 60 s,
+RSS <= 250 MB, idle CPU ~ 0.
+
+    .venv/bin/python bench/operator_scale.py [--count 500] [--idle-seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from grok_devcluster import DevCluster, NodePool
+from grok_devcluster.prometheus import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=500)
+    parser.add_argument("--idle-seconds", type=float, default=60)
+    args = parser.parse_args()
+
+    nodes = math.ceil(args.count / 8) + 1
+    with DevCluster(f"bench-{os.getpid()}") as cluster:
+        print(f"starting a simulated cluster with {nodes} 8-GPU nodes ...", flush=True)
+        cluster.up([NodePool(nodes, 8, "NVIDIA-H100-80GB-HBM3", "h100")], cpu_nodes=1, volumes=4)
+        cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "charts/grok-operator/crds"))
+        cluster.wait_crd_established("grokdeployments.serving.grok.dev")
+        cluster.kubectl("create", "namespace", "bench")
+        cluster.kubectl("wait", "--for=create", "serviceaccount/default", "-n", "bench", "--timeout=60s")
+        claim = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "weights"},
+            "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}},
+        }
+        cluster.apply([{**claim, "metadata": {"name": "weights", "namespace": "bench"}}])
+
+        log = Path(tempfile.mkdtemp()) / "operator.log"
+        operator = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "grok_operator.main",
+                "--metrics-port",
+                str(free_port()),
+                "--health-port",
+                str(free_port()),
+                "--log-level",
+                "WARNING",
+                "--no-leader-election",
+            ],
+            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        time.sleep(5)
+        try:
+            manifests = [
+                {
+                    "apiVersion": "serving.grok.dev/v1alpha1",
+                    "kind": "GrokDeployment",
+                    "metadata": {"name": f"g{i:04d}", "namespace": "bench"},
+                    "spec": {
+                        "model": {"uri": "pvc://weights/tiny", "profile": "grok-1-tiny", "maxModelLen": 1024}
+                    },
+                }
+                for i in range(args.count)
+            ]
+            print(f"applying {args.count} GrokDeployments at once ...", flush=True)
+            applied = time.monotonic()
+            cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests), timeout=600)
+            apply_seconds = time.monotonic() - applied
+            first_seen: dict[str, float] = {}
+            all_ready = None
+            while time.monotonic() - applied < 600:
+                now = time.monotonic()
+                for d in cluster.get_json("deployments", "-n", "bench")["items"]:
+                    first_seen.setdefault(d["metadata"]["name"], now - applied)
+                phases = [
+                    (g.get("status") or {}).get("phase")
+                    for g in cluster.get_json("grokdeployments", "-n", "bench")["items"]
+                ]
+                if len(phases) == args.count and all(p == "Ready" for p in phases):
+                    all_ready = time.monotonic() - applied
+                    break
+                time.sleep(0.5)
+            rss = peak_rss_mb(operator.pid)
+            before = cpu_seconds(operator.pid)
+            time.sleep(args.idle_seconds)
+            idle_cpu = (cpu_seconds(operator.pid) - before) / args.idle_seconds * 100
+            rss = max(rss, peak_rss_mb(operator.pid))
+        finally:
+            operator.terminate()
+            operator.wait(60)
+
+    created = list(first_seen.values())
+    print(f"\nGrokDeployments applied at once:      {args.count} (kubectl apply took {apply_seconds:.1f}s)")
+    print(
+        f"all Ready after:                      {all_ready:.1f}s"
+        if all_ready
+        else "all Ready: NOT within 600s"
+    )
+    if created:
+        print(
+            f"apply -> children created, p50/p99:   {statistics.median(created):.1f}s / "
+            f"{percentile(created, 99):.1f}s ({len(created)} seen; 0.5 s polling)"
+        )
+    print(f"operator peak RSS:                    {rss:.0f} MB")
+    print(f"operator CPU while idle ({args.idle_seconds:.0f}s):        {idle_cpu:.2f}% of one core")
+    return 0 if all_ready else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
