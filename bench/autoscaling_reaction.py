@@ -45,6 +45,7 @@ def main() -> int:
     parser.add_argument("--scrape-seconds", type=int, default=5)
     parser.add_argument("--interval", type=float, default=5, help="the autoscaler's evaluation period")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # run the clean-up below when killed
     work = Path(tempfile.mkdtemp(prefix="grok-bench-autoscaling-"))
     model = (
         Path(os.environ.get("GROK_CACHE", Path.home() / ".cache/grok-serve")) / "models" / "grok-1-tiny-seed0"
@@ -207,9 +208,7 @@ def main() -> int:
             prometheus.stop()
 
     budget = 2 * args.scrape_seconds + args.interval
-    print(
-        f"\nscrape {args.scrape_seconds}s, evaluation {args.interval:g}s, target {TARGET} waiting/replica"
-    )
+    print(f"\nscrape {args.scrape_seconds}s, evaluation {args.interval:g}s, target {TARGET} waiting/replica")
     print(
         f"reaction, load step -> scale decision: {reaction:.1f}s (target <= {budget:g}s: "
         f"{'met' if reaction <= budget else 'MISSED'})"

@@ -218,6 +218,12 @@ class DevCluster:
                 "quietPull": True,
                 "cacheDir": str(self.workdir / "cache"),
             },
+            # kwokctl's default Service range is a /24 (254 addresses): too few for benchmarks with
+            # hundreds of deployments, each with its Service.
+            "componentsPatches": [
+                {"name": name, "extraArgs": [{"key": "service-cluster-ip-range", "value": "10.96.0.0/16"}]}
+                for name in ("kube-apiserver", "kube-controller-manager")
+            ],
         }
 
     def _kwokctl(self, *args: str, check: bool = True) -> None:

@@ -330,7 +330,10 @@ def child_event(
     deleted = event.get("type") == "DELETED"
     meta = owner["metadata"]
     if State.handled.get(meta["uid"]) != int(meta.get("generation", 1)):
-        return  # a spec change not yet applied: its own event reconciles it (this is not drift)
+        # A spec change being applied right now: a difference is not drift, but the status must still
+        # follow what the child reports (the reconcile's own status write may already be behind it).
+        _refresh_status(owner, views)
+        return
     assert State.service_monitors is not None
     wanted = {
         (c["kind"], c["metadata"]["name"]): c
