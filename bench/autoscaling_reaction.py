@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -174,13 +175,7 @@ def main() -> int:
             # (2) Steady load at 90% of the target on one replica: 11 clients, 9 waiting.
             cluster.kubectl("scale", "grokdeployment", "bench", "--replicas=1")
             time.sleep(3 * args.scrape_seconds)
-            events_before = len(
-                cluster.get_json(
-                    "events",
-                    "--field-selector",
-                    "involvedObject.name=bench,involvedObject.kind=GrokDeployment",
-                )["items"]
-            )
+            steady_from = datetime.now(UTC)
             steady = load(2 + int(0.9 * TARGET))
             changes, last, began = 0, replicas(), time.monotonic()
             while time.monotonic() - began < args.steady_seconds:
@@ -196,8 +191,10 @@ def main() -> int:
                     "events",
                     "--field-selector",
                     "involvedObject.name=bench,involvedObject.kind=GrokDeployment",
-                )["items"][events_before:]
+                )["items"]
                 if e["reason"].startswith("Scaled")
+                and datetime.fromisoformat((e.get("lastTimestamp") or e["eventTime"]).replace("Z", "+00:00"))
+                >= steady_from
             ]
         finally:
             for proc in procs:

@@ -149,9 +149,7 @@ def main() -> int:
             operator.terminate()
             operator.wait(60)
 
-    print(
-        f"\nGrokDeployments applied at once:      {args.count} (kubectl apply took {apply_seconds:.1f}s)"
-    )
+    print(f"\nGrokDeployments applied at once:      {args.count} (kubectl apply took {apply_seconds:.1f}s)")
     print(
         f"all Ready, from the start of the apply: {all_ready:.1f}s"
         if all_ready

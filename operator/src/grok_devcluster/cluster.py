@@ -218,11 +218,23 @@ class DevCluster:
                 "quietPull": True,
                 "cacheDir": str(self.workdir / "cache"),
             },
-            # kwokctl's default Service range is a /24 (254 addresses): too few for benchmarks with
-            # hundreds of deployments, each with its Service.
             "componentsPatches": [
-                {"name": name, "extraArgs": [{"key": "service-cluster-ip-range", "value": "10.96.0.0/16"}]}
-                for name in ("kube-apiserver", "kube-controller-manager")
+                # kwokctl's default Service range is a /24 (254 addresses): too few for benchmarks with
+                # hundreds of deployments, each with its Service.
+                {
+                    "name": "kube-apiserver",
+                    "extraArgs": [{"key": "service-cluster-ip-range", "value": "10.96.0.0/16"}],
+                },
+                # One instance each, and nothing restarts them: without leader election they cannot lose a
+                # lease on a loaded machine and exit (which would leave the cluster without controllers).
+                {
+                    "name": "kube-controller-manager",
+                    "extraArgs": [
+                        {"key": "service-cluster-ip-range", "value": "10.96.0.0/16"},
+                        {"key": "leader-elect", "value": "false"},
+                    ],
+                },
+                {"name": "kube-scheduler", "extraArgs": [{"key": "leader-elect", "value": "false"}]},
             ],
         }
 
