@@ -161,3 +161,12 @@ def test_a_replica_stuck_starting_does_not_block_scale_down():
         history,
     )
     assert fresh.replicas == 3 and "still starting" in fresh.reason
+
+
+def test_a_step_just_inside_the_window_does_not_count_as_the_whole_window():
+    history = History()
+    policy = Policy(1, 10, target=4, up_window=6)
+    for t, total in ((0, 4), (2, 4), (4, 4), (5, 40), (7, 40), (9, 40)):
+        d = decide(policy, Observation(time=t, replicas=1, ready=1, metric_total=total), history)
+        assert d.replicas == 1, (t, d.reason)  # at t=9 the window [3, 9] began with the low reading of t=2..4
+    assert decide(policy, Observation(time=11.5, replicas=1, ready=1, metric_total=40), history).replicas == 3

@@ -92,7 +92,12 @@ class History:
             self.entries = self.entries[older[-1] :]
 
     def within(self, now: float, window: float) -> list[int]:
-        return [r for t, r in self.entries if t >= now - window]
+        """The recommendations in force over the whole window: those made in it, and the one made before
+        it that still held at its start (so a step just inside the window does not count as the window)."""
+        start = now - window
+        inside = [r for t, r in self.entries if t > start]
+        before = [r for t, r in self.entries if t <= start]
+        return before[-1:] + inside
 
     def covers(self, now: float, window: float) -> bool:
         """Whether the history reaches back a whole window (after a restart it does not, yet)."""
