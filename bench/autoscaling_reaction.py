@@ -30,6 +30,15 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGET = 10  # waiting requests per replica; the engine runs 2 sequences at a time (--max-num-seqs 2)
 
 
+def in_flight(metrics_port: int) -> float:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return 0.0
+    line = next((x for x in text.splitlines() if x.startswith("grok_requests_in_flight ")), "x 0")
+    return float(line.split()[1])
+
+
 def spawn(log: Path, *cmd: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         list(cmd),
@@ -165,6 +174,10 @@ def main() -> int:
             time.sleep(3 * args.scrape_seconds)  # a quiet baseline in Prometheus
             # (1) Reaction: a step to twice the target (22 clients: 20 waiting).
             step = load(2 + 2 * TARGET)
+            # The step is when the server holds the new load (not when the load process was spawned:
+            # starting a Python process and its gRPC channel takes seconds here).
+            while in_flight(metrics_port) < 2 + 2 * TARGET:
+                time.sleep(0.1)
             stepped = time.monotonic()
             while replicas() == 1 and time.monotonic() - stepped < 300:
                 time.sleep(0.2)
