@@ -9,8 +9,9 @@ Systems:
   openai     vLLM's OpenAI HTTP server, /v1/completions with stream=true
   inprocess  AsyncLLM driven in-process, no network: the limit
 
-For each concurrency C, C workers each send --requests-per-worker requests back to back (fixed prompt of
---prompt-tokens token ids, exactly --output-tokens greedy tokens with ignore_eos). Systems run alternately
+For each concurrency C, C workers each send requests back to back for --seconds (then finish the request in
+hand; at least one each), with a fixed prompt of --prompt-tokens token ids and exactly --output-tokens greedy
+tokens with ignore_eos. Systems run alternately
 within each round; the table shows medians over --rounds. Prints output tokens/s, time-to-first-token
 p50/p99, the ratios, and the targets: grok >= vllm-grpc and >= openai at every C, grok >= 0.95 x inprocess
 at C=32, TTFT p50 within 5 ms of inprocess.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -63,6 +65,7 @@ class Result:
     ttft_p50_ms: float
     ttft_p99_ms: float
     errors: int = 0
+    round: int = 0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -74,14 +77,16 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def closed_loop(
-    one: Callable[[int], Awaitable[Sample]], concurrency: int, per_worker: int
+    one: Callable[[int], Awaitable[Sample]], concurrency: int, seconds: float
 ) -> tuple[list[Sample], float, int]:
     samples: list[Sample] = []
     errors = 0
 
     async def worker(w: int) -> None:
         nonlocal errors
-        for i in range(per_worker):
+        for i in itertools.count():
+            if i and time.perf_counter() >= deadline:
+                break
             try:
                 samples.append(await one(w * 1000 + i))
             except Exception as e:  # reported, not fatal: the table shows the count
@@ -90,6 +95,7 @@ async def closed_loop(
                     print(f"    request failed: {type(e).__name__}: {e}", file=sys.stderr)
 
     start = time.perf_counter()
+    deadline = start + seconds
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
     return samples, time.perf_counter() - start, errors
 
@@ -226,7 +232,7 @@ class OpenAIClient:
 
 
 def inprocess_worker(args: argparse.Namespace) -> None:
-    """Reads 'concurrency per_worker' lines on stdin, answers one JSON Result per line."""
+    """Reads 'concurrency seconds' lines on stdin, answers one JSON Result per line."""
     # vLLM logs to stdout: keep the original stdout for answers only, send everything else to stderr.
     answers = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
@@ -263,8 +269,8 @@ def inprocess_worker(args: argparse.Namespace) -> None:
             line = await loop.run_in_executor(None, sys.stdin.readline)
             if not line.strip():
                 break
-            c, per = (int(x) for x in line.split())
-            samples, wall, errors = await closed_loop(one, c, per)
+            c, seconds = int(line.split()[0]), float(line.split()[1])
+            samples, wall, errors = await closed_loop(one, c, seconds)
             print(json.dumps(summarize("inprocess", c, samples, wall, errors).__dict__), file=answers)
         engine.shutdown()
 
@@ -308,8 +314,17 @@ class Proc:
     address: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
+    def pause(self) -> None:
+        """SIGSTOP to the whole process group: an idle engine still polls, a tax on whichever system runs."""
+        os.killpg(self.popen.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.popen.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         """SIGTERM, then SIGKILL; then anything left in its process group (engine processes) goes too."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            self.resume()
         if self.popen.stdin is not None:
             with contextlib.suppress(Exception):
                 self.popen.stdin.close()  # the in-process worker's cue to shut its engine down
@@ -323,7 +338,7 @@ class Proc:
                 self.popen.kill()
                 self.popen.wait(timeout=10)
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.popen.pid, signal.SIGKILL)  # spawned with start_new_session: its own group
+            os.killpg(self.popen.pid, signal.SIGKILL)  # spawned as the leader of its own process group
 
 
 def spawn(
@@ -352,7 +367,11 @@ def spawn(
             stdin=stdin,
             env=env,
             cwd=workdir,
-            start_new_session=True,
+            # Its own process group (so that stop() reaches the engine processes) but this session: with the
+            # kernel's autogroup scheduling each session is a scheduling group of its own, and a server in
+            # another session than this client intermittently starves the client on a small machine (its
+            # socket held 300+ ms of tokens unread), which the in-process baseline, one session, never sees.
+            process_group=0,
         )
     return Proc(name, popen, log)
 
@@ -430,11 +449,13 @@ def smg_venv() -> tuple[Path, Path]:
     return py, site
 
 
-def start_systems(args: argparse.Namespace, model: Path, load: Load, workdir: Path) -> dict[str, Proc]:
+def start_systems(
+    names: list[str], args: argparse.Namespace, model: Path, load: Load, workdir: Path
+) -> dict[str, Proc]:
     procs: dict[str, Proc] = {}
     py = sys.executable
     try:
-        for name in args.systems:
+        for name in names:
             port = free_port()
             if name == "grok":
                 p = spawn(
@@ -536,10 +557,10 @@ def start_systems(args: argparse.Namespace, model: Path, load: Load, workdir: Pa
     return procs
 
 
-async def measure(name: str, proc: Proc, load: Load, model: Path, c: int, per_worker: int) -> Result:
+async def measure(name: str, proc: Proc, load: Load, model: Path, c: int, seconds: float) -> Result:
     if name == "inprocess":
         assert proc.popen.stdin is not None and proc.popen.stdout is not None
-        proc.popen.stdin.write(f"{c} {per_worker}\n".encode())
+        proc.popen.stdin.write(f"{c} {seconds}\n".encode())
         proc.popen.stdin.flush()
         line = await asyncio.get_running_loop().run_in_executor(None, proc.popen.stdout.readline)
         return Result(**json.loads(line))
@@ -551,7 +572,7 @@ async def measure(name: str, proc: Proc, load: Load, model: Path, c: int, per_wo
     else:
         client = OpenAIClient(proc.address, str(model), load)
     try:
-        samples, wall, errors = await closed_loop(client.one, c, per_worker)
+        samples, wall, errors = await closed_loop(client.one, c, seconds)
     finally:
         await client.close()
     return summarize(name, c, samples, wall, errors)
@@ -576,25 +597,48 @@ def report(results: list[Result], systems: list[str], concurrencies: list[int]) 
                 f"| {c} | {s} | {med(s, c, 'tokens_per_s'):.0f} | {med(s, c, 'ttft_p50_ms'):.1f} | "
                 f"{med(s, c, 'ttft_p99_ms'):.1f} | {errors} |"
             )
+    def paired(peer: str, c: int, value: Callable[[Result, Result], float]) -> float:
+        """The median over rounds of grok compared with `peer` in the same round: measured within a minute
+        of each other, so slow drift in the machine's speed cancels out of each pair."""
+        rounds = sorted({r.round for r in results})
+        pairs = []
+        for n in rounds:
+            mine = [r for r in results if r.round == n and r.concurrency == c and r.system == "grok"]
+            theirs = [r for r in results if r.round == n and r.concurrency == c and r.system == peer]
+            if mine and theirs:
+                pairs.append(value(mine[0], theirs[0]))
+        return statistics.median(pairs) if pairs else float("nan")
+
+    def tps_ratio(a: Result, b: Result) -> float:
+        return a.tokens_per_s / b.tokens_per_s
+
+    def ttft_gap(a: Result, b: Result) -> float:
+        return a.ttft_p50_ms - b.ttft_p50_ms
+
     if "grok" in systems:
-        lines += ["", "| C | ratio | value | target | met |", "|---|---|---:|---|---|"]
+        lines += [
+            "",
+            "Ratios: median over rounds of the same round's pair.",
+            "",
+            "| C | ratio | value | target | met |",
+            "|---|---|---:|---|---|",
+        ]
         for c in concurrencies:
-            grok_tps = med("grok", c, "tokens_per_s")
             for peer in ("vllm-grpc", "openai"):
                 if peer in systems:
-                    ratio = grok_tps / med(peer, c, "tokens_per_s")
+                    ratio = paired(peer, c, tps_ratio)
                     lines.append(
                         f"| {c} | grok / {peer} tok/s | {ratio:.2f} | >= 1.00 | "
                         f"{'yes' if ratio >= 1.0 else 'NO'} |"
                     )
             if "inprocess" in systems:
-                ratio = grok_tps / med("inprocess", c, "tokens_per_s")
+                ratio = paired("inprocess", c, tps_ratio)
                 target = 0.95 if c == 32 else None
                 met = "" if target is None else ("yes" if ratio >= target else "NO")
                 lines.append(
                     f"| {c} | grok / inprocess tok/s | {ratio:.2f} | {'>= 0.95' if target else '-'} | {met} |"
                 )
-                gap = med("grok", c, "ttft_p50_ms") - med("inprocess", c, "ttft_p50_ms")
+                gap = paired("inprocess", c, ttft_gap)
                 lines.append(
                     f"| {c} | grok - inprocess TTFT p50 | {gap:+.1f} ms | <= 5 ms | "
                     f"{'yes' if gap <= 5.0 else 'NO'} |"
@@ -619,13 +663,7 @@ def main() -> None:
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--output-tokens", type=int, default=128)
-    p.add_argument("--requests-per-worker", type=int, default=4)
-    p.add_argument(
-        "--min-requests",
-        type=int,
-        default=24,
-        help="at least this many requests per measurement (more per worker at low concurrency)",
-    )
+    p.add_argument("--seconds", type=float, default=10.0, help="length of each measurement")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--kv-cache-bytes", type=int, default=512 * 1024 * 1024)
@@ -646,28 +684,43 @@ def main() -> None:
     # A fixed prompt of token ids (the same bytes for every system; no tokenizer differences).
     load = Load([(7 + 131 * i) % (vocab - 10) + 5 for i in range(args.prompt_tokens)], args.output_tokens)
     workdir = Path(tempfile.mkdtemp(prefix="grok-bench-"))
-    print(f"model {model}; logs in {workdir}; starting {', '.join(args.systems)}", file=sys.stderr)
-    procs = start_systems(args, model, load, workdir)
+    print(f"model {model}; logs in {workdir}", file=sys.stderr)
     results: list[Result] = []
 
-    async def run() -> None:
-        for name in args.systems:  # warm-up: first requests pay one-time costs in every system
-            await measure(name, procs[name], load, model, 4, 2)
-        for r in range(args.rounds):
-            order = args.systems[r % len(args.systems) :] + args.systems[: r % len(args.systems)]
-            for c in concurrencies:
-                per_worker = max(args.requests_per_worker, -(-args.min_requests // c))
-                for name in order:
-                    res = await measure(name, procs[name], load, model, c, per_worker)
-                    results.append(res)
-                    print(
-                        f"  round {r + 1} C={c:<3} {name:<10} {res.tokens_per_s:8.0f} tok/s  "
-                        f"TTFT p50 {res.ttft_p50_ms:6.1f} ms  p99 {res.ttft_p99_ms:6.1f} ms"
-                        + (f"  errors {res.errors}" if res.errors else ""),
-                        file=sys.stderr,
-                    )
-
+    # All systems up, but only the one being measured runs: the others are paused (SIGSTOP), since an idle
+    # engine still polls. Systems alternate at every concurrency of every round, so that drift in the
+    # machine's speed (minutes-long swings of 30% are common on shared small VMs) spreads over all of them.
+    procs: dict[str, Proc] = {}
     try:
+        for name in args.systems:
+            procs[name] = start_systems([name], args, model, load, workdir)[name]
+            procs[name].pause()
+
+        async def one_measurement(name: str, c: int, seconds: float) -> Result:
+            procs[name].resume()
+            try:
+                await asyncio.sleep(0.5)
+                return await measure(name, procs[name], load, model, c, seconds)
+            finally:
+                procs[name].pause()
+
+        async def run() -> None:
+            for name in args.systems:  # warm-up: first requests pay one-time costs in every system
+                await one_measurement(name, 4, 1.0)
+            for r in range(args.rounds):
+                order = args.systems[r % len(args.systems) :] + args.systems[: r % len(args.systems)]
+                for c in concurrencies:
+                    for name in order:
+                        res = await one_measurement(name, c, args.seconds)
+                        res.round = r + 1
+                        results.append(res)
+                        print(
+                            f"  round {r + 1} C={c:<3} {name:<10} {res.tokens_per_s:8.0f} tok/s  "
+                            f"TTFT p50 {res.ttft_p50_ms:6.1f} ms  p99 {res.ttft_p99_ms:6.1f} ms"
+                            + (f"  errors {res.errors}" if res.errors else ""),
+                            file=sys.stderr,
+                        )
+
         asyncio.run(run())
     finally:
         for proc in procs.values():
@@ -676,7 +729,7 @@ def main() -> None:
         args.json_out.write_text(json.dumps([r.__dict__ for r in results], indent=1))
     print(
         f"\nprompt {args.prompt_tokens} tokens, output {args.output_tokens} tokens (greedy, ignore_eos), "
-        f"{args.requests_per_worker} requests per worker (at least {args.min_requests} per measurement), "
+        f"{args.seconds:g} s closed loop per measurement, "
         f"median of {args.rounds} rounds, "
         f"dtype {args.dtype}, enforce_eager, model {model.name}\n"
     )

@@ -28,6 +28,7 @@ import yaml
 
 from grok_devcluster import DevCluster, NodePool
 from grok_devcluster.prometheus import PrometheusServer, free_port
+from grok_server.local import launch_server
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = "grok-demo"
@@ -197,26 +198,11 @@ class Demo:
     def server(self) -> str:
         step("4/6 starting grok-server on the CPU (vLLM + the Grok-1 plugin) with the tiny checkpoint")
         model = tiny_checkpoint()
-        port, metrics_port = free_port(), free_port()
-        run_dir = STATE / "server"
-        run_dir.mkdir(exist_ok=True)
-        self.start(
-            "server",
-            sys.executable,
-            "-m",
-            "grok_server.server.main",
-            "--model",
+        server = launch_server(
             model,
+            STATE / "server",
             "--served-model-name",
             NAME,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--metrics-host",
-            "127.0.0.1",
-            "--metrics-port",
-            str(metrics_port),
             "--enforce-eager",
             "--kv-cache-memory-bytes",
             str(256 * 1024 * 1024),
@@ -224,22 +210,12 @@ class Demo:
             "2",
             "--max-concurrent-requests",
             "64",
-            env={"TMPDIR": str(run_dir), "VLLM_CACHE_ROOT": str(run_dir / "vllm"), "HF_HUB_OFFLINE": "1"},
         )
-
-        def ready() -> bool:
-            try:
-                return (
-                    urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=2).status == 200
-                )
-            except OSError:
-                return False
-
+        self.processes.append(server.proc)
+        port, metrics_port = server.port, server.metrics_port
         started = time.monotonic()
-        wait(ready, 300, "grok-server to load the model")
-        print(
-            f"serving on 127.0.0.1:{port} after {time.monotonic() - started:.0f}s, log {STATE / 'server.log'}"
-        )
+        server.wait_ready(300)
+        print(f"serving on 127.0.0.1:{port} after {time.monotonic() - started:.0f}s, log {server.log_path}")
         assert self.prometheus is not None
         self.prometheus.scrape(
             (

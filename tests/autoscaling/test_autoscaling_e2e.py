@@ -28,8 +28,7 @@ NICE = 10
 
 @contextlib.contextmanager
 def niced_server(model: Path, workdir: Path, *flags: str) -> Iterator[ServerProcess]:
-    server = launch_server(model, workdir, *flags)
-    os.setpriority(os.PRIO_PROCESS, server.proc.pid, NICE)  # before it spawns the engine: inherited
+    server = launch_server(model, workdir, *flags, nice=NICE)  # the engine processes inherit it
     try:
         wait_serving(server)
         yield server

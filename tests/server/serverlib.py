@@ -3,168 +3,41 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import re
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.error import URLError
-from urllib.request import urlopen
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from grok_server import local
+from grok_server.local import LocalServer as ServerProcess
+from grok_server.local import free_port, parse_metrics
+
+__all__ = [
+    "BASE_FLAGS",
+    "SERVER_START_TIMEOUT",
+    "Certs",
+    "ServerProcess",
+    "free_port",
+    "health_status",
+    "launch_server",
+    "make_certs",
+    "parse_metrics",
+    "running_server",
+    "wait_serving",
+]
+
 SERVER_START_TIMEOUT = 300.0
-_SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
 
 # Flags every test server gets: a small, fixed KV cache and eager mode keep starts fast on the CPU.
 BASE_FLAGS = ("--enforce-eager", "--kv-cache-memory-bytes", str(256 * 1024 * 1024), "--dtype", "float32")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """`name{labels}` -> value, labels kept verbatim as Prometheus prints them (sorted by name)."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE_RE.match(line)
-        if m:
-            out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
-    return out
-
-
-@dataclass
-class ServerProcess:
-    proc: subprocess.Popen[bytes]
-    port: int
-    metrics_port: int
-    log_path: Path
-    workdir: Path
-
-    @property
-    def target(self) -> str:
-        return f"localhost:{self.port}"
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}"
-
-    def metrics_text(self) -> str:
-        with urlopen(f"{self.http}/metrics", timeout=10) as r:
-            return r.read().decode()
-
-    def metrics(self) -> dict[str, float]:
-        return parse_metrics(self.metrics_text())
-
-    def metric(self, name: str) -> float:
-        return self.metrics().get(name, 0.0)
-
-    def http_status(self, path: str) -> int:
-        try:
-            with urlopen(f"{self.http}{path}", timeout=5) as r:
-                return r.status
-        except URLError as e:
-            code = getattr(e, "code", None)
-            if code is None:
-                raise
-            return int(code)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def engine_core_pids(self) -> list[int]:
-        """The vLLM engine-core process(es) under this server (process title 'VLLM::EngineCore')."""
-        import psutil
-
-        return [
-            p.pid
-            for p in psutil.Process(self.proc.pid).children(recursive=True)
-            if "EngineCore" in " ".join(_safe_cmdline(p)) or "EngineCore" in _safe_name(p)
-        ]
-
-    def wait_exit(self, timeout: float) -> int:
-        return self.proc.wait(timeout=timeout)
-
-    def stop(self, timeout: float = 60.0) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _kill_tree(self.proc.pid)
-                self.proc.wait(timeout=10)
-        return self.proc.returncode
-
-
-def _safe_cmdline(p: object) -> list[str]:
-    try:
-        return p.cmdline()  # type: ignore[attr-defined, no-any-return]
-    except Exception:
-        return []
-
-
-def _safe_name(p: object) -> str:
-    try:
-        return p.name()  # type: ignore[attr-defined, no-any-return]
-    except Exception:
-        return ""
-
-
-def _kill_tree(pid: int) -> None:
-    import psutil
-
-    with contextlib.suppress(psutil.NoSuchProcess):
-        parent = psutil.Process(pid)
-        for child in parent.children(recursive=True):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child.kill()
-        parent.kill()
-
-
-def launch_server(model: Path, workdir: Path, *flags: str) -> ServerProcess:
+def launch_server(model: Path, workdir: Path, *flags: str, nice: int = 0) -> ServerProcess:
     """Starts grok-server without waiting for it (tests of the loading phase watch it come up)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    port, metrics_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        # Each run keeps its ZeroMQ sockets and compile caches to itself.
-        "TMPDIR": str(workdir),
-        "VLLM_CACHE_ROOT": str(workdir / "vllm-cache"),
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    log_path = workdir / "server.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "grok_server.server.main",
-        "--model",
-        str(model),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--metrics-host",
-        "127.0.0.1",
-        "--metrics-port",
-        str(metrics_port),
-        *BASE_FLAGS,
-        *flags,
-    ]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
-    return ServerProcess(proc, port, metrics_port, log_path, workdir)
+    return local.launch_server(model, workdir, *BASE_FLAGS, *flags, nice=nice)
 
 
 def health_status(channel: grpc.Channel, service: str = "") -> str:

@@ -143,7 +143,9 @@ def test_retry_hint_is_clamped(durations: list[float], expected: int) -> None:
     assert retry_hint_ms(durations, 8, 500) == expected
 
 
-@pytest.mark.parametrize(("in_flight", "interval"), [(0, 1), (8, 1), (16, 2), (32, 4), (64, 8), (1000, 8)])
+@pytest.mark.parametrize(
+    ("in_flight", "interval"), [(0, 1), (7, 1), (8, 2), (16, 4), (32, 8), (64, 16), (1000, 16)]
+)
 def test_auto_stream_interval(in_flight: int, interval: int) -> None:
     assert auto_stream_interval(in_flight) == interval
 

@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on SIGTERM, how long in-flight requests may run before they are aborted")
     s.add_argument("--stream-interval", type=_stream_interval, default=0, metavar="auto|N",
                    help="tokens per GenerateStream message after the first (always sent at once); auto: 1, "
-                        "rising to 8 as concurrency grows, which saves CPU per token under load")
+                        "then in-flight requests / 4, up to 16: saves CPU per token under load")
     s.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     s.add_argument("--no-warmup", dest="warmup", action="store_false",
                    help="skip the one tiny request run before reporting SERVING")

@@ -1,0 +1,154 @@
+"""Run `grok-server` as a child process on this machine: the one way the tests, the demo and the benchmarks
+start it, read its metrics and stop it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.error import URLError
+from urllib.request import urlopen
+
+_SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """`name{labels}` -> value, labels kept verbatim as Prometheus prints them (sorted by name)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE_RE.match(line)
+        if m:
+            out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+    return out
+
+
+@dataclass
+class LocalServer:
+    proc: subprocess.Popen[bytes]
+    port: int
+    metrics_port: int
+    log_path: Path
+    workdir: Path
+
+    @property
+    def target(self) -> str:
+        return f"localhost:{self.port}"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}"
+
+    def metrics_text(self) -> str:
+        with urlopen(f"{self.http}/metrics", timeout=10) as r:
+            return str(r.read().decode())
+
+    def metrics(self) -> dict[str, float]:
+        return parse_metrics(self.metrics_text())
+
+    def metric(self, name: str) -> float:
+        return self.metrics().get(name, 0.0)
+
+    def http_status(self, path: str) -> int:
+        try:
+            with urlopen(f"{self.http}{path}", timeout=5) as r:
+                return int(r.status)
+        except URLError as e:
+            code = getattr(e, "code", None)
+            if code is None:
+                raise
+            return int(code)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float) -> None:
+        """Until `/readyz` answers 200 (the model is loaded and warm). Plain HTTP, so that the caller needs no
+        synchronous gRPC (which disturbs grpc.aio channels used later in the same process)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"grok-server exited with {self.proc.returncode}:\n{self.log()[-5000:]}")
+            with contextlib.suppress(OSError):
+                if self.http_status("/readyz") == 200:
+                    return
+            time.sleep(0.25)
+        raise TimeoutError(f"grok-server not ready after {timeout:.0f} s; log {self.log_path}")
+
+    def engine_core_pids(self) -> list[int]:
+        """The vLLM engine-core process(es) under this server (process title 'VLLM::EngineCore')."""
+        import psutil
+
+        pids = []
+        for p in psutil.Process(self.proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline()):
+                    pids.append(p.pid)
+        return pids
+
+    def wait_exit(self, timeout: float) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM (the server drains), then SIGKILL to its whole process group, engine processes included."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        return self.proc.returncode
+
+
+def launch_server(model: Path, workdir: Path, *flags: str, nice: int = 0,
+                  env: dict[str, str] | None = None) -> LocalServer:
+    """Starts grok-server on loopback with free ports, without waiting for it to load; its log, sockets and
+    compile caches stay in `workdir`. `nice` lowers its CPU priority (the engine processes inherit it)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port, metrics_port = free_port(), free_port()
+    cmd = [
+        *(["nice", "-n", str(nice)] if nice else []),  # nice execs: the pid stays the server's
+        sys.executable, "-m", "grok_server.server.main",
+        "--model", str(model),
+        "--host", "127.0.0.1", "--port", str(port),
+        "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
+        *flags,
+    ]
+    log_path = workdir / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={
+                **os.environ,
+                "TMPDIR": str(workdir),
+                "VLLM_CACHE_ROOT": str(workdir / "vllm-cache"),
+                "HF_HUB_OFFLINE": "1",
+                "PYTHONUNBUFFERED": "1",
+                **(env or {}),
+            },
+            cwd=workdir,
+            # Its own process group, so that stop() reaches the engine processes, but the caller's session:
+            # with the kernel's autogroup scheduling a session is a scheduling group, and a server in another
+            # session than its clients starves them on a small machine (tokens sat unread for 300+ ms).
+            process_group=0,
+        )
+    return LocalServer(proc, port, metrics_port, log_path, workdir)
