@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,15 +33,6 @@ TARGET = 10  # waiting requests per replica; the engine runs 2 sequences at a ti
 # The engine and the load run at a lower CPU priority than the control plane, Prometheus and the operator,
 # whose timing is what is measured: on 2 cores a saturated engine would otherwise starve the API server.
 NICE = 10
-
-
-def in_flight(metrics_port: int) -> float:
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    except OSError:
-        return 0.0
-    line = next((x for x in text.splitlines() if x.startswith("grok_requests_in_flight ")), "x 0")
-    return float(line.split()[1])
 
 
 def spawn(log: Path, *cmd: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -173,7 +163,7 @@ def main() -> int:
             # The step is when the server holds the new load (not when the load process was spawned:
             # starting a Python process and its gRPC channel takes seconds here).
             held_by = time.monotonic() + 120
-            while in_flight(metrics_port) < 2 + 2 * TARGET:
+            while server.metric("grok_requests_in_flight") < 2 + 2 * TARGET:
                 if time.monotonic() > held_by or step.poll() is not None:
                     raise SystemExit(f"the load never reached the server: {work}/load-{2 + 2 * TARGET}.log")
                 time.sleep(0.1)
@@ -188,7 +178,7 @@ def main() -> int:
             # (2) Steady load at 90% of the target on one replica: 11 clients, 9 waiting. First the step must
             # be gone from the server, Prometheus and the autoscaler's last evaluation, or the autoscaler
             # (rightly) scales the single replica straight back up.
-            while in_flight(metrics_port) > 0:
+            while server.metric("grok_requests_in_flight") > 0:
                 time.sleep(0.5)
             time.sleep(2 * args.scrape_seconds + 2 * args.interval)
             cluster.kubectl("scale", "grokdeployment", "bench", "--replicas=1")

@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,8 @@ import venv
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from grok_server.local import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("GROK_SERVE_CACHE", Path.home() / ".cache" / "grok-serve")) / "bench"
@@ -280,12 +281,6 @@ def inprocess_worker(args: argparse.Namespace) -> None:
 # ---- processes -----------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def engine_flags(args: argparse.Namespace) -> list[str]:
     flags = ["--enforce-eager", "--kv-cache-memory-bytes", str(args.kv_cache_bytes), "--dtype", args.dtype]
     if args.max_num_seqs:
@@ -457,6 +452,8 @@ def start_systems(
     try:
         for name in names:
             port = free_port()
+            # What every server is told: the model, where to listen, and the same engine settings.
+            serve = ["--model", str(model), "--host", "127.0.0.1", "--port", str(port), *engine_flags(args)]
             if name == "grok":
                 p = spawn(
                     name,
@@ -464,17 +461,11 @@ def start_systems(
                         py,
                         "-m",
                         "grok_server.server.main",
-                        "--model",
-                        str(model),
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(port),
+                        *serve,
                         "--metrics-port",
                         str(free_port()),
                         "--max-concurrent-requests",
                         "4096",
-                        *engine_flags(args),
                     ],
                     workdir / name,
                 )
@@ -488,13 +479,7 @@ def start_systems(
                         str(smg_py),
                         "-m",
                         "vllm.entrypoints.launchers.grpc_server",
-                        "--model",
-                        str(model),
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(port),
-                        *engine_flags(args),
+                        *serve,
                     ],
                     workdir / name,
                     {"SMG_VLLM_SERVICER_KV_EVENTS": "0"},
@@ -509,14 +494,8 @@ def start_systems(
                         py,
                         "-m",
                         "vllm.entrypoints.openai.api_server",
-                        "--model",
-                        str(model),
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(port),
+                        *serve,
                         "--disable-uvicorn-access-log",
-                        *engine_flags(args),
                     ],
                     workdir / name,
                 )

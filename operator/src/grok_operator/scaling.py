@@ -139,57 +139,32 @@ def decide(policy: Policy, obs: Observation, history: History) -> Decision:
     history.add(obs.time, recommendation, keep=max(policy.up_window, policy.down_window))
     value = f"{per_replica:.3g} per replica (target {policy.target:g})"
 
+    def hold(why: str) -> Decision:
+        return Decision(clamp(current), recommendation, per_replica, f"{value}: {why}")
+
     if recommendation > current:
         if not history.covers(obs.time, policy.up_window):
-            return Decision(
-                clamp(current),
-                recommendation,
-                per_replica,
-                f"{value}: waiting for the {policy.up_window:g}s scale-up window to fill",
-            )
+            return hold(f"waiting for the {policy.up_window:g}s scale-up window to fill")
         stable_up = min(history.within(obs.time, policy.up_window))
         if stable_up <= current:
-            return Decision(
-                clamp(current),
-                recommendation,
-                per_replica,
-                f"{value}: not high for the whole {policy.up_window:g}s scale-up window",
-            )
+            return hold(f"not high for the whole {policy.up_window:g}s scale-up window")
         if starting > 0 and still_loading:
-            return Decision(
-                clamp(current),
-                recommendation,
-                per_replica,
-                f"{value}: {len(still_loading)} replica(s) still starting (measured start-up "
-                f"{obs.startup_seconds:.0f}s); not scaling up again for the same demand",
+            return hold(
+                f"{len(still_loading)} replica(s) still starting (measured start-up "
+                f"{obs.startup_seconds:.0f}s); not scaling up again for the same demand"
             )
         target = clamp(min(stable_up, current + policy.max_up_step))
         return Decision(target, recommendation, per_replica, f"{value}: scaling up {current} -> {target}")
 
     if recommendation < current:
         if starting > 0 and still_loading:
-            return Decision(
-                clamp(current),
-                recommendation,
-                per_replica,
-                f"{value}: replicas are still starting; not scaling down meanwhile",
-            )
+            return hold("replicas are still starting; not scaling down meanwhile")
         if not history.covers(obs.time, policy.down_window):
-            return Decision(
-                clamp(current),
-                recommendation,
-                per_replica,
-                f"{value}: waiting for the {policy.down_window:g}s scale-down window to fill",
-            )
+            return hold(f"waiting for the {policy.down_window:g}s scale-down window to fill")
         stable_down = max(history.within(obs.time, policy.down_window))
         if stable_down >= current:
-            return Decision(
-                clamp(current),
-                recommendation,
-                per_replica,
-                f"{value}: not low for the whole {policy.down_window:g}s scale-down window",
-            )
+            return hold(f"not low for the whole {policy.down_window:g}s scale-down window")
         target = clamp(max(stable_down, current - policy.max_down_step))
         return Decision(target, recommendation, per_replica, f"{value}: scaling down {current} -> {target}")
 
-    return Decision(clamp(current), recommendation, per_replica, f"{value}: within tolerance")
+    return hold("within tolerance")
