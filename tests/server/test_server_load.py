@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 
 import grpc
 from grok.serving.v1 import generation_pb2 as pb
@@ -31,7 +32,11 @@ CONTRACT = (
 )
 
 
-def test_metric_names_are_the_documented_contract(grok_server_proc: ServerProcess) -> None:
+def test_metric_names_are_the_documented_contract(
+    stub: pb_grpc.GenerationServiceStub, grok_server_proc: ServerProcess
+) -> None:
+    # grok_requests_total has a series per method and status only once a call has ended with it.
+    stub.Tokenize(pb.TokenizeRequest(text="hello"), timeout=30)
     text = grok_server_proc.metrics_text()
     names = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and line[0] != "#"}
     for name in CONTRACT:
@@ -151,3 +156,28 @@ def test_concurrent_seeded_requests_are_reproducible(grok_server_proc: ServerPro
             t.join()
     assert len(results) == 8
     assert all(r == results[0] for r in results)
+
+
+def test_server_and_engine_core_stay_off_the_workers_cpus(grok_server_proc: ServerProcess) -> None:
+    """vLLM binds the CPU worker to some cores; the server moves itself and the engine-core process to the
+    others, so that under load they never preempt the model's compute (--cpu-affinity auto)."""
+    import os
+
+    from grok_server.server.placement import descendants
+
+    root = grok_server_proc.proc.pid
+    allowed = os.sched_getaffinity(0)
+    tree = [root, *descendants(root)]
+    workers = [p for p in tree if Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"VLLM::Worker")]
+    assert len(allowed) >= 2, "this check needs a machine with two or more CPUs"
+    assert len(workers) == 1, f"expected one engine worker process in {tree}"
+    worker_cpus = os.sched_getaffinity(workers[0])
+    assert worker_cpus < allowed, f"vLLM bound the worker to {worker_cpus} of {allowed}"
+    for pid in tree:
+        if pid in workers:
+            continue
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            tid = int(task.name)
+            cpus = os.sched_getaffinity(tid)
+            assert cpus == allowed - worker_cpus, f"thread {tid} of process {pid} may run on {cpus}"
+    assert "CPU placement: this server and" in grok_server_proc.log()

@@ -138,6 +138,28 @@ def test_admission_counts_and_hints() -> None:
         Admission(0)
 
 
+def test_recent_peak_remembers_a_wave_for_a_while() -> None:
+    """Requests of a burst finish together and come back one by one: the first of the next wave must not
+    see an idle server (in flight: 1) when 32 were running a moment ago."""
+    clock = [100.0]
+    a = Admission(64, clock=lambda: clock[0])
+    for _ in range(32):
+        assert a.try_acquire()
+    for _ in range(32):
+        a.release()
+    clock[0] += 0.5
+    assert a.try_acquire()
+    assert a.in_flight == 1
+    assert a.recent_peak() == 32
+    clock[0] += 1.0  # the peak's window has rolled over once: still remembered
+    assert a.recent_peak() == 32
+    clock[0] += 2.5  # and forgotten after two windows without it
+    assert a.recent_peak() == 1
+    a.release()
+    clock[0] += 5.0
+    assert a.recent_peak() == 0
+
+
 @pytest.mark.parametrize(("durations", "expected"), [([0.0001], 50), ([1e6], 30_000), ([1.0, 3.0, 2.0], 250)])
 def test_retry_hint_is_clamped(durations: list[float], expected: int) -> None:
     assert retry_hint_ms(durations, 8, 500) == expected
@@ -258,3 +280,53 @@ def test_cli_reports_connection_errors() -> None:
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"grok-client: 127.0.0.1:{port}: UNAVAILABLE: ")
     assert "[the server is unreachable, loading, draining, or restarting]" in proc.stderr
+
+
+def test_repeated_histogram_counts_a_value_n_times() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from grok_server.server.metrics import RepeatedHistogram
+
+    registry = CollectorRegistry()
+    h = RepeatedHistogram("x_seconds", "x", (0.01, 0.1, 1.0), registry)
+    h.observe(0.01, 3)  # on a bound: counts in that bucket (le is inclusive)
+    h.observe(0.05)
+    h.observe(5.0, 2)
+    got = parse_metrics(generate_latest(registry).decode())
+    assert got == {
+        'x_seconds_bucket{le="0.01"}': 3.0,
+        'x_seconds_bucket{le="0.1"}': 4.0,
+        'x_seconds_bucket{le="1.0"}': 4.0,
+        'x_seconds_bucket{le="+Inf"}': 6.0,
+        "x_seconds_count": 6.0,
+        "x_seconds_sum": pytest.approx(0.03 + 0.05 + 10.0),
+    }
+
+
+@pytest.mark.parametrize(
+    ("allowed", "workers", "rest"),
+    [
+        ({0, 1}, [{0}], {1}),  # one worker bound to core 0: the rest goes to core 1
+        ({0, 1, 2, 3}, [{0, 1}, {2}], {3}),
+        ({0, 1}, [{0}, {1}], None),  # tensor parallel over every core: nothing left to move to
+        ({0, 1}, [{0, 1}], None),  # a worker not bound to a subset (a GPU worker): nothing to do
+        ({0, 1}, [], None),
+    ],
+)
+def test_cpus_besides_workers(allowed: set[int], workers: list[set[int]], rest: set[int] | None) -> None:
+    from grok_server.server.placement import cpus_besides_workers
+
+    assert cpus_besides_workers(allowed, workers) == rest
+
+
+def test_parent_pid_survives_odd_process_names(tmp_path: Path) -> None:
+    from grok_server.server.placement import descendants, parent_pid
+
+    assert parent_pid("42 (VLLM::Worker) S 7 42 42 0 -1") == 7
+    assert parent_pid("43 (a) b (c)) R 42 43 0") == 42
+    tree = [(1, 0, "init"), (7, 1, "grok server"), (42, 7, "x) S 99"), (43, 42, "w"), (50, 1, "z")]
+    for pid, ppid, name in tree:
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} ({name}) S {ppid} 0 0\n")
+    (tmp_path / "self").mkdir()
+    assert sorted(descendants(7, tmp_path)) == [42, 43]

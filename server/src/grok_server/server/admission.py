@@ -6,13 +6,20 @@ so load balancers and clients spread the load instead of piling latency onto one
 
 from __future__ import annotations
 
+import math
+import time
 from collections import deque
+from collections.abc import Callable
+
+# The load the stream interval is chosen for is the peak of the last one to two windows of this length.
+PEAK_WINDOW_S = 1.0
 
 
 class Admission:
     """Counts admitted requests. Used from the event loop only, so no lock is needed."""
 
-    def __init__(self, limit: int, default_retry_after_ms: int = 500) -> None:
+    def __init__(self, limit: int, default_retry_after_ms: int = 500,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if limit < 1:
             raise ValueError(f"the admission limit must be >= 1, got {limit}")
         self.limit = limit
@@ -20,17 +27,37 @@ class Admission:
         self._default_retry_ms = default_retry_after_ms
         # Recent request durations: the retry hint is about how long a slot takes to free up.
         self._durations: deque[float] = deque(maxlen=64)
+        self._clock = clock
+        self._window_start = clock()
+        self._peak = 0
+        self._previous_peak = 0
 
     def try_acquire(self) -> bool:
         if self.in_flight >= self.limit:
             return False
+        self._roll()
         self.in_flight += 1
+        self._peak = max(self._peak, self.in_flight)
         return True
 
     def release(self, duration_s: float | None = None) -> None:
         self.in_flight -= 1
         if duration_s is not None:
             self._durations.append(duration_s)
+
+    def recent_peak(self) -> int:
+        """The most requests in flight at once over the last one to two windows: the load a new request will
+        share the engine with. The count at the moment it arrives is no guide: the requests of a burst finish
+        together and come back one by one, so the first of the next wave would see an idle server."""
+        self._roll()
+        return max(self._peak, self._previous_peak, self.in_flight)
+
+    def _roll(self) -> None:
+        windows = math.floor((self._clock() - self._window_start) / PEAK_WINDOW_S)
+        if windows >= 1:
+            self._previous_peak = self._peak if windows == 1 else 0
+            self._peak = self.in_flight
+            self._window_start += windows * PEAK_WINDOW_S
 
     def retry_after_ms(self) -> int:
         return retry_hint_ms(list(self._durations), self.limit, self._default_retry_ms)

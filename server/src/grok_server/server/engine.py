@@ -10,13 +10,15 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import vllm.envs as vllm_envs
 from grok.serving.v1 import generation_pb2 as pb
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.inputs import TokensInput, tokens_input
 from vllm.outputs import CompletionOutput
+from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind, SamplingParams
 from vllm.v1.engine.async_llm import AsyncLLM
-from vllm.v1.metrics.loggers import StatLoggerBase
+from vllm.v1.metrics.loggers import PrometheusStatLogger, StatLoggerBase
 
 from grok_server.server.config import ServerConfig
 from grok_server.server.metrics import EngineSnapshot
@@ -60,11 +62,16 @@ def engine_args(cfg: ServerConfig) -> AsyncEngineArgs:
 
 
 def stat_logger_factory(snapshot: EngineSnapshot) -> type[StatLoggerBase]:
-    """A StatLoggerBase subclass bound to `snapshot` (vLLM instantiates loggers itself, by class)."""
+    """A stat logger class bound to `snapshot` (vLLM instantiates loggers itself, by class).
 
-    class GrokStatLogger(StatLoggerBase):
-        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
-            self.engine_index = engine_index
+    It subclasses vLLM's PrometheusStatLogger only so that vLLM does not add its own one beside it: that one
+    keeps dozens of vLLM-named series up to date on every engine step, in this process, which we never
+    export (our metric names are our own). None of the parent's state is created.
+    """
+
+    class GrokStatLogger(PrometheusStatLogger):
+        def __init__(self, vllm_config: Any, engine_indexes: list[int] | None = None) -> None:
+            self.engine_indexes = engine_indexes or [0]
 
         def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
                    engine_idx: int = 0) -> None:
@@ -73,7 +80,16 @@ def stat_logger_factory(snapshot: EngineSnapshot) -> type[StatLoggerBase]:
                 snapshot.waiting = scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs
                 snapshot.kv_cache_usage = scheduler_stats.kv_cache_usage
 
+        def record_sleep_state(self, sleep: int = 0, level: int = 0) -> None:
+            pass
+
+        def record_admission_rejection(self, reason: str) -> None:
+            pass
+
         def log_engine_initialized(self) -> None:
+            pass
+
+        def log(self) -> None:
             pass
 
     return GrokStatLogger
@@ -81,7 +97,15 @@ def stat_logger_factory(snapshot: EngineSnapshot) -> type[StatLoggerBase]:
 
 def create_engine(cfg: ServerConfig, snapshot: EngineSnapshot) -> AsyncLLM:
     """Blocking (seconds to minutes): starts the engine-core and worker processes and loads the weights."""
-    return AsyncLLM.from_engine_args(engine_args(cfg), stat_loggers=[stat_logger_factory(snapshot)])
+    engine = AsyncLLM.from_engine_args(engine_args(cfg), stat_loggers=[stat_logger_factory(snapshot)])
+    # vLLM reads its VLLM_* settings from os.environ on every access until this is called (its engine-core and
+    # workers call it after start-up; its frontends do not): several lookups per token on the output path.
+    vllm_envs.enable_envs_cache()
+    return engine
+
+
+def runs_on_cpu() -> bool:
+    return current_platform.is_cpu()
 
 
 async def warm_up(engine: AsyncLLM) -> None:

@@ -22,6 +22,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from grok_server import __version__
+from grok_server.server import placement
 from grok_server.server.admission import Admission
 from grok_server.server.config import ServerConfig, parse_args
 from grok_server.server.lifecycle import Lifecycle, Phase
@@ -107,10 +108,21 @@ class Server:
         engine._run_output_handler()
         if self.cfg.warmup:
             await eng.warm_up(engine)
+        if self.cfg.cpu_affinity == "auto" and eng.runs_on_cpu():
+            self._place_off_worker_cpus()
         limits = eng.limits_for(engine, self.cfg)
         info = eng.model_info(engine, self.cfg, limits, __version__)
         self.metrics.build_info = {**self.metrics.build_info, "engine_version": info.engine_version}
         self.servicer.attach(engine, limits, info)
+
+    def _place_off_worker_cpus(self) -> None:
+        placed = placement.keep_off_worker_cpus()
+        if placed is None:
+            log.info("CPU placement: left as it is (no engine worker is bound to a subset of the CPUs)")
+        else:
+            log.info("CPU placement: this server and %d engine process(es) moved to CPUs %s, off the "
+                     "workers' CPUs %s", len(placed.moved_pids) - 1, sorted(placed.frontend_cpus),
+                     sorted(placed.worker_cpus))
 
     async def _watch_engine(self) -> None:
         while not self.engine_dead.is_set():

@@ -239,7 +239,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                     raise ValidationError("prompt is empty after tokenization")
             max_tokens = resolve_max_tokens(len(prompt_ids), v.max_new_tokens, limits,
                                             v.sampling.get("min_tokens", 0))
-            interval = self._stream_interval or auto_stream_interval(self._admission.in_flight)
+            interval = self._stream_interval or auto_stream_interval(self._admission.recent_peak())
             params = eng.sampling_params(v, max_tokens, interval)
             job = _Job(engine_id, request_id, prompt_ids, v, params, v.sampling.get("logprobs") or 0, started)
             self._active.add(engine_id)
@@ -267,9 +267,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                         m.ttft.observe(now - started)
                         m.prompt_tokens.inc(len(prompt_ids))
                     else:
-                        gap = (now - last_token_at) / new
-                        for _ in range(new):
-                            m.itl.observe(gap)
+                        m.itl.observe((now - last_token_at) / new, new)
                     m.generation_tokens.inc(new)
                     generated += new
                     last_token_at = now

@@ -1,0 +1,102 @@
+"""Keeping the server's own CPU work off the cores that vLLM's CPU workers compute on.
+
+On the CPU backend vLLM binds each worker's OpenMP threads to some cores and leaves the rest ("reserved") for
+everything else, but does not move everything else there: the gRPC frontend, the client-facing event loop and
+the engine-core process (which busy-waits on the worker between steps) float over every core, so the kernel
+keeps preempting the worker's compute thread to run them. Moving them onto the reserved cores lets the worker
+have its cores to itself. Nothing here applies to GPU engines, whose workers are not bound to cores.
+
+Linux only (sched_setaffinity and /proc); elsewhere it does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC = Path("/proc")
+
+
+def cpus_besides_workers(allowed: set[int], worker_affinities: Iterable[set[int]]) -> set[int] | None:
+    """The CPUs left for everything but the workers, or None when there is nothing to move.
+
+    A worker is a process bound to a strict subset of `allowed`; when none is, or the workers cover every
+    allowed CPU (tensor parallel over all cores), there is no core to keep free and nothing changes.
+    """
+    bound: set[int] = set()
+    for cpus in worker_affinities:
+        if cpus < allowed:
+            bound |= cpus
+    rest = allowed - bound
+    return rest if bound and rest else None
+
+
+@dataclass(frozen=True)
+class Placement:
+    frontend_cpus: set[int]
+    worker_cpus: set[int]
+    moved_pids: list[int]
+
+
+def parent_pid(stat: str) -> int:
+    """The parent pid from the text of /proc/PID/stat: "pid (comm) state ppid ...", where comm may hold spaces
+    and parentheses, so the fields are counted after the last ')'."""
+    return int(stat.rpartition(")")[2].split()[1])
+
+
+def _children_map(proc: Path) -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        children.setdefault(parent_pid(stat), []).append(int(entry.name))
+    return children
+
+
+def descendants(pid: int, proc: Path = PROC) -> list[int]:
+    children = _children_map(proc)
+    out: list[int] = []
+    todo = list(children.get(pid, []))
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def _threads(pid: int) -> list[int]:
+    try:
+        return [int(t.name) for t in (PROC / str(pid) / "task").iterdir()]
+    except OSError:
+        return []
+
+
+def keep_off_worker_cpus(root: int | None = None) -> Placement | None:
+    """Moves every thread of `root` (default: this process) and of its descendants that are not workers onto
+    the CPUs the workers are not bound to. Threads created later inherit their creator's affinity. Returns
+    what it did, or None when there was nothing to do."""
+    if not hasattr(os, "sched_setaffinity") or not (PROC / "self" / "task").is_dir():
+        return None
+    root = os.getpid() if root is None else root
+    allowed = os.sched_getaffinity(root)
+    affinities: dict[int, set[int]] = {}
+    for pid in descendants(root):
+        with contextlib.suppress(OSError):
+            affinities[pid] = os.sched_getaffinity(pid)
+    workers = {pid for pid, cpus in affinities.items() if cpus < allowed}
+    rest = cpus_besides_workers(allowed, (affinities[p] for p in workers))
+    if rest is None:
+        return None
+    moved = [root, *(p for p in affinities if p not in workers)]
+    for pid in moved:
+        for tid in _threads(pid):
+            with contextlib.suppress(OSError):  # a thread may end meanwhile
+                os.sched_setaffinity(tid, rest)
+    return Placement(rest, allowed - rest, moved)
