@@ -9,6 +9,11 @@ Systems:
   openai     vLLM's OpenAI HTTP server, /v1/completions with stream=true
   inprocess  AsyncLLM driven in-process, no network: the limit
 
+CPU placement: the same for every system. On the CPU backend vLLM binds the engine worker to some cores; each
+system's other processes (frontend, engine core) and this script's load generator are moved to the remaining
+cores (what grok-server does by itself with --cpu-affinity auto, and what a deployment whose clients run on
+other machines gets).
+
 For each concurrency C, C workers each send requests back to back for --seconds (then finish the request in
 hand; at least one each), with a fixed prompt of --prompt-tokens token ids and exactly --output-tokens greedy
 tokens with ignore_eos. Systems run alternately
@@ -41,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from grok_server.local import free_port
+from grok_server.server import placement
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("GROK_SERVE_CACHE", Path.home() / ".cache" / "grok-serve")) / "bench"
@@ -670,10 +676,28 @@ def main() -> None:
     # engine still polls. Systems alternate at every concurrency of every round, so that drift in the
     # machine's speed (minutes-long swings of 30% are common on shared small VMs) spreads over all of them.
     procs: dict[str, Proc] = {}
+    all_cpus = os.sched_getaffinity(0)
+    placements: set[tuple[frozenset[int], frozenset[int]]] = set()
     try:
         for name in args.systems:
             procs[name] = start_systems([name], args, model, load, workdir)[name]
+            # The same CPU placement for every system (grok-server does this itself, --cpu-affinity auto):
+            # the engine worker alone on the cores vLLM bound it to; the frontend, the engine core and this
+            # load generator on the others, as when the clients run on other machines.
+            placed = placement.keep_off_worker_cpus(procs[name].popen.pid, all_cpus)
+            if placed is not None:
+                placements.add((frozenset(placed.worker_cpus), frozenset(placed.frontend_cpus)))
             procs[name].pause()
+        if len(placements) == 1:
+            # Only now: the systems started above inherit this process's affinity, and vLLM binds a worker to
+            # cores among those it inherits.
+            workers, rest = placements.pop()
+            placement.pin_threads(os.getpid(), set(rest))
+            print(f"CPU placement: engine workers on CPUs {sorted(workers)}; frontends, engine cores and the "
+                  f"load generator on {sorted(rest)}", file=sys.stderr)
+        else:
+            print(f"CPU placement left to the kernel (engine workers bound: {placements or 'none'})",
+                  file=sys.stderr)
 
         async def one_measurement(name: str, c: int, seconds: float) -> Result:
             procs[name].resume()

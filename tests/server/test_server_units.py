@@ -166,7 +166,7 @@ def test_retry_hint_is_clamped(durations: list[float], expected: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("in_flight", "interval"), [(0, 1), (7, 1), (8, 2), (16, 4), (32, 8), (64, 16), (1000, 16)]
+    ("in_flight", "interval"), [(0, 1), (7, 1), (8, 4), (16, 8), (31, 15), (32, 16), (1000, 16)]
 )
 def test_auto_stream_interval(in_flight: int, interval: int) -> None:
     assert auto_stream_interval(in_flight) == interval

@@ -113,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drain-grace-seconds", type=float, default=25.0,
                    help="on SIGTERM, how long in-flight requests may run before they are aborted")
     s.add_argument("--stream-interval", type=_stream_interval, default=0, metavar="auto|N",
-                   help="tokens per GenerateStream message after the first (always sent at once); auto: 1, "
-                        "then in-flight requests / 4, up to 16: saves CPU per token under load")
+                   help="tokens per GenerateStream message after the first (always sent at once); auto: "
+                        "1, then half the recent peak of requests in flight, up to 16 (saves CPU under load)")
     s.add_argument("--cpu-affinity", choices=("auto", "off"), default="auto",
                    help="auto: on the CPU backend, run this server and the engine-core process on the cores "
                         "vLLM did not bind the workers to, so that they never preempt the model's compute")

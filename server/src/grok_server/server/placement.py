@@ -78,25 +78,41 @@ def _threads(pid: int) -> list[int]:
         return []
 
 
-def keep_off_worker_cpus(root: int | None = None) -> Placement | None:
-    """Moves every thread of `root` (default: this process) and of its descendants that are not workers onto
-    the CPUs the workers are not bound to. Threads created later inherit their creator's affinity. Returns
-    what it did, or None when there was nothing to do."""
+def is_engine_worker(pid: int) -> bool:
+    """vLLM titles its worker processes VLLM::Worker (VLLM::Worker_TP0, ... with tensor parallelism)."""
+    try:
+        return (PROC / str(pid) / "cmdline").read_bytes().startswith(b"VLLM::Worker")
+    except OSError:
+        return False
+
+
+def pin_threads(pid: int, cpus: set[int]) -> None:
+    """Every thread of `pid` onto `cpus` (the affinity of a process is its threads' own, one by one)."""
+    for tid in _threads(pid):
+        with contextlib.suppress(OSError):  # a thread may end meanwhile
+            os.sched_setaffinity(tid, cpus)
+
+
+def keep_off_worker_cpus(root: int | None = None, allowed: set[int] | None = None) -> Placement | None:
+    """Moves every thread of `root` (default: this process) and of its descendants other than vLLM's workers
+    onto the CPUs of `allowed` (default: root's) that the workers are not bound to. Threads created later
+    inherit their creator's affinity. Idempotent. Returns what it did, or None when there was nothing to
+    do."""
     if not hasattr(os, "sched_setaffinity") or not (PROC / "self" / "task").is_dir():
         return None
     root = os.getpid() if root is None else root
-    allowed = os.sched_getaffinity(root)
-    affinities: dict[int, set[int]] = {}
+    allowed = os.sched_getaffinity(root) if allowed is None else allowed
+    others: list[int] = [root]
+    worker_cpus: list[set[int]] = []
     for pid in descendants(root):
+        if not is_engine_worker(pid):
+            others.append(pid)
+            continue
         with contextlib.suppress(OSError):
-            affinities[pid] = os.sched_getaffinity(pid)
-    workers = {pid for pid, cpus in affinities.items() if cpus < allowed}
-    rest = cpus_besides_workers(allowed, (affinities[p] for p in workers))
+            worker_cpus.append(os.sched_getaffinity(pid))
+    rest = cpus_besides_workers(allowed, worker_cpus)
     if rest is None:
         return None
-    moved = [root, *(p for p in affinities if p not in workers)]
-    for pid in moved:
-        for tid in _threads(pid):
-            with contextlib.suppress(OSError):  # a thread may end meanwhile
-                os.sched_setaffinity(tid, rest)
-    return Placement(rest, allowed - rest, moved)
+    for pid in others:
+        pin_threads(pid, rest)
+    return Placement(rest, allowed - rest, others)
