@@ -29,6 +29,8 @@ SHARED_FLAGS = (
     "4",
     "--max-stop-string-length",
     "32",
+    "--cpu-affinity",
+    "auto",
 )
 
 

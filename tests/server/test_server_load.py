@@ -160,7 +160,8 @@ def test_concurrent_seeded_requests_are_reproducible(grok_server_proc: ServerPro
 
 def test_server_and_engine_core_stay_off_the_workers_cpus(grok_server_proc: ServerProcess) -> None:
     """vLLM binds the CPU worker to some cores; the server moves itself and the engine-core process to the
-    others, so that under load they never preempt the model's compute (--cpu-affinity auto)."""
+    others, so that under load they never preempt the model's compute (--cpu-affinity auto: the shared
+    test server has it)."""
     import os
 
     from grok_server.server.placement import descendants

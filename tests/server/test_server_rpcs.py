@@ -159,16 +159,21 @@ def test_min_new_tokens_holds_back_stop_tokens(stub: pb_grpc.GenerationServiceSt
     assert len(resp.token_ids) >= 6
 
 
-def test_stop_string_truncates_text(stub: pb_grpc.GenerationServiceStub) -> None:
-    full = stub.Generate(greedy("Hello world", 24), timeout=60).text
-    # A printable piece from the middle of the greedy text: generation must end right before it.
+def stop_candidate(full: str) -> str:
+    """A printable piece from the middle of a greedy text: generation with it as a stop string must end
+    right before it."""
     candidates = [
         full[i : i + 2]
         for i in range(3, len(full) - 2)
         if full[i : i + 2].isprintable() and full[i : i + 2].strip() and "\ufffd" not in full[i : i + 2]
     ]
     assert candidates, f"no printable stop candidate in {full!r}"
-    stop = candidates[0]
+    return candidates[0]
+
+
+def test_stop_string_truncates_text(stub: pb_grpc.GenerationServiceStub) -> None:
+    full = stub.Generate(greedy("Hello world", 24), timeout=60).text
+    stop = stop_candidate(full)
     req = greedy("Hello world", 24)
     req.stopping.stop.append(stop)
     resp = stub.Generate(req, timeout=60)
@@ -203,3 +208,23 @@ def test_prompt_logprobs(stub: pb_grpc.GenerationServiceStub, hf_tokenizer) -> N
     # The first prompt token has no log-probability: nothing precedes it.
     assert [lp.token_id for lp in resp.prompt_logprobs] == ids[1:]
     assert all(lp.logprob <= 0.0 and lp.rank >= 1 for lp in resp.prompt_logprobs)
+
+
+def test_token_ids_only_returns_the_same_tokens_without_text(stub: pb_grpc.GenerationServiceStub) -> None:
+    full = stub.Generate(greedy("Hello world", 24), timeout=60)
+    req = greedy("Hello world", 24, token_ids_only=True)
+    req.logprobs.generated = True
+    req.logprobs.top_n = 2
+    resp = stub.Generate(req, timeout=60)
+    assert list(resp.token_ids) == list(full.token_ids) and full.text
+    assert resp.text == ""
+    assert all(lp.text == "" and all(t.text == "" for t in lp.top) for lp in resp.logprobs)
+    parts = list(stub.GenerateStream(req, timeout=60))
+    assert [t for p in parts for t in p.token_ids] == list(full.token_ids)
+    assert all(p.text == "" for p in parts)
+    # Stop strings still end generation (the server decodes for them) but no text is sent.
+    stop = stop_candidate(full.text)
+    req.stopping.stop.append(stop)
+    stopped = stub.Generate(req, timeout=60)
+    assert stopped.finish_reason == pb.FINISH_REASON_STOP and stopped.stop_string == stop
+    assert len(stopped.token_ids) < len(full.token_ids) and stopped.text == ""

@@ -71,6 +71,14 @@ def test_valid_request_maps_to_engine_parameters() -> None:
     assert v.want_logprobs and v.want_prompt_logprobs
 
 
+def test_token_ids_only_skips_detokenizing_unless_stop_strings_need_it() -> None:
+    v = validate_request(build_request([1, 2], token_ids_only=True), LIMITS)
+    assert v.token_ids_only and v.sampling["detokenize"] is False
+    v = validate_request(build_request([1, 2], token_ids_only=True, stop=["x"]), LIMITS)
+    assert v.token_ids_only and "detokenize" not in v.sampling
+    assert "detokenize" not in validate_request(build_request([1, 2]), LIMITS).sampling
+
+
 def test_unset_fields_keep_engine_defaults() -> None:
     v = validate_request(pb.GenerateRequest(token_ids=pb.TokenIds(ids=[1, 2])), LIMITS)
     assert v.sampling == {} and v.max_new_tokens is None and v.prompt.token_ids == [1, 2]

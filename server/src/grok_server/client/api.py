@@ -76,17 +76,19 @@ def build_request(
     prompt_logprobs: bool = False,
     echo: bool = False,
     request_id: str = "",
+    token_ids_only: bool = False,
     **sampling: Any,
 ) -> pb.GenerateRequest:
     """A GenerateRequest from keyword arguments.
 
     `sampling`: temperature, top_p, top_k, min_p, presence/frequency/repetition_penalty, seed.
     `logprobs`: None for none, 0 for the sampled tokens' log-probabilities, N to add the top N alternatives.
+    `token_ids_only`: responses without text (the server skips detokenizing).
     """
     unknown = set(sampling) - set(_SAMPLING_FIELDS)
     if unknown:
         raise TypeError(f"unknown sampling parameter(s): {', '.join(sorted(unknown))}")
-    req = pb.GenerateRequest(request_id=request_id, echo=echo)
+    req = pb.GenerateRequest(request_id=request_id, echo=echo, token_ids_only=token_ids_only)
     if isinstance(prompt, str):
         req.text = prompt
     else:

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--logprobs", type=int, help="return log-probabilities (N = also the top N alternatives)")
     g.add_argument("--echo", action="store_true", help="include the prompt")
     g.add_argument("--token-ids", action="store_true", help="the prompt is comma-separated token ids")
+    g.add_argument("--token-ids-only", action="store_true",
+                   help="ask for token ids without text (no detokenizing on the server); prints the ids")
     g.add_argument("--request-id", default="")
 
     t = sub.add_parser("tokenize", help="tokenize text")
@@ -96,15 +98,21 @@ def _generate(client: GrokClient, ns: argparse.Namespace) -> None:
         "echo": ns.echo, "request_id": ns.request_id, "temperature": ns.temperature, "top_p": ns.top_p,
         "top_k": ns.top_k, "min_p": ns.min_p, "presence_penalty": ns.presence_penalty,
         "frequency_penalty": ns.frequency_penalty, "repetition_penalty": ns.repetition_penalty,
-        "seed": ns.seed,
+        "seed": ns.seed, "token_ids_only": ns.token_ids_only,
     }
+
+    def shown(resp: pb.GenerateResponse) -> str:
+        if ns.token_ids_only:
+            return "".join(f"{t}," for t in resp.token_ids)
+        return resp.text
+
     if ns.stream:
         last: pb.GenerateResponse | None = None
         for chunk in client.generate_stream(prompt, **options):
             if ns.json:
                 _print_json(chunk)
             else:
-                sys.stdout.write(chunk.prompt_text + chunk.text if ns.echo else chunk.text)
+                sys.stdout.write(chunk.prompt_text + shown(chunk) if ns.echo else shown(chunk))
                 sys.stdout.flush()
             last = chunk
         if not ns.json:
@@ -116,7 +124,7 @@ def _generate(client: GrokClient, ns: argparse.Namespace) -> None:
     if ns.json:
         _print_json(resp)
         return
-    print((resp.prompt_text if ns.echo else "") + resp.text)
+    print((resp.prompt_text if ns.echo else "") + shown(resp))
     _summary(resp)
 
 

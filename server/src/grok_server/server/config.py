@@ -40,7 +40,7 @@ class ServerConfig:
     log_level: str = "INFO"
     warmup: bool = True
     stream_interval: int = 0  # 0: auto
-    cpu_affinity: str = "auto"
+    cpu_affinity: str = "off"
 
 
 def _engine_arg(text: str) -> tuple[str, Any]:
@@ -115,9 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stream-interval", type=_stream_interval, default=0, metavar="auto|N",
                    help="tokens per GenerateStream message after the first (always sent at once); auto: "
                         "1, then half the recent peak of requests in flight, up to 16 (saves CPU under load)")
-    s.add_argument("--cpu-affinity", choices=("auto", "off"), default="auto",
+    s.add_argument("--cpu-affinity", choices=("auto", "off"), default="off",
                    help="auto: on the CPU backend, run this server and the engine-core process on the cores "
-                        "vLLM did not bind the workers to, so that they never preempt the model's compute")
+                        "vLLM did not bind the workers to, so that they never preempt the model's compute "
+                        "(for hosts dedicated to the server: other processes get less CPU)")
     s.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     s.add_argument("--no-warmup", dest="warmup", action="store_false",
                    help="skip the one tiny request run before reporting SERVING")

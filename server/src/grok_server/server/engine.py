@@ -186,7 +186,7 @@ def finish_fields(c: CompletionOutput) -> dict[str, Any]:
 
 
 def token_logprobs(token_ids: Sequence[int], logprobs: Sequence[Any] | None, top_n: int,
-                   ) -> list[pb.TokenLogprob]:
+                   with_text: bool = True) -> list[pb.TokenLogprob]:
     """vLLM's per-position {token_id: Logprob} maps -> TokenLogprob messages (None positions skipped)."""
     out: list[pb.TokenLogprob] = []
     if logprobs is None:
@@ -203,8 +203,9 @@ def token_logprobs(token_ids: Sequence[int], logprobs: Sequence[Any] | None, top
             token_id=token_id,
             logprob=chosen.logprob if chosen is not None else float("nan"),
             rank=(chosen.rank or 0) if chosen is not None else 0,
-            text=(chosen.decoded_token or "") if chosen is not None else "",
-            top=[pb.TopLogprob(token_id=tid, logprob=lp.logprob, text=lp.decoded_token or "")
+            text=(chosen.decoded_token or "") if chosen is not None and with_text else "",
+            top=[pb.TopLogprob(token_id=tid, logprob=lp.logprob,
+                               text=(lp.decoded_token or "") if with_text else "")
                  for tid, lp in top[:top_n]],
         ))
     return out

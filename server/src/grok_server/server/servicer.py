@@ -273,14 +273,15 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                     last_token_at = now
                 msg = pb.GenerateResponse(
                     request_id=request_id,
-                    text=c.text,
+                    text="" if v.token_ids_only else c.text,
                     token_ids=c.token_ids,
                     usage=pb.Usage(prompt_tokens=len(prompt_ids), generated_tokens=generated,
                                    cached_prompt_tokens=out.num_cached_tokens or 0),
                     **eng.finish_fields(c),
                 )
                 if v.want_logprobs:
-                    msg.logprobs.extend(eng.token_logprobs(c.token_ids, c.logprobs, top_n))
+                    msg.logprobs.extend(eng.token_logprobs(c.token_ids, c.logprobs, top_n,
+                                                           with_text=not v.token_ids_only))
                 if first:
                     first = False
                     if v.echo or v.want_prompt_logprobs:

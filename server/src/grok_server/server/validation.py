@@ -52,6 +52,7 @@ class ValidatedRequest:
     echo: bool = False
     want_logprobs: bool = False
     want_prompt_logprobs: bool = False
+    token_ids_only: bool = False
 
 
 def _finite(name: str, value: float) -> float:
@@ -204,6 +205,8 @@ def validate_request(req: pb.GenerateRequest, limits: Limits) -> ValidatedReques
         sampling["logprobs"] = lp.top_n
     if lp.prompt:
         sampling["prompt_logprobs"] = lp.top_n
+    if req.token_ids_only and "stop" not in sampling:
+        sampling["detokenize"] = False  # vLLM needs the text to match stop strings
     return ValidatedRequest(
         prompt=prompt,
         sampling=sampling,
@@ -211,6 +214,7 @@ def validate_request(req: pb.GenerateRequest, limits: Limits) -> ValidatedReques
         echo=req.echo,
         want_logprobs=lp.generated,
         want_prompt_logprobs=lp.prompt,
+        token_ids_only=req.token_ids_only,
     )
 
 
