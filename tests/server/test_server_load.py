@@ -164,12 +164,12 @@ def test_server_and_engine_core_stay_off_the_workers_cpus(grok_server_proc: Serv
     test server has it)."""
     import os
 
-    from grok_server.server.placement import descendants
+    from grok_server.server.placement import descendants, is_engine_worker
 
     root = grok_server_proc.proc.pid
     allowed = os.sched_getaffinity(0)
     tree = [root, *descendants(root)]
-    workers = [p for p in tree if Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"VLLM::Worker")]
+    workers = [p for p in tree if is_engine_worker(p)]
     assert len(allowed) >= 2, "this check needs a machine with two or more CPUs"
     assert len(workers) == 1, f"expected one engine worker process in {tree}"
     worker_cpus = os.sched_getaffinity(workers[0])

@@ -91,14 +91,9 @@ class LocalServer:
 
     def engine_core_pids(self) -> list[int]:
         """The vLLM engine-core process(es) under this server (process title 'VLLM::EngineCore')."""
-        import psutil
+        from grok_server.server.placement import descendants, process_title
 
-        pids = []
-        for p in psutil.Process(self.proc.pid).children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline()):
-                    pids.append(p.pid)
-        return pids
+        return [pid for pid in descendants(self.proc.pid) if "EngineCore" in process_title(pid)]
 
     def wait_exit(self, timeout: float) -> int:
         return self.proc.wait(timeout=timeout)

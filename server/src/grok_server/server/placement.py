@@ -78,12 +78,18 @@ def _threads(pid: int) -> list[int]:
         return []
 
 
-def is_engine_worker(pid: int) -> bool:
-    """vLLM titles its worker processes VLLM::Worker (VLLM::Worker_TP0, ... with tensor parallelism)."""
+def process_title(pid: int) -> str:
+    """A process's command line as `ps` shows it, which is the title vLLM gives its processes
+    (VLLM::EngineCore, VLLM::Worker, VLLM::Worker_TP0, ...); "" once it has exited."""
     try:
-        return (PROC / str(pid) / "cmdline").read_bytes().startswith(b"VLLM::Worker")
+        raw = (PROC / str(pid) / "cmdline").read_bytes()
     except OSError:
-        return False
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def is_engine_worker(pid: int) -> bool:
+    return process_title(pid).startswith("VLLM::Worker")
 
 
 def pin_threads(pid: int, cpus: set[int]) -> None:
