@@ -456,96 +456,93 @@ def smg_venv() -> tuple[Path, Path]:
     return py, site
 
 
-def start_systems(
-    names: list[str], args: argparse.Namespace, model: Path, load: Load, workdir: Path
-) -> dict[str, Proc]:
-    procs: dict[str, Proc] = {}
+def start_system(name: str, args: argparse.Namespace, model: Path, load: Load, workdir: Path) -> Proc:
+    """Starts one system and waits until it serves; a system that fails to come up is stopped."""
     py = sys.executable
+    port = free_port()
+    # What every server is told: the model, where to listen, and the same engine settings.
+    serve = ["--model", str(model), "--host", "127.0.0.1", "--port", str(port), *engine_flags(args)]
+    p: Proc | None = None
     try:
-        for name in names:
-            port = free_port()
-            # What every server is told: the model, where to listen, and the same engine settings.
-            serve = ["--model", str(model), "--host", "127.0.0.1", "--port", str(port), *engine_flags(args)]
-            if name == "grok":
-                p = spawn(
-                    name,
-                    [
-                        py,
-                        "-m",
-                        "grok_server.server.main",
-                        *serve,
-                        "--metrics-port",
-                        str(free_port()),
-                        "--max-concurrent-requests",
-                        "4096",
-                    ],
-                    workdir / name,
+        if name == "grok":
+            p = spawn(
+                name,
+                [
+                    py,
+                    "-m",
+                    "grok_server.server.main",
+                    *serve,
+                    "--metrics-port",
+                    str(free_port()),
+                    "--max-concurrent-requests",
+                    "4096",
+                ],
+                workdir / name,
+            )
+            wait_port(p, port, lambda port=port: grpc_serving(port))
+            p.address = f"127.0.0.1:{port}"
+        elif name == "vllm-grpc":
+            smg_py, smg_site = smg_venv()
+            p = spawn(
+                name,
+                [
+                    str(smg_py),
+                    "-m",
+                    "vllm.entrypoints.launchers.grpc_server",
+                    *serve,
+                ],
+                workdir / name,
+                {"SMG_VLLM_SERVICER_KV_EVENTS": "0"},
+            )
+            wait_port(p, port, lambda port=port: grpc_serving(port))
+            p.address = f"127.0.0.1:{port}"
+            p.extra["site"] = str(smg_site)
+        elif name == "openai":
+            p = spawn(
+                name,
+                [
+                    py,
+                    "-m",
+                    "vllm.entrypoints.openai.api_server",
+                    *serve,
+                    "--disable-uvicorn-access-log",
+                ],
+                workdir / name,
+            )
+            wait_port(p, port, lambda port=port: http_ok(f"http://127.0.0.1:{port}/health"))
+            p.address = f"http://127.0.0.1:{port}"
+        elif name == "inprocess":
+            p = spawn(
+                name,
+                [
+                    py,
+                    str(Path(__file__).resolve()),
+                    "--inprocess-worker",
+                    "--engine-json",
+                    json.dumps(engine_kwargs(args, model)),
+                    "--prompt-json",
+                    json.dumps(load.prompt),
+                    "--output-tokens",
+                    str(load.output_tokens),
+                ],
+                workdir / name,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+            assert p.popen.stdout is not None
+            line = p.popen.stdout.readline().decode().strip()
+            if line != "ready":
+                raise RuntimeError(
+                    f"inprocess worker failed; log {p.log}:\n" + p.log.read_text(errors="replace")[-4000:]
                 )
-                wait_port(p, port, lambda port=port: grpc_serving(port))
-                p.address = f"127.0.0.1:{port}"
-            elif name == "vllm-grpc":
-                smg_py, smg_site = smg_venv()
-                p = spawn(
-                    name,
-                    [
-                        str(smg_py),
-                        "-m",
-                        "vllm.entrypoints.launchers.grpc_server",
-                        *serve,
-                    ],
-                    workdir / name,
-                    {"SMG_VLLM_SERVICER_KV_EVENTS": "0"},
-                )
-                wait_port(p, port, lambda port=port: grpc_serving(port))
-                p.address = f"127.0.0.1:{port}"
-                p.extra["site"] = str(smg_site)
-            elif name == "openai":
-                p = spawn(
-                    name,
-                    [
-                        py,
-                        "-m",
-                        "vllm.entrypoints.openai.api_server",
-                        *serve,
-                        "--disable-uvicorn-access-log",
-                    ],
-                    workdir / name,
-                )
-                wait_port(p, port, lambda port=port: http_ok(f"http://127.0.0.1:{port}/health"))
-                p.address = f"http://127.0.0.1:{port}"
-            elif name == "inprocess":
-                p = spawn(
-                    name,
-                    [
-                        py,
-                        str(Path(__file__).resolve()),
-                        "--inprocess-worker",
-                        "--engine-json",
-                        json.dumps(engine_kwargs(args, model)),
-                        "--prompt-json",
-                        json.dumps(load.prompt),
-                        "--output-tokens",
-                        str(load.output_tokens),
-                    ],
-                    workdir / name,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                )
-                assert p.popen.stdout is not None
-                line = p.popen.stdout.readline().decode().strip()
-                if line != "ready":
-                    raise RuntimeError(
-                        f"inprocess worker failed; log {p.log}:\n" + p.log.read_text(errors="replace")[-4000:]
-                    )
-            else:
-                raise SystemExit(f"unknown system {name!r}; choose from {', '.join(SYSTEMS)}")
-            procs[name] = p
-            print(f"  {name} up", file=sys.stderr)
+        else:
+            raise SystemExit(f"unknown system {name!r}; choose from {', '.join(SYSTEMS)}")
+        print(f"  {name} up", file=sys.stderr)
+        return p
     except BaseException:
-        for p in procs.values():
+        if p is not None:
             p.stop()
         raise
-    return procs
 
 
 async def measure(name: str, proc: Proc, load: Load, model: Path, c: int, seconds: float) -> Result:
@@ -687,7 +684,7 @@ def main() -> None:
     placements: set[tuple[frozenset[int], frozenset[int]]] = set()
     try:
         for name in args.systems:
-            procs[name] = start_systems([name], args, model, load, workdir)[name]
+            procs[name] = start_system(name, args, model, load, workdir)
             # The same CPU placement for every system (grok-server does this itself, --cpu-affinity auto):
             # the engine worker alone on the cores vLLM bound it to; the frontend, the engine core and this
             # load generator on the others, as when the clients run on other machines.
