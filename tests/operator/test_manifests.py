@@ -67,6 +67,25 @@ def test_pods_are_built_to_load_slowly_drain_and_share_memory():
     assert spread["topologyKey"] == "kubernetes.io/hostname"
 
 
+def test_server_args_are_what_grok_server_accepts():
+    # The pod's args go to the image's entrypoint, grok-server: parse them with its own parser, so that a flag
+    # renamed on either side fails here rather than crash-looping every server pod.
+    from grok_server.server.config import parse_args
+
+    spec, p = built(
+        model={"uri": "pvc://weights/grok-1", "quantization": "fp8", "dtype": "bfloat16"},
+        server={"drainSeconds": 90, "maxConcurrentRequests": 64,
+                "engineArgs": ["--engine-arg", "max_num_batched_tokens=4096"]},
+    )
+    d = manifests.deployment(spec, p)
+    cfg = parse_args(container(d)["args"])
+    assert cfg.model == "/models/grok-1" and cfg.served_model_name == "grok"
+    assert cfg.tensor_parallel_size == 8 and cfg.quantization == "fp8" and cfg.dtype == "bfloat16"
+    assert cfg.drain_grace_seconds == 90 < d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert cfg.max_concurrent_requests == 64 and cfg.port == 50051 and cfg.metrics_port == 9090
+    assert cfg.engine_args == {"max_num_batched_tokens": 4096}
+
+
 def test_user_passthrough_is_merged_but_cannot_change_the_gpu_count():
     spec, p = built(
         server={

@@ -101,7 +101,7 @@ def server_args(spec: GrokDeploymentSpec, plan: Plan) -> list[str]:
         str(s.get("maxConcurrentRequests", 256)),
         "--gpu-memory-utilization",
         str(s.get("gpuMemoryUtilization", 0.9)),
-        "--drain-seconds",
+        "--drain-grace-seconds",
         str(s.get("drainSeconds", 120)),
     ]
     if spec.quantization != "none":
