@@ -1,5 +1,7 @@
 """The autoscaler's decisions: table-driven cases and properties (bounds, no flapping, stabilization)."""
 
+import dataclasses
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -59,10 +61,26 @@ def test_scale_down_waits_for_the_whole_down_window_and_steps_by_one():
     assert trajectory[-1] < 4
 
 
-def test_missing_metric_keeps_the_replicas_even_outside_the_bounds():
-    history = History()
-    decision = decide(POLICY, Observation(time=0, replicas=20, ready=20, metric_total=None), history)
-    assert decision.replicas == 20 and "no metric data" in decision.reason
+def test_missing_metric_keeps_the_replicas_within_the_bounds():
+    decision = decide(POLICY, Observation(time=0, replicas=3, ready=3, metric_total=None), History())
+    assert decision.replicas == 3 and "no metric data" in decision.reason
+
+
+def test_the_bounds_hold_without_metric_data():
+    # Below minReplicas there may be no pods at all, hence no series: waiting for data would wait forever.
+    # HPA enforces its bounds before it looks at metrics too.
+    raised = dataclasses.replace(POLICY, min_replicas=2)
+    up = decide(raised, Observation(time=0, replicas=1, ready=1, metric_total=None), History())
+    assert up.replicas == 2 and "minReplicas" in up.reason
+    down = decide(POLICY, Observation(time=0, replicas=20, ready=20, metric_total=None), History())
+    assert down.replicas == 10 and "maxReplicas" in down.reason
+
+
+def test_scaled_to_zero_by_hand_pauses_the_autoscaler():
+    # As with HPA: replicas 0 set by hand means off, with or without data, until someone scales up again.
+    for total in (None, 0.0, 100.0):
+        d = decide(POLICY, Observation(time=0, replicas=0, ready=0, metric_total=total), History())
+        assert d.replicas == 0 and "paused" in d.reason
 
 
 def test_starting_replicas_block_a_second_scale_up_for_the_same_demand():
@@ -109,7 +127,9 @@ def test_no_replica_ready_means_wait():
     values=st.lists(st.one_of(st.none(), st.floats(0, 500)), min_size=1, max_size=40),
     ready_fraction=st.floats(0, 1),
 )
-def test_decisions_with_data_always_respect_the_bounds(minimum, span, replicas, values, ready_fraction):
+def test_bounds_always_hold_and_missing_data_within_them_changes_nothing(
+    minimum, span, replicas, values, ready_fraction
+):
     policy = Policy(min_replicas=minimum, max_replicas=minimum + span, target=4, up_window=0, down_window=0)
     history = History()
     for i, value in enumerate(values):
@@ -117,8 +137,10 @@ def test_decisions_with_data_always_respect_the_bounds(minimum, span, replicas, 
         d = decide(
             policy, Observation(time=i * 15.0, replicas=replicas, ready=ready, metric_total=value), history
         )
-        if value is None:
-            assert d.replicas == replicas  # never act on missing data
+        if replicas == 0:
+            assert d.replicas == 0  # zero set by hand is off
+        elif value is None and policy.min_replicas <= replicas <= policy.max_replicas:
+            assert d.replicas == replicas  # never act on missing data within the bounds
         else:
             assert policy.min_replicas <= d.replicas <= policy.max_replicas
         replicas = d.replicas

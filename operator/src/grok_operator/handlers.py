@@ -484,13 +484,12 @@ def _autoscale_once(owner: dict[str, Any], views: Views, history: History) -> No
             len(starting),
         )
 
-    if problem is not None:
-        active = condition(
-            "AutoscalingActive",
-            False,
-            problem.reason,
-            f"{problem}; holding {replicas} replicas (never scaling on missing data)",
-        )
+    if replicas == 0:
+        active = condition("AutoscalingActive", False, "ScalingDisabled", decision.reason)
+    elif problem is not None:
+        what = decision.reason if decision.changes(replicas) else (
+            f"holding {replicas} replicas (never scaling on missing data)")
+        active = condition("AutoscalingActive", False, problem.reason, f"{problem}; {what}")
     else:
         active = condition("AutoscalingActive", True, "Evaluating", decision.reason)
     last_scale = None

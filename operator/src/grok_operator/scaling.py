@@ -123,6 +123,15 @@ def decide(policy: Policy, obs: Observation, history: History) -> Decision:
     """The replicas to have now. Records the raw recommendation in `history`."""
     current = obs.replicas
     clamp = lambda n: max(policy.min_replicas, min(policy.max_replicas, n))  # noqa: E731
+    if current == 0:
+        # As with HPA, zero set by hand switches autoscaling off (without pods there is nothing to measure).
+        return Decision(0, None, None, "scaled to zero by hand: paused until replicas are above 0")
+    # The bounds hold before any data: below minReplicas there may be no pod, hence no series, to wait for.
+    low, high = policy.min_replicas, policy.max_replicas
+    if current < low:
+        return Decision(low, None, None, f"below minReplicas: raising to {low}")
+    if current > high:
+        return Decision(high, None, None, f"above maxReplicas: lowering to {high}")
     if obs.metric_total is None:
         return Decision(current, None, None, "no metric data: keeping the current replicas")
 
