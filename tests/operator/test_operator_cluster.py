@@ -68,6 +68,10 @@ def wait_phase(cluster: DevCluster, ns: str, name: str, phase: str, timeout: flo
     return wait_for(reached, timeout, message=f"{name} phase {phase}")
 
 
+def container_image(deployment: dict | None) -> str | None:
+    return deployment["spec"]["template"]["spec"]["containers"][0]["image"] if deployment else None
+
+
 def server_pods(cluster: DevCluster, ns: str, name: str) -> list[dict]:
     return cluster.get_json("pods", "-n", ns, "-l", f"serving.grok.dev/deployment={name}")["items"]
 
@@ -244,6 +248,19 @@ def test_fetched_model_gets_a_cache_and_a_job_before_servers_start(devcluster, k
         r["name"] for r in devcluster.get_json("jobs", "-n", ns)["items"][0]["metadata"]["ownerReferences"]
     }
     assert owners == {"grok", "grok-b"}
+    # A new server image rolls out; the Job that filled the cache (its template cannot change) is left as is.
+    job_image = jobs[0]["spec"]["template"]["spec"]["containers"][0]["image"]
+    apply(devcluster, ns, grokd("grok", model={"uri": "hf://hpcai-tech/grok-1", "quantization": "fp8"},
+                                server={"image": "grok-serve/server:9.9.9"}))
+    wait_for(
+        lambda: container_image(get(devcluster, ns, "deployment", "grok")) == "grok-serve/server:9.9.9",
+        60,
+        message="the Deployment to get the new server image",
+    )
+    wait_phase(devcluster, ns, "grok", "Ready")
+    job = devcluster.get_json("jobs", "-n", ns)["items"][0]
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == job_image
+    assert not [e for e in events(devcluster, ns, "grok") if e["reason"] == "ReconcileFailed"]
 
 
 def test_missing_claim_is_reported_then_picked_up(devcluster, k8s_namespace, grok_operator):

@@ -86,6 +86,18 @@ class Kube:
         result = self._call("GET", _path(api_version, kind, namespace), query=[("labelSelector", selector)])
         return result.get("items", [])
 
+    def add_owner(self, live: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
+        """One more owner reference on an existing object, unless it changed since it was read (409)."""
+        meta = live["metadata"]
+        patch = {
+            "metadata": {
+                "ownerReferences": [*(meta.get("ownerReferences") or []), owner],
+                "resourceVersion": meta["resourceVersion"],
+            }
+        }
+        path = _path(live["apiVersion"], live["kind"], meta["namespace"], meta["name"])
+        return self._call("PATCH", path, body=patch, content_type="application/merge-patch+json")
+
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         path = _path(f"{GROUP}/{VERSION}", "GrokDeployment", namespace, name) + "/status"
         self._call("PATCH", path, body={"status": status}, content_type="application/merge-patch+json")

@@ -185,6 +185,21 @@ def observe(
     )
 
 
+def ensure_shared(kube: Kube, manifest: dict[str, Any], manager: str) -> dict[str, Any]:
+    """The model cache claim and the fetch Job: made by the first GrokDeployment of the model, then joined
+    as one more owner. Never applied again: a Job's template and most of a claim's spec cannot change, so
+    applying an edited spec (a new server image, secretRef or cache size) fails with 422 and would stop the
+    rollout."""
+    meta = manifest["metadata"]
+    live = kube.get(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+    if live is None:
+        return kube.apply(manifest, manager)
+    (mine,) = meta["ownerReferences"]
+    if any(o.get("uid") == mine["uid"] for o in live["metadata"].get("ownerReferences") or []):
+        return live
+    return kube.add_owner(live, mine)
+
+
 def reconcile(kube: Kube, body: dict[str, Any], service_monitors: ServiceMonitorProbe) -> ReconcileResult:
     """Brings the children in line with the spec; the caller writes the status from the result."""
     spec = read_spec(body)
@@ -206,8 +221,8 @@ def reconcile(kube: Kube, body: dict[str, Any], service_monitors: ServiceMonitor
             f"{spec.namespace}: create it with the weights, or use an hf:// or s3:// uri",
         )
     elif spec.model.needs_fetch:
-        kube.apply(manifests.model_cache_claim(spec), manager)
-        job = kube.apply(manifests.fetch_job(spec), manager)
+        ensure_shared(kube, manifests.model_cache_claim(spec), manager)
+        job = ensure_shared(kube, manifests.fetch_job(spec), manager)
         applied += ["PersistentVolumeClaim", "Job"]
         model = model_state(job)
 
