@@ -137,6 +137,34 @@ def test_update_rolls_out_and_scale_goes_through_the_scale_subresource(
     )
 
 
+def test_an_edit_the_api_server_refuses_is_reported_not_shown_as_applied(
+    devcluster, k8s_namespace, grok_operator
+):
+    ns = k8s_namespace
+    apply(devcluster, ns, weights_claim(), grokd("grok", replicas=1))
+    wait_phase(devcluster, ns, "grok", "Ready")
+    # The schema lets resources through as written; the API server refuses the Deployment that carries it.
+    apply(devcluster, ns, grokd("grok", replicas=1, server={"resources": {"requests": {"cpu": "lots"}}}))
+    wait_for(
+        lambda: any(e["reason"] == "ReconcileFailed" for e in events(devcluster, ns, "grok")),
+        60,
+        message="a ReconcileFailed Event",
+    )
+    for pod in server_pods(devcluster, ns, "grok"):  # pod and Deployment events refresh the status
+        devcluster.kubectl("delete", "pod", pod["metadata"]["name"], "-n", ns, "--wait=false")
+
+    def failed_condition():
+        body = get(devcluster, ns, "grokdeployment", "grok") or {}
+        cond = conditions(devcluster, ns, "grok").get("Progressing") or {}
+        return (body, cond) if cond.get("reason") == "ReconcileFailed" else None
+
+    body, cond = wait_for(failed_condition, 60, message="Progressing=False ReconcileFailed")
+    assert cond["status"] == "False" and "quantities must match" in cond["message"]
+    wait_for(lambda: len(server_pods(devcluster, ns, "grok")) == 1, 60, message="the old pod replaced")
+    body = get(devcluster, ns, "grokdeployment", "grok")
+    assert body["status"]["observedGeneration"] == 1 < body["metadata"]["generation"]
+
+
 def test_too_few_gpus_leaves_pods_pending_and_says_why(devcluster, k8s_namespace, grok_operator):
     ns = k8s_namespace
     # bf16 Grok-1 on H200 takes 8 GPUs a replica; the session cluster has two H200 nodes: the third

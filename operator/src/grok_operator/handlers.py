@@ -68,6 +68,7 @@ class State:
     last_decisions: dict[str, tuple[str, int, int]] = {}
     metrics_stale_after: float = 60.0
     handled: dict[str, int] = {}  # uid -> generation this process reconciled
+    refused: dict[str, int] = {}  # uid -> generation whose children the API server refused
     written: dict[str, dict[str, Any]] = {}  # uid -> the status this process last wrote
     models: dict[str, tuple[str, str]] = {}  # uid -> model state (Ready, Fetching, ...) at the last reconcile
     status_locks: dict[str, threading.Lock] = {}
@@ -215,12 +216,9 @@ def _reconcile_and_report(body: dict[str, Any], views: Views, trigger: str) -> b
             return True  # the namespace is going away, and everything in it with it
         metrics.RECONCILE_ERRORS.labels(trigger).inc()
         log.exception("reconciling %s/%s failed", body["metadata"]["namespace"], body["metadata"]["name"])
-        kopf.event(
-            body,
-            type="Warning",
-            reason="ReconcileFailed",
-            message=f"{err.status} {err.reason}: {(err.body or '')[:500]}",
-        )
+        message = f"{err.status} {err.reason}: {_api_message(err)}"
+        kopf.event(body, type="Warning", reason="ReconcileFailed", message=message)
+        _report_refused(body, message)
         return False
     except Exception:
         metrics.RECONCILE_ERRORS.labels(trigger).inc()
@@ -230,6 +228,7 @@ def _reconcile_and_report(body: dict[str, Any], views: Views, trigger: str) -> b
     metrics.RECONCILES.labels(trigger).inc()
     meta = body["metadata"]
     ns, name, generation = meta["namespace"], meta["name"], int(meta.get("generation", 1))
+    State.refused.pop(meta["uid"], None)
     if result.plan_error:
         log.warning("%s/%s: %s", ns, name, result.plan_error[1])
     State.models[meta["uid"]] = result.model
@@ -241,8 +240,38 @@ def _reconcile_and_report(body: dict[str, Any], views: Views, trigger: str) -> b
     return True
 
 
+def _api_message(err: ApiException) -> str:
+    """The API server's own message from a Status body (the body itself when it is not one)."""
+    try:
+        return str(json.loads(err.body or "")["message"])[:500]
+    except (ValueError, KeyError, TypeError):
+        return (err.body or "")[:500]
+
+
+def _report_refused(body: dict[str, Any], message: str) -> None:
+    """The spec's generation could not be applied: say so, and keep observedGeneration at the last one that
+    was, so that nothing waiting on observedGeneration == generation takes the edit as rolled out."""
+    meta = body["metadata"]
+    generation = int(meta.get("generation", 1))
+    State.refused[meta["uid"]] = generation
+    refused = condition(
+        "Progressing", False, "ReconcileFailed",
+        f"generation {generation} was not applied (the running replicas are unchanged): {message}",
+    )
+
+    def make(old: dict[str, Any]) -> dict[str, Any]:
+        return {"conditions": merge_conditions(old.get("conditions") or [], [refused], generation)}
+
+    try:
+        _with_retries(lambda: _write_status(body, make))
+    except Exception:
+        log.exception("could not write the status of %s/%s", meta["namespace"], meta["name"])
+
+
 def _refresh_status(owner: dict[str, Any], views: Views) -> None:
     """Status only (no writes to children): pods scheduled or pending, replicas becoming ready."""
+    if State.refused.get(owner["metadata"]["uid"]) == int(owner["metadata"].get("generation", 1)):
+        return  # the status says the edit was refused until a reconcile of it succeeds
     spec = read_spec(owner)
     the_plan, error = planned(spec)
     if error or the_plan is None or isinstance(spec, ValueError):
@@ -278,7 +307,7 @@ def grokdeployment_event(
     **_: Any,
 ) -> None:
     if event.get("type") == "DELETED":
-        for table in (State.handled, State.written, State.status_locks, State.models):
+        for table in (State.handled, State.refused, State.written, State.status_locks, State.models):
             table.pop(uid, None)  # children go with it: they carry owner references
         return
     generation = int(body["metadata"].get("generation", 1))
