@@ -199,6 +199,14 @@ def test_schema_rejects_an_invalid_spec_with_the_api_servers_message(devcluster,
     assert "spec.parallelism.tensor must be auto or an integer from 1 to 64" in result.stderr
     result = apply(devcluster, k8s_namespace, grokd("grok", model={"uri": "ftp://weights"}))
     assert "spec.model.uri in body should match" in result.stderr
+    # Rollout values a Deployment would refuse are refused here, before the operator builds one.
+    result = apply(devcluster, k8s_namespace, grokd("grok", rollout={"maxSurge": 0, "maxUnavailable": "0%"}))
+    assert "rollout.maxSurge and rollout.maxUnavailable cannot both be 0" in result.stderr
+    result = apply(devcluster, k8s_namespace, grokd("grok", rollout={"maxSurge": "abc"}))
+    assert result.returncode != 0 and "maxSurge" in result.stderr
+    result = apply(devcluster, k8s_namespace, grokd("grok", rollout={"maxUnavailable": -1}))
+    assert result.returncode != 0 and "maxUnavailable" in result.stderr
+    assert apply(devcluster, k8s_namespace, grokd("grok", rollout={"maxSurge": "25%"})).returncode == 0
 
 
 def test_planner_refuses_what_cannot_fit_with_a_condition_and_an_event(

@@ -84,6 +84,14 @@ def test_custom_shape_and_unknown_profile():
         )
     with pytest.raises(ValueError, match="unknown model profile 'grok-2'"):
         model_shape({"profile": "grok-2"})
+    # hiddenSize below heads without headDim: a head dimension of 0 would divide by zero in the planner.
+    def custom(**shape):
+        return model_shape({"profile": "custom", "shape": {"layers": 2, "vocabSize": 9, **shape}})
+
+    with pytest.raises(ValueError, match="give headDim"):
+        custom(hiddenSize=2, heads=4, kvHeads=1)
+    with pytest.raises(ValueError, match="multiple of kvHeads"):
+        custom(hiddenSize=64, heads=4, kvHeads=3)
 
 
 @given(

@@ -110,7 +110,17 @@ def model_shape(model_spec: dict[str, Any]) -> ModelShape:
                 f"spec.model.shape is missing {', '.join(missing)} (required with profile: custom)"
             )
         kwargs = {_SHAPE_FIELDS[k]: int(v) for k, v in shape.items() if k in _SHAPE_FIELDS}
+        if kwargs["heads"] < 1 or kwargs["kv_heads"] < 1 or kwargs["heads"] % kwargs["kv_heads"]:
+            raise ValueError(
+                f"spec.model.shape: heads ({kwargs['heads']}) must be a positive multiple of kvHeads "
+                f"({kwargs['kv_heads']})"
+            )
         kwargs.setdefault("head_dim", kwargs["hidden"] // kwargs["heads"])
+        if kwargs["head_dim"] < 1:
+            raise ValueError(
+                f"spec.model.shape: hiddenSize ({kwargs['hidden']}) is smaller than heads "
+                f"({kwargs['heads']}); give headDim"
+            )
         return ModelShape(**kwargs)
     try:
         return PROFILES[profile]
