@@ -1,5 +1,7 @@
 """Children of a GrokDeployment as the operator builds them (pure functions)."""
 
+import copy
+
 import pytest
 
 from grok_operator import manifests
@@ -157,6 +159,16 @@ def test_drift_detection_tolerates_server_defaults_but_not_edits():
     assert is_subset(desired, live)
     live["spec"]["template"]["spec"]["containers"][0]["image"] = "b"
     assert not is_subset(desired, live)
+
+
+def test_drift_detection_knows_the_api_server_drops_empty_maps_and_lists():
+    # With a ServiceMonitor the pod template has no scrape annotations: {} is stored as nothing at all.
+    spec, p = built()
+    desired = manifests.deployment(spec, p, scrape_annotations=False)
+    live = copy.deepcopy(desired)
+    del live["spec"]["template"]["metadata"]["annotations"]
+    assert is_subset(desired, live)
+    assert is_subset({"args": []}, {}) and not is_subset({"args": ["x"]}, {})
 
 
 def test_status_tells_why_pods_wait():

@@ -85,7 +85,10 @@ def field_manager(spec: GrokDeploymentSpec) -> str:
 
 
 def is_subset(desired: Any, live: Any) -> bool:
-    """Whether every field we state has the value we stated (the API server may add defaults)."""
+    """Whether every field we state has the value we stated (the API server may add defaults, and stores an
+    empty map or list as no field at all)."""
+    if live is None and isinstance(desired, dict | list) and not desired:
+        return True
     if isinstance(desired, dict):
         return isinstance(live, dict) and all(is_subset(v, live.get(k)) for k, v in desired.items())
     if isinstance(desired, list):
