@@ -6,7 +6,7 @@ import pytest
 
 from grok_operator import manifests
 from grok_operator.planner import plan
-from grok_operator.reconcile import is_subset, model_state, unschedulable_messages
+from grok_operator.reconcile import ReconcileResult, is_subset, model_state, unschedulable_messages
 from grok_operator.resource import GrokDeploymentSpec, ModelSource
 from grok_operator.status import Observed, conditions_and_phase, merge_conditions
 
@@ -236,3 +236,15 @@ def test_condition_timestamps_move_only_on_change():
     flipped = merge_conditions(old, [{"type": "Ready", "status": "False"}], 2, timestamp="t1")
     assert same[0]["lastTransitionTime"] == "t0"
     assert flipped[0]["lastTransitionTime"] == "t1"
+
+
+def test_an_invalid_edit_keeps_reporting_what_still_serves():
+    # A bad edit leaves the running Deployment alone; the status must not claim it went to 0 replicas, and
+    # the scale subresource's selector (what HPA and KEDA read) must stay.
+    old = {"replicas": 2, "readyReplicas": 2, "selector": "a=b", "endpoint": "grok.ml.svc:50051"}
+    live = {"metadata": {"generation": 4}, "status": {"observedGeneration": 4, "replicas": 2,
+                                                     "readyReplicas": 2, "updatedReplicas": 2}}
+    status = ReconcileResult(None, None, ("InsufficientGPUMemory", "does not fit")).status(old, 5, [], live)
+    assert status["phase"] == "Invalid"
+    assert (status["replicas"], status["readyReplicas"]) == (2, 2)
+    assert status["selector"] == "a=b" and status["endpoint"] == "grok.ml.svc:50051"

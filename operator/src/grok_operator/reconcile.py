@@ -43,9 +43,19 @@ class ReconcileResult:
             kept = [c for c in old_status.get("conditions") or [] if c["type"] != "AutoscalingActive"]
             old_status = {**old_status, "conditions": kept}
         if self.plan is None or self.spec is None:
-            return status_patch(
-                Observed(desired_replicas=0, plan_error=self.plan_error), old_status, generation
+            # The running Deployment (if any) was left alone: report what it still serves, and keep the
+            # selector the scale subresource hands to HPA or KEDA.
+            dstatus = (deployment or {}).get("status") or {}
+            invalid = Observed(
+                desired_replicas=0,
+                plan_error=self.plan_error,
+                replicas=int(dstatus.get("replicas", 0)),
+                ready_replicas=int(dstatus.get("readyReplicas", 0)),
+                updated_replicas=int(dstatus.get("updatedReplicas", 0)),
+                selector=old_status.get("selector", ""),
+                endpoint=old_status.get("endpoint", ""),
             )
+            return status_patch(invalid, old_status, generation)
         live = newest(self.deployment, deployment)
         return status_patch(observe(self.spec, self.plan, live, pods, self.model), old_status, generation)
 
