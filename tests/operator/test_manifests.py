@@ -6,7 +6,13 @@ import pytest
 
 from grok_operator import manifests
 from grok_operator.planner import plan
-from grok_operator.reconcile import ReconcileResult, is_subset, model_state, unschedulable_messages
+from grok_operator.reconcile import (
+    ReconcileResult,
+    failing_pod_messages,
+    is_subset,
+    model_state,
+    unschedulable_messages,
+)
 from grok_operator.resource import GrokDeploymentSpec, ModelSource
 from grok_operator.status import Observed, conditions_and_phase, merge_conditions
 
@@ -248,3 +254,43 @@ def test_an_invalid_edit_keeps_reporting_what_still_serves():
     assert status["phase"] == "Invalid"
     assert (status["replicas"], status["readyReplicas"]) == (2, 2)
     assert status["selector"] == "a=b" and status["endpoint"] == "grok.ml.svc:50051"
+
+
+def test_degraded_means_something_is_wrong_not_that_something_is_starting():
+    _, p = built()
+
+    def degraded(o):
+        conds, phase = conditions_and_phase(o)
+        return next(c for c in conds if c["type"] == "Degraded"), phase
+
+    cond, phase = degraded(Observed(1, plan=p, model_state="Fetching", model_message="fetching"))
+    assert cond["status"] == "False" and phase == "Fetching"  # a first download is not a fault
+    cond, phase = degraded(Observed(2, plan=p, replicas=2, ready_replicas=1, updated_replicas=2))
+    assert cond["status"] == "False" and phase == "Progressing"  # loading
+    crash = Observed(2, plan=p, replicas=2, ready_replicas=1, updated_replicas=2,
+                     failing_pods=["pod grok-1: container server CrashLoopBackOff: back-off 5m0s"])
+    cond, phase = degraded(crash)
+    assert cond["status"] == "True" and cond["reason"] == "PodsFailing"
+    assert "CrashLoopBackOff" in cond["message"]
+    assert phase == "Degraded"
+    stalled = Observed(2, plan=p, replicas=2, ready_replicas=1, updated_replicas=2,
+                       stalled="ReplicaSet grok-abc has timed out progressing.")
+    cond, phase = degraded(stalled)
+    assert cond["status"] == "True" and cond["reason"] == "ProgressDeadlineExceeded" and phase == "Degraded"
+
+
+def test_failing_pods_are_named_with_the_kubelets_reason():
+    def pod(name, reason, message=None):
+        waiting = {"reason": reason, **({"message": message} if message else {})}
+        return {"metadata": {"name": name},
+                "status": {"containerStatuses": [{"name": "server", "state": {"waiting": waiting}}]}}
+
+    pods = [
+        pod("a", "CrashLoopBackOff", "back-off"),
+        pod("b", "ContainerCreating"),
+        pod("c", "ImagePullBackOff", "no such image"),
+    ]
+    assert failing_pod_messages(pods) == [
+        "pod a: container server CrashLoopBackOff: back-off",
+        "pod c: container server ImagePullBackOff: no such image",
+    ]

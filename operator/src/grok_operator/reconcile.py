@@ -157,6 +157,32 @@ def desired_children(
     return children
 
 
+# Container waiting reasons that do not clear by waiting: the pod needs a fix (image, config) or crashes.
+FAILING_REASONS = frozenset(
+    {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
+     "CreateContainerError", "RunContainerError"}
+)
+
+
+def failing_pod_messages(pods: list[dict[str, Any]]) -> list[str]:
+    messages = []
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in FAILING_REASONS:
+                detail = f": {waiting['message']}" if waiting.get("message") else ""
+                messages.append(f"pod {pod['metadata']['name']}: container {cs.get('name')} "
+                                f"{waiting['reason']}{detail}")
+    return messages
+
+
+def stalled_message(deployment: dict[str, Any] | None) -> str:
+    for c in ((deployment or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
+            return str(c.get("message") or "the rollout passed its progress deadline")
+    return ""
+
+
 def unschedulable_messages(pods: list[dict[str, Any]]) -> list[str]:
     messages = []
     for pod in pods:
@@ -193,6 +219,8 @@ def observe(
         ready_replicas=int(dstatus.get("readyReplicas", 0)),
         updated_replicas=int(dstatus.get("updatedReplicas", 0)) if current else 0,
         unschedulable=unschedulable_messages(pods),
+        failing_pods=failing_pod_messages(pods),
+        stalled=stalled_message(deployment),
         endpoint=f"{spec.name}.{spec.namespace}.svc:{port}",
         selector=spec.selector,
     )

@@ -22,6 +22,8 @@ class Observed:
     ready_replicas: int = 0
     updated_replicas: int = 0
     unschedulable: list[str] = field(default_factory=list)  # scheduler messages of Pending pods
+    failing_pods: list[str] = field(default_factory=list)  # crash loops, image pulls: the kubelet's reasons
+    stalled: str = ""  # the Deployment's ProgressDeadlineExceeded message
     endpoint: str = ""
     selector: str = ""
 
@@ -134,8 +136,11 @@ def conditions_and_phase(o: Observed) -> tuple[list[dict[str, Any]], str]:
         degraded_reason, degraded_message = o.model_state, o.model_message
     elif unschedulable:
         degraded_reason, degraded_message = unschedulable_reason, conditions[2]["message"]
-    elif not rolling and ready < want:
-        degraded_reason, degraded_message = "ReplicasUnavailable", f"only {ready} of {want} replicas ready"
+    elif o.failing_pods:
+        degraded_reason = "PodsFailing"
+        degraded_message = f"{len(o.failing_pods)} pod(s) failing: " + "; ".join(o.failing_pods[:3])
+    elif o.stalled:
+        degraded_reason, degraded_message = "ProgressDeadlineExceeded", o.stalled
     conditions.append(
         condition(
             "Degraded",
