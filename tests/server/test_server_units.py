@@ -232,6 +232,12 @@ def test_parse_args_defaults_and_engine_args() -> None:
         (["--model", "m", "--tls-client-ca", "ca"], "--tls-client-ca needs --tls-cert and --tls-key"),
         (["--model", "m", "--max-concurrent-requests", "0"], "must be >= 1, got 0"),
         (["--model", "m", "--engine-arg", "novalue"], "expected KEY=VALUE"),
+        # Values that parse but would fail minutes later, after the model loaded (ModelInfo's uint32 fields,
+        # the C int behind the transport's message cap).
+        (["--model", "m", "--max-stop-strings", "-1"], "must be from 0 to"),
+        (["--model", "m", "--max-request-bytes", "600000000"], "must be from 1 to"),
+        (["--model", "m", "--drain-grace-seconds", "-5"], "must be >= 0"),
+        (["--model", "m", "--port", "70000"], "must be from 1 to 65535"),
     ],
 )
 def test_parse_args_rejects(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

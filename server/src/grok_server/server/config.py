@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,28 @@ def _positive(text: str) -> int:
     return value
 
 
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _non_negative_seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+UINT32_MAX = 2**32 - 1
+# The transport's own cap is 4x this plus headroom (see main._grpc_options), and grpc takes it as a C int.
+MAX_REQUEST_BYTES = 256 * 1024 * 1024
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults only where there is one worth showing."""
 
@@ -98,19 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any other vLLM engine argument (VALUE parsed as JSON when it can be); repeatable")
     s = p.add_argument_group("serving")
     s.add_argument("--host", default="0.0.0.0", help="gRPC address")
-    s.add_argument("--port", type=int, default=50051, help="gRPC port")
+    s.add_argument("--port", type=_int_in(1, 65535), default=50051, help="gRPC port")
     s.add_argument("--metrics-host", default="0.0.0.0", help="HTTP address for metrics and probes")
-    s.add_argument("--metrics-port", type=int, default=9090,
+    s.add_argument("--metrics-port", type=_int_in(0, 65535), default=9090,
                    help="HTTP port for /metrics, /healthz and /readyz")
     s.add_argument("--max-concurrent-requests", type=_positive, default=256,
                    help="admission limit on requests running plus queued; beyond it RESOURCE_EXHAUSTED")
-    s.add_argument("--default-max-tokens", type=_positive, default=256,
+    s.add_argument("--default-max-tokens", type=_int_in(1, UINT32_MAX), default=256,
                    help="max_new_tokens when a request leaves it unset")
-    s.add_argument("--max-stop-strings", type=int, default=16, help="stop strings per request")
-    s.add_argument("--max-stop-string-length", type=_positive, default=256, help="characters per stop string")
-    s.add_argument("--max-request-bytes", type=_positive, default=4 * 1024 * 1024,
+    s.add_argument("--max-stop-strings", type=_int_in(0, UINT32_MAX), default=16,
+                   help="stop strings per request")
+    s.add_argument("--max-stop-string-length", type=_int_in(1, UINT32_MAX), default=256,
+                   help="characters per stop string")
+    s.add_argument("--max-request-bytes", type=_int_in(1, MAX_REQUEST_BYTES), default=4 * 1024 * 1024,
                    help="larger requests get INVALID_ARGUMENT")
-    s.add_argument("--drain-grace-seconds", type=float, default=25.0,
+    s.add_argument("--drain-grace-seconds", type=_non_negative_seconds, default=25.0,
                    help="on SIGTERM, how long in-flight requests may run before they are aborted")
     s.add_argument("--stream-interval", type=_stream_interval, default=0, metavar="auto|N",
                    help="tokens per GenerateStream message after the first (always sent at once); auto: "
