@@ -344,3 +344,37 @@ def test_parent_pid_survives_odd_process_names(tmp_path: Path) -> None:
         (tmp_path / str(pid) / "stat").write_text(f"{pid} ({name}) S {ppid} 0 0\n")
     (tmp_path / "self").mkdir()
     assert sorted(descendants(7, tmp_path)) == [42, 43]
+
+
+def test_a_request_the_engine_failed_ends_with_internal_not_ok() -> None:
+    # vLLM finishes a request with finish_reason "error" when its engine core failed on it (a preprocessing
+    # or KV-transfer failure). A real CPU engine cannot be made to do that on demand: a stand-in engine here.
+    import asyncio
+
+    import grpc
+    from vllm.outputs import CompletionOutput, RequestOutput
+
+    from grok_server.server.metrics import ServerMetrics
+    from grok_server.server.servicer import GenerationServicer, RpcFailure, _Job
+    from grok_server.server.validation import Prompt, ValidatedRequest
+
+    class FailingEngine:
+        async def generate(self, prompt, params, request_id):
+            failed = CompletionOutput(index=0, text="", token_ids=[], cumulative_logprob=None, logprobs=None,
+                                      finish_reason="error")
+            yield RequestOutput(request_id, None, [1, 2], None, [failed], finished=True)
+
+    servicer = GenerationServicer(
+        lifecycle=None, admission=Admission(4), metrics=ServerMetrics(max_concurrent=4, build_info={}),
+        on_engine_dead=lambda: None,
+    )
+    job = _Job("e-1", "r-1", [1, 2], ValidatedRequest(Prompt(token_ids=[1, 2])), None, 0, 0.0)
+
+    async def run() -> None:
+        async for _ in servicer._run_engine(FailingEngine(), job):
+            pass
+
+    with pytest.raises(RpcFailure) as failure:
+        asyncio.run(run())
+    assert failure.value.code == grpc.StatusCode.INTERNAL
+    assert "the engine failed on this request" in failure.value.message

@@ -122,7 +122,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             final.text = "".join(texts)
             return final
 
-        return await self._call("Generate", context, body, generation=True)
+        return await self._call("Generate", context, body)
 
     async def GenerateStream(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> None:
         # A coroutine writing with context.write (not an async generator) so that a cancel or deadline always
@@ -132,7 +132,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                 async for part in stream:
                     await context.write(part)
 
-        await self._call("GenerateStream", context, body, generation=True)
+        await self._call("GenerateStream", context, body)
 
     async def Tokenize(self, request: pb.TokenizeRequest,
                        context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
@@ -160,9 +160,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
     # ---- plumbing ---------------------------------------------------------------------------------------
 
     async def _call(self, method: str, context: grpc.aio.ServicerContext,
-                    body: Callable[[], Awaitable[T]], generation: bool = False) -> T:
+                    body: Callable[[], Awaitable[T]]) -> T:
         """Runs `body`, turns failures into status codes, and counts the outcome."""
-        start = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
             return await body()
@@ -190,8 +189,6 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             raise
         finally:
             self._metrics.requests.labels(method, code.name).inc()
-            if generation:
-                self._metrics.duration.observe(time.perf_counter() - start)
 
     def _ready(self) -> tuple[AsyncLLM, Limits]:
         reason = unavailable_message(self._lifecycle.phase)
@@ -248,6 +245,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         finally:
             self._active.discard(engine_id)
             self._release(started)
+            # Admitted calls only: refusals are counted by outcome, and would pull the quantiles to zero.
+            self._metrics.duration.observe(time.perf_counter() - started)
 
     async def _run_engine(self, engine: AsyncLLM, job: _Job) -> AsyncIterator[pb.GenerateResponse]:
         m = self._metrics
@@ -261,6 +260,9 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                                              job.engine_id):
                 now = time.perf_counter()
                 c = out.outputs[0]
+                if c.finish_reason == "error":  # the engine core failed on this request (not ABORTED/OK)
+                    raise RpcFailure(grpc.StatusCode.INTERNAL,
+                                     "the engine failed on this request; it may succeed if retried")
                 new = len(c.token_ids)
                 if new:
                     if generated == 0:
