@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
@@ -69,6 +70,16 @@ def test_counters_and_histograms_move_with_a_request(
     assert delta("grok_time_to_first_token_seconds_sum") > 0
     assert after["grok_requests_in_flight"] == 0
     assert after["grok_requests_running"] == 0
+
+    # A refused call is an outcome, not a latency: under overload, instant refusals would drag the
+    # duration quantiles toward zero just when the server is saturated.
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Generate(pb.GenerateRequest(text=""), timeout=60)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    later = grok_server_proc.metrics()
+    assert later["grok_request_duration_seconds_count"] == after["grok_request_duration_seconds_count"]
+    assert later['grok_requests_total{code="INVALID_ARGUMENT",method="Generate"}'] == after.get(
+        'grok_requests_total{code="INVALID_ARGUMENT",method="Generate"}', 0.0) + 1
 
 
 def test_gauges_rise_under_load_and_fall_back(

@@ -150,7 +150,8 @@ class ServerMetrics:
             "grok_inter_token_latency_seconds", "Time between consecutive generated tokens of a request.",
             ITL_BUCKETS, r)
         self.duration = Histogram(
-            "grok_request_duration_seconds", "Generate and GenerateStream calls, from arrival to the end.",
+            "grok_request_duration_seconds",
+            "Generate and GenerateStream calls admitted to the engine, from admission to the end.",
             buckets=DURATION_BUCKETS, registry=r)
         self.requests = Counter(
             "grok_requests", "Finished RPCs by method and gRPC status code.", ["method", "code"], registry=r)
