@@ -378,3 +378,38 @@ def test_a_request_the_engine_failed_ends_with_internal_not_ok() -> None:
         asyncio.run(run())
     assert failure.value.code == grpc.StatusCode.INTERNAL
     assert "the engine failed on this request" in failure.value.message
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["generate", "--token-ids", "1,x"], "--token-ids: the prompt must be comma-separated integers"),
+        (["generate", "--max-tokens", "99999999999", "hi"], "bad request: Value out of range"),
+    ],
+)
+def test_cli_bad_input_is_a_usage_error_not_a_traceback(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from grok_server.client import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main([argv[0], "--target", f"127.0.0.1:{free_port()}", *argv[1:]])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_cli_health_uses_the_timeout_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    from grok_server.client import cli
+    from grok_server.client.api import GrokClient
+
+    asked: list[float | None] = []
+
+    def health(self: GrokClient, service: str = "", *, timeout: float | None = 5.0) -> str:
+        asked.append(timeout)
+        return "SERVING"
+
+    monkeypatch.setattr(GrokClient, "health", health)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["health", "--target", f"127.0.0.1:{free_port()}", "--timeout", "30"])
+    assert e.value.code == 0 and asked == [30.0]

@@ -89,9 +89,20 @@ def _print_json(msg: object) -> None:
     print(json.dumps(MessageToDict(msg, preserving_proto_field_name=True), ensure_ascii=False))  # type: ignore[arg-type]
 
 
+class UsageError(Exception):
+    """Bad input on the command line, found after parsing: exit status 2, like argparse's own errors."""
+
+
+def _token_ids(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--token-ids: the prompt must be comma-separated integers, got {text!r}") from None
+
+
 def _generate(client: GrokClient, ns: argparse.Namespace) -> None:
     text = sys.stdin.read() if ns.prompt == "-" else ns.prompt
-    prompt: str | list[int] = [int(x) for x in text.split(",") if x.strip()] if ns.token_ids else text
+    prompt: str | list[int] = _token_ids(text) if ns.token_ids else text
     options = {
         "max_tokens": ns.max_tokens, "min_tokens": ns.min_tokens, "stop": ns.stop,
         "stop_token_ids": ns.stop_token_id, "ignore_eos": ns.ignore_eos, "logprobs": ns.logprobs,
@@ -148,7 +159,7 @@ def run(ns: argparse.Namespace) -> int:
         elif ns.command == "info":
             _print_json(client.model_info())
         elif ns.command == "health":
-            status = client.health()
+            status = client.health() if ns.timeout is None else client.health(timeout=ns.timeout)
             print(status)
             return 0 if status == "SERVING" else 1
     return 0
@@ -161,6 +172,12 @@ def main(argv: list[str] | None = None) -> None:
     except GrokError as e:
         print(f"grok-client: {ns.target}: {e}", file=sys.stderr)
         code = 1
+    except UsageError as e:
+        print(f"grok-client: {e}", file=sys.stderr)
+        code = 2
+    except ValueError as e:  # a value the request message cannot hold (protobuf's range checks)
+        print(f"grok-client: bad request: {e}", file=sys.stderr)
+        code = 2
     except OSError as e:
         print(f"grok-client: {e}", file=sys.stderr)
         code = 2
