@@ -23,6 +23,7 @@ from tests.server.serverlib import Certs, ServerProcess, health_status, launch_s
 
 TOKENS = ("first-token-abc", "rotated-token-xyz")
 GRACE_SECONDS = 3.0
+DRAIN_NOTICE = GRACE_SECONDS / 2  # the server's notice period before GOAWAY: min(5 s, grace / 2)
 
 
 @dataclass
@@ -260,6 +261,15 @@ def test_sigterm_drains_then_exits_zero(secure: Secure) -> None:
             stub.Generate(pb.GenerateRequest(text="late"), metadata=auth(), timeout=10)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
         assert e.value.details() == "the server is shutting down (draining); retry on another replica"
+
+        # After a notice period the server sends GOAWAY and stops listening while in-flight calls go on: a
+        # client's next call opens a new connection, which behind a Service reaches a replica that serves,
+        # instead of being refused by this one over the old connection for the whole grace period.
+        time.sleep(max(0.0, sent + DRAIN_NOTICE + 0.5 - time.monotonic()))
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Generate(pb.GenerateRequest(text="later"), metadata=auth(), timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "draining" not in (e.value.details() or "")  # the call never reached this server
 
         done = short.result(timeout=60)
         assert (done.code, done.tokens, done.finish) == (grpc.StatusCode.OK, 200, pb.FINISH_REASON_LENGTH)

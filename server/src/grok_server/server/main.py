@@ -36,6 +36,10 @@ EXIT_OK = 0
 EXIT_ENGINE_FAILED = 1
 # Time for calls that already have their final status (engine death, drain abort) to send it.
 _FLUSH_SECONDS = 2.0
+# How long a draining server keeps its connections open, answering new calls UNAVAILABLE ("draining"), so that
+# health checks and load balancers notice; then it sends GOAWAY and stops listening, and clients reconnect
+# (behind a Service: to another replica) while the calls in flight run on.
+DRAIN_NOTICE_SECONDS = 5.0
 
 
 def _grpc_options(cfg: ServerConfig) -> list[tuple[str, int]]:
@@ -178,14 +182,26 @@ class Server:
         grace = self.cfg.drain_grace_seconds
         log.info("draining: %d request(s) in flight, grace period %.1f s", self.admission.in_flight, grace)
         await self.lifecycle.set(Phase.DRAINING)
+        notice = min(DRAIN_NOTICE_SECONDS, grace / 2)
+        # grpc's own grace outlasts ours: at the end of ours, abort_all ends what is left with UNAVAILABLE.
+        transport_grace = grace - notice + _FLUSH_SECONDS + 1
+        goaway = asyncio.create_task(self._goaway_after(grpc_server, notice, transport_grace))
         if not await self._wait_idle(grace):
             log.warning("drain grace period over: aborting %d request(s)", self.admission.in_flight)
             await self.servicer.abort_all()
             await self._wait_idle(_FLUSH_SECONDS)
+        goaway.cancel()
         if self.engine_dead.is_set():
             await self.lifecycle.set(Phase.FAILED)
             return await self._shutdown(grpc_server, EXIT_ENGINE_FAILED)
         return await self._shutdown(grpc_server, EXIT_OK)
+
+    @staticmethod
+    async def _goaway_after(grpc_server: grpc.aio.Server, notice: float, grace: float) -> None:
+        await asyncio.sleep(notice)
+        log.info("drain notice over: closing connections (GOAWAY); calls in flight go on")
+        # Shielded: stopping the drain's wait must not cut grpc's shutdown short (stop is idempotent).
+        await asyncio.shield(grpc_server.stop(grace=grace))
 
     async def _wait_idle(self, seconds: float) -> bool:
         try:
