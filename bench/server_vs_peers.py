@@ -665,6 +665,8 @@ def main() -> None:
     if args.inprocess_worker:
         inprocess_worker(args)
         return
+    # Run the clean-up below when killed too: the systems wait paused (SIGSTOP) and would be left behind.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
