@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -413,3 +414,46 @@ def test_cli_health_uses_the_timeout_given(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(SystemExit) as e:
         cli.main(["health", "--target", f"127.0.0.1:{free_port()}", "--timeout", "30"])
     assert e.value.code == 0 and asked == [30.0]
+
+
+def test_no_engine_request_starts_after_the_drain_aborted_the_rest() -> None:
+    # A request still tokenizing (in a thread, for long prompts) when the grace period ends must not start in
+    # the engine afterwards: it ends UNAVAILABLE like the ones abort_all cut, not CANCELLED at exit.
+    import asyncio
+
+    import grpc
+
+    from grok_server.server.metrics import ServerMetrics
+    from grok_server.server.servicer import GenerationServicer, RpcFailure
+
+    started: list[str] = []
+
+    class Engine:
+        def get_num_unfinished_requests(self) -> int:
+            return 0
+
+        async def abort(self, ids: list[str]) -> None:
+            pass
+
+        async def generate(self, prompt, params, request_id):
+            started.append(request_id)
+            yield None
+
+    # SERVING: the request passed the phase check before the drain began (a new one is refused there).
+    serving = types.SimpleNamespace(phase=Phase.SERVING)
+    servicer = GenerationServicer(
+        lifecycle=serving, admission=Admission(4), metrics=ServerMetrics(max_concurrent=4, build_info={}),
+        on_engine_dead=lambda: None,
+    )
+    servicer.attach(Engine(), Limits(max_model_len=64, vocab_size=100), pb.ModelInfo())
+    request = pb.GenerateRequest(token_ids=pb.TokenIds(ids=[1, 2, 3]))
+
+    async def run() -> None:
+        await servicer.abort_all()
+        async for _ in servicer._generate(request):
+            pass
+
+    with pytest.raises(RpcFailure) as failure:
+        asyncio.run(run())
+    assert failure.value.code == grpc.StatusCode.UNAVAILABLE and "shut down" in failure.value.message
+    assert started == [] and servicer.idle.is_set()

@@ -38,6 +38,8 @@ T = TypeVar("T")
 
 # Tokenizing this much text takes long enough (milliseconds) to be worth a thread hop off the event loop.
 _INLINE_TOKENIZE_CHARS = 4096
+_SHUT_DOWN_MESSAGE = ("the server shut down before the request finished (drain grace period over); "
+                      "retry on another replica")
 
 
 @dataclass
@@ -239,6 +241,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             interval = self._stream_interval or auto_stream_interval(self._admission.recent_peak())
             params = eng.sampling_params(v, max_tokens, interval)
             job = _Job(engine_id, request_id, prompt_ids, v, params, v.sampling.get("logprobs") or 0, started)
+            if self._shutting_down:  # abort_all ran while this one was tokenizing: it would escape the abort
+                raise RpcFailure(grpc.StatusCode.UNAVAILABLE, _SHUT_DOWN_MESSAGE)
             self._active.add(engine_id)
             async for part in self._run_engine(engine, job):
                 yield part
@@ -293,9 +297,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                     if v.want_prompt_logprobs:
                         msg.prompt_logprobs.extend(eng.token_logprobs(prompt_ids, out.prompt_logprobs, top_n))
                 if c.finish_reason == "abort" and self._shutting_down:
-                    raise RpcFailure(grpc.StatusCode.UNAVAILABLE,
-                                     "the server shut down before the request finished (drain grace period "
-                                     "over); retry on another replica")
+                    raise RpcFailure(grpc.StatusCode.UNAVAILABLE, _SHUT_DOWN_MESSAGE)
                 yield msg
         except EngineDeadError:
             self._on_engine_dead()
