@@ -25,6 +25,10 @@ log() { printf '[build-tools] %s\n' "$*" >&2; }
 build_in_module() {
   local dest=$1 module=$2 version=$3 replace_staging=$4 ldflags=$5; shift 5
   if [ -f "$dest/.complete" ]; then return 0; fi
+  if ! command -v go >/dev/null; then
+    log "building the control plane needs Go (https://go.dev/dl/) on PATH"
+    exit 1
+  fi
   local work; work=$(mktemp -d)
   trap 'rm -rf "$work"' RETURN
   log "building $module@$version: $* (first run only; cached in $dest)"
