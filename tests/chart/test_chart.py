@@ -84,6 +84,11 @@ def test_helm_lint_strict_passes_with_every_option_on():
         (["--set", "replicas=2"], "additional properties 'replicas' not allowed"),
         (["--set", "serviceAccount.create=yes"], "at '/serviceAccount/create': got string, want boolean"),
         (["--set", "healthPort=8000"], "metrics.port and healthPort must differ"),
+        (["--set", "metrics.service.enabeld=false"], "additional properties 'enabeld' not allowed"),
+        (
+            ["--set", "metrics.service.enabled=false", "--set", "metrics.serviceMonitor.enabled=true"],
+            "metrics.serviceMonitor.enabled needs metrics.service.enabled",
+        ),
     ],
     ids=lambda v: v if isinstance(v, str) and "=" not in v else None,
 )
@@ -101,6 +106,9 @@ def test_cluster_wide_mode_grants_the_operator_a_cluster_role():
     rules = rules_of(cluster_roles["grok-grok-operator"])
     assert rules["grokdeployments"] == {"get", "list", "watch", "patch"}
     assert rules["grokdeployments/status"] == {"get", "patch"}
+    # Children carry blockOwnerDeletion: where OwnerReferencesPermissionEnforcement is on (OpenShift), setting
+    # it needs update on the owner's finalizers.
+    assert rules["grokdeployments/finalizers"] == {"update"}
     assert rules["deployments"] >= {"create", "patch"}
     assert "delete" not in set().union(*rules.values()), "the operator deletes nothing: owners do"
     assert "secrets" not in rules
@@ -112,6 +120,8 @@ def test_cluster_wide_mode_grants_the_operator_a_cluster_role():
     assert roles == [("grok-system", "grok-grok-operator-leader-election")]
     args = operator_container(docs)["args"]
     assert not [a for a in args if a.startswith("--namespace")]
+    # One leader-election Lease per release: two releases in one namespace must not wait on each other.
+    assert "--lease-name=grok-grok-operator" in args
 
 
 def test_namespaced_mode_renders_roles_only_in_the_listed_namespaces():

@@ -32,6 +32,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [serving.grok.dev]
   resources: [grokdeployments/status]
   verbs: [get, patch]
+# Children carry owner references with blockOwnerDeletion; clusters that enforce owner-reference permissions
+# (OwnerReferencesPermissionEnforcement, on in OpenShift) require update on the owner's finalizers for that.
+- apiGroups: [serving.grok.dev]
+  resources: [grokdeployments/finalizers]
+  verbs: [update]
 - apiGroups: [serving.grok.dev]
   resources: [grokdeployments/scale]
   verbs: [get, patch, update]

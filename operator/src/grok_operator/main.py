@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--leader-election", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "default"))
+    p.add_argument("--lease-name", default="grok-operator",
+                   help="the leader-election Lease: one per installation (the chart uses the release's name)")
     p.add_argument(
         "--prometheus-url",
         default=os.environ.get("GROK_PROMETHEUS_URL", ""),
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     elector = None
     if args.leader_election:
-        elector = LeaderElector(load_config(), args.lease_namespace)
+        elector = LeaderElector(load_config(), args.lease_namespace, args.lease_name)
         if not elector.acquire(stop_asking):
             return 0
         elector.keep_renewing()
