@@ -122,6 +122,9 @@ def test_cluster_wide_mode_grants_the_operator_a_cluster_role():
     assert not [a for a in args if a.startswith("--namespace")]
     # One leader-election Lease per release: two releases in one namespace must not wait on each other.
     assert "--lease-name=grok-grok-operator" in args
+    result, docs = template("grok", "grok-system", "--set", "serverServiceMonitorLabels.release=kps")
+    assert result.returncode == 0, result.stderr
+    assert "--server-monitor-label=release=kps" in operator_container(docs)["args"]
 
 
 def test_namespaced_mode_renders_roles_only_in_the_listed_namespaces():

@@ -8,6 +8,7 @@ from grok_operator import manifests
 from grok_operator.planner import plan
 from grok_operator.reconcile import (
     ReconcileResult,
+    desired_children,
     failing_pod_messages,
     is_subset,
     model_state,
@@ -294,3 +295,14 @@ def test_failing_pods_are_named_with_the_kubelets_reason():
         "pod a: container server CrashLoopBackOff: back-off",
         "pod c: container server ImagePullBackOff: no such image",
     ]
+
+
+def test_server_service_monitors_carry_the_labels_prometheus_selects_on():
+    # kube-prometheus-stack selects ServiceMonitors by label (release: <name>): without it, nothing is
+    # scraped and the autoscaler never gets a metric.
+    spec, p = built()
+    children = desired_children(spec, p, monitor_labels={"release": "kps"})
+    monitor = next(c for c in children if c["kind"] == "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    assert monitor["metadata"]["labels"]["serving.grok.dev/deployment"] == "grok"  # ours stay
+    assert "ServiceMonitor" not in {c["kind"] for c in desired_children(spec, p, monitor_labels=None)}

@@ -63,6 +63,7 @@ class State:
     kube: Kube | None = None
     service_monitors: ServiceMonitorProbe | None = None
     prometheus_url: str = ""
+    monitor_labels: dict[str, str] = {}  # extra labels on the server ServiceMonitors
     deployment_label: str = DEFAULT_DEPLOYMENT_LABEL
     autoscale_interval: float = 15.0
     last_decisions: dict[str, tuple[str, int, int]] = {}
@@ -78,7 +79,7 @@ class State:
 def _kube() -> Kube:
     if State.kube is None:
         State.kube = Kube(load_config())
-        State.service_monitors = ServiceMonitorProbe(State.kube)
+        State.service_monitors = ServiceMonitorProbe(State.kube, labels=State.monitor_labels)
     return State.kube
 
 
@@ -366,7 +367,7 @@ def child_event(
     assert State.service_monitors is not None
     wanted = {
         (c["kind"], c["metadata"]["name"]): c
-        for c in desired_children(spec, the_plan, State.service_monitors())
+        for c in desired_children(spec, the_plan, State.service_monitors.monitor_labels())
     }
     desired = wanted.get((child["kind"], child["metadata"]["name"]))
     if desired is not None and (deleted or not is_subset(desired, child)):

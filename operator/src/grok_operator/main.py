@@ -38,6 +38,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="grok-operator", description=__doc__)
     p.add_argument(
@@ -58,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--leader-election", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "default"))
+    p.add_argument("--server-monitor-label", action="append", default=[], metavar="KEY=VALUE", type=_label,
+                   help="extra label on the servers' ServiceMonitors, e.g. release=kube-prometheus-stack "
+                        "(what your Prometheus's serviceMonitorSelector matches); repeatable")
     p.add_argument("--lease-name", default="grok-operator",
                    help="the leader-election Lease: one per installation (the chart uses the release's name)")
     p.add_argument(
@@ -92,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
     log = logging.getLogger("grok_operator")
     handlers.State.prometheus_url = args.prometheus_url
+    handlers.State.monitor_labels = dict(args.server_monitor_label)
     handlers.State.deployment_label = args.prometheus_deployment_label
     handlers.State.autoscale_interval = args.autoscale_interval
     handlers.State.metrics_stale_after = args.metrics_stale_seconds

@@ -272,11 +272,13 @@ def pod_disruption_budget(spec: GrokDeploymentSpec) -> dict[str, Any]:
     }
 
 
-def service_monitor(spec: GrokDeploymentSpec) -> dict[str, Any]:
+def service_monitor(spec: GrokDeploymentSpec, extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
+    meta = _metadata(spec, spec.name)
+    meta["labels"] = {**(extra_labels or {}), **meta["labels"]}  # ours win: selectors depend on them
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "ServiceMonitor",
-        "metadata": _metadata(spec, spec.name),
+        "metadata": meta,
         "spec": {
             "selector": {"matchLabels": {INSTANCE_LABEL: spec.name}},
             # Series carry serving_grok_dev_deployment: the autoscaler's queries select on it.

@@ -115,14 +115,19 @@ def is_subset(desired: Any, live: Any) -> bool:
 class ServiceMonitorProbe:
     """Whether the Prometheus Operator's ServiceMonitor CRD exists; re-checked at most once a minute."""
 
-    def __init__(self, kube: Kube, ttl: float = 60) -> None:
+    def __init__(self, kube: Kube, ttl: float = 60, labels: dict[str, str] | None = None) -> None:
         self.kube, self.ttl = kube, ttl
+        self.labels = dict(labels or {})  # extra labels for the ServiceMonitors (what Prometheus selects)
         self._value, self._checked = False, -1e9
 
     def __call__(self) -> bool:
         if time.monotonic() - self._checked > self.ttl:
             self._value, self._checked = self.kube.crd_exists(SERVICE_MONITOR_CRD), time.monotonic()
         return self._value
+
+    def monitor_labels(self) -> dict[str, str] | None:
+        """desired_children's argument: None without the CRD."""
+        return self.labels if self() else None
 
 
 def model_state(job: dict[str, Any] | None) -> tuple[str, str]:
@@ -145,15 +150,17 @@ def model_state(job: dict[str, Any] | None) -> tuple[str, str]:
 
 
 def desired_children(
-    spec: GrokDeploymentSpec, the_plan: Plan, with_service_monitor: bool
+    spec: GrokDeploymentSpec, the_plan: Plan, monitor_labels: dict[str, str] | None
 ) -> list[dict[str, Any]]:
+    """`monitor_labels`: None where the ServiceMonitor CRD is missing (the pods get scrape annotations
+    instead), else the extra labels the ServiceMonitor needs for Prometheus to select it."""
     children = [
-        manifests.deployment(spec, the_plan, scrape_annotations=not with_service_monitor),
+        manifests.deployment(spec, the_plan, scrape_annotations=monitor_labels is None),
         manifests.service(spec),
         manifests.pod_disruption_budget(spec),
     ]
-    if with_service_monitor:
-        children.append(manifests.service_monitor(spec))
+    if monitor_labels is not None:
+        children.append(manifests.service_monitor(spec, monitor_labels))
     return children
 
 
@@ -269,7 +276,7 @@ def reconcile(kube: Kube, body: dict[str, Any], service_monitors: ServiceMonitor
 
     deployment = None
     if model[0] == "Ready":
-        for child in desired_children(spec, the_plan, service_monitors()):
+        for child in desired_children(spec, the_plan, service_monitors.monitor_labels()):
             live = kube.apply(child, manager)
             applied.append(child["kind"])
             if child["kind"] == "Deployment":
