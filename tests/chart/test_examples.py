@@ -14,7 +14,7 @@ import yaml
 from grok_devcluster import DevCluster
 from grok_operator.planner import plan
 from grok_operator.resource import GrokDeploymentSpec
-from tests.chart.conftest import CRDS, EXAMPLES
+from tests.chart.conftest import CRD_NAME, CRDS, EXAMPLES
 from tests.operatorlib import wait_for
 
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.yaml"))
@@ -203,3 +203,15 @@ def test_operator_with_the_charts_rbac_serves_the_tiny_example(devcluster, k8s_n
     assert args[args.index("--max-model-len") + 1] == "1024"
     printed = devcluster.kubectl("get", "grokd", "grok-1-tiny", "-n", ns).stdout.splitlines()[1].split()
     assert printed[:6] == ["grok-1-tiny", "1", "1", "1", "pvc://grok-1-tiny-weights/tiny", "Ready"]
+
+
+def test_every_quantization_the_crd_offers_is_one_vllm_accepts():
+    # The value goes to grok-server --quantization and on to vLLM: one it does not know crash-loops the pods.
+    import typing
+
+    from vllm.model_executor.layers.quantization import QuantizationMethods
+
+    crd = yaml.safe_load((CRDS / f"{CRD_NAME}.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    offered = spec["properties"]["model"]["properties"]["quantization"]["enum"]
+    assert set(offered) - {"none"} <= set(typing.get_args(QuantizationMethods))

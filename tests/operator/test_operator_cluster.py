@@ -199,6 +199,10 @@ def test_schema_rejects_an_invalid_spec_with_the_api_servers_message(devcluster,
     assert "spec.parallelism.tensor must be auto or an integer from 1 to 64" in result.stderr
     result = apply(devcluster, k8s_namespace, grokd("grok", model={"uri": "ftp://weights"}))
     assert "spec.model.uri in body should match" in result.stderr
+    # Only what vLLM accepts as --quantization: an int8 option once crash-looped every server pod.
+    int8 = grokd("grok", model={"uri": "pvc://w/m", "quantization": "int8"})
+    result = apply(devcluster, k8s_namespace, int8)
+    assert 'spec.model.quantization: Unsupported value: "int8"' in result.stderr
     # Rollout values a Deployment would refuse are refused here, before the operator builds one.
     result = apply(devcluster, k8s_namespace, grokd("grok", rollout={"maxSurge": 0, "maxUnavailable": "0%"}))
     assert "rollout.maxSurge and rollout.maxUnavailable cannot both be 0" in result.stderr

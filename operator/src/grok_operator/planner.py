@@ -160,5 +160,5 @@ def plan(req: PlanRequest) -> Plan:
         "InsufficientGPUMemory",
         f"the model does not fit on {req.gpus_per_node} {req.gpu.product} GPUs: its {precision} weights take "
         f"{total_gib:.0f} GiB ({total_gib * GIB / 1e9:.0f} GB) and {need}; {reasons[-1]}; "
-        "use quantization fp8 or int8, GPUs with more memory, or a shorter maxModelLen",
+        "use quantization fp8, GPUs with more memory, or a shorter maxModelLen",
     )
