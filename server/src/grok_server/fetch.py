@@ -55,16 +55,25 @@ def download(scheme: str, location: str, revision: str, destination: Path) -> No
     except ImportError as err:
         raise FetchError("s3:// models need boto3 in the server image (pip install boto3)") from err
     bucket, _, prefix = location.partition("/")
+    # The prefix is a folder: "grok-1" must not also take "grok-1-fp8/...".
+    folder = f"{prefix}/" if prefix else ""
     s3 = boto3.client("s3")
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            target = destination / item["Key"][len(prefix) :].lstrip("/")
-            if target.exists() and target.stat().st_size == item["Size"]:
-                continue  # already complete
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(target.name + ".partial")
-            s3.download_file(bucket, item["Key"], str(partial))
-            partial.replace(target)
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=folder):
+            for item in page.get("Contents", []):
+                if item["Key"].endswith("/"):
+                    continue  # a 0-byte "folder" object, as the S3 console makes them
+                target = destination / item["Key"][len(folder) :]
+                if target.exists() and target.stat().st_size == item["Size"]:
+                    continue  # already complete
+                target.parent.mkdir(parents=True, exist_ok=True)
+                partial = target.with_name(target.name + ".partial")
+                s3.download_file(bucket, item["Key"], str(partial))
+                partial.replace(target)
+    except Exception as err:  # botocore's errors (credentials, access, network) have no common base here
+        if isinstance(err, FetchError | OSError):
+            raise
+        raise FetchError(f"downloading s3://{location} failed: {type(err).__name__}: {err}") from err
 
 
 def fetch(
@@ -95,6 +104,7 @@ def fetch(
     if fmt == "hf":
         log(f"downloading {uri}@{revision} into {out / 'model'}")
         downloader(scheme, location, revision, out / "model")
+        _check_loadable(uri, out / "model")
     else:
         from grok_server.checkpoints.convert import ConversionError, convert
         from grok_server.checkpoints.xai import XaiFormatError
@@ -102,6 +112,8 @@ def fetch(
         staging = out / "xai-original"
         log(f"downloading {uri}@{revision} (xAI ckpt-0) into {staging}")
         downloader(scheme, location, revision, staging)
+        if not any(staging.rglob("tensor*")):
+            raise FetchError(f"nothing like xAI's ckpt-0 under {uri} (no tensor* files): check the uri")
         tokenizer = staging if any(staging.glob("tokenizer*")) else None
         try:
             # ckpt-0 does not record the attention head size (Grok-1's is 128).
@@ -110,6 +122,14 @@ def fetch(
             raise FetchError(f"converting {uri}: {err}") from err
     marker.write_text(json.dumps(wanted))
     return out / "model"
+
+
+def _check_loadable(uri: str, model: Path) -> None:
+    """Refuses to mark a download done that the server could never load (a wrong prefix lists nothing)."""
+    if not (model / "config.json").is_file():
+        raise FetchError(f"no config.json under {uri}: check the uri (nothing loadable was downloaded)")
+    if not any(model.glob("*.safetensors")) and not any(model.glob("*.bin")):
+        raise FetchError(f"no weights (*.safetensors or *.bin) under {uri}: check the uri")
 
 
 def main(argv: list[str] | None = None) -> int:
