@@ -110,6 +110,18 @@ def test_a_mixtral_typed_grok_config_is_accepted() -> None:
     assert grok.rope_parameters["rope_theta"] == 10000.0
 
 
+def test_a_mixtral_typed_config_does_not_lend_grok_mixtrals_defaults() -> None:
+    # Keys the port left out come back from MixtralConfig with Mixtral's values (RoPE base 1e6, 128k
+    # positions, untied embeddings): each would silently change Grok-1's outputs. Grok-1's values apply.
+    config = MixtralConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=8)
+    grok = as_grok1_config(config)
+    assert grok.rope_parameters["rope_theta"] == 10000.0
+    assert grok.max_position_embeddings == 8192
+    assert grok.tie_word_embeddings is True
+    assert (grok.hidden_size, grok.num_key_value_heads) == (64, 2)  # what the port gives stays
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -84,6 +84,10 @@ class Grok1Config(PretrainedConfig):
         self.rope_parameters.setdefault("rope_theta", self.default_theta)
 
 
+# Keys whose defaults in another config class (a Mixtral-typed port) would change Grok-1's outputs silently.
+NOT_BORROWED = ("rope_parameters", "rope_theta", "max_position_embeddings", "tie_word_embeddings")
+
+
 def as_grok1_config(config: PretrainedConfig) -> Grok1Config:
     """A Grok1Config for any config a Grok-1 checkpoint may come with.
 
@@ -93,6 +97,12 @@ def as_grok1_config(config: PretrainedConfig) -> Grok1Config:
     if isinstance(config, Grok1Config):
         return config
     values = config.to_dict()
+    # A config class fills what the file left out with its own defaults, which are not Grok-1's for these
+    # (Mixtral: RoPE base 1e6, 128k positions, untied embeddings). Equal to the class default: left out.
+    class_defaults = type(config)().to_dict()
+    for key in NOT_BORROWED:
+        if key in values and values[key] == class_defaults.get(key):
+            del values[key]
     if "num_experts" not in values and "num_local_experts" in values:
         values["num_experts"] = values["num_local_experts"]
     if values.get("hidden_act") not in SUPPORTED_ACTIVATIONS:
