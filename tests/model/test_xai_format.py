@@ -99,6 +99,20 @@ def test_refuses_an_array_whose_bytes_do_not_fit_its_shape() -> None:
         loads_shard(pickle.dumps(_ShortArray(), protocol=4))
 
 
+class _HugeBuffer:
+    """Pickles as numpy's protocol-5 array constructor with an int where its data should be: bytes(10**14)
+    would try to allocate 100 TB."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        frombuffer = np.ones(2).__reduce_ex__(5)[0]  # numpy's _frombuffer
+        return (frombuffer, (10**14, np.dtype(np.float32), (1,), "C"))
+
+
+def test_refuses_array_data_that_is_not_bytes() -> None:
+    with pytest.raises(XaiFormatError, match="array data is not raw bytes"):
+        loads_shard(pickle.dumps(_HugeBuffer(), protocol=4))
+
+
 @settings(max_examples=50, deadline=None)
 @given(
     weight=hnp.arrays(np.int8, hnp.array_shapes(min_dims=2, max_dims=3, max_side=5)),

@@ -126,6 +126,8 @@ def _reconstruct(subtype: Any, shape: Any, dtype_code: Any) -> _PendingArray:
 
 def _frombuffer(buffer: Any, dtype: Any, shape: tuple[int, ...], order: str) -> np.ndarray:
     # numpy's pickle protocol 5 path (data in-band as a bytearray/PickleBuffer).
+    if not isinstance(buffer, bytes | bytearray | pickle.PickleBuffer):
+        raise XaiFormatError("array data is not raw bytes")  # bytes(10**14) would allocate, not fail
     raw = bytes(buffer.raw() if isinstance(buffer, pickle.PickleBuffer) else buffer)
     return _array_from_bytes(raw, dtype, tuple(shape), order == "F")
 
