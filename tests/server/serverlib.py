@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ __all__ = [
     "BASE_FLAGS",
     "SERVER_START_TIMEOUT",
     "Certs",
+    "EngineHold",
     "ServerProcess",
     "free_port",
     "health_status",
@@ -78,6 +81,41 @@ def running_server(model: Path, workdir: Path, *flags: str) -> Iterator[ServerPr
         yield server
     finally:
         server.stop()
+
+
+class EngineHold:
+    """Freezes a server's engine core (SIGSTOP) and lets it run again (SIGCONT), under the test's control.
+
+    While held, no request advances by a single token, whatever the machine's speed: a request is "still
+    running" at a moment because the test holds it, not because the CPU is slow. The gRPC frontend runs in
+    the server's own process and keeps answering (health, admission, drain, aborts) meanwhile. Always
+    released on exit, so that the server can shut its engine down.
+    """
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.pids = server.engine_core_pids()
+        if not self.pids:
+            raise RuntimeError("the server has no engine-core process to hold")
+        self.held = False
+
+    def _signal(self, sig: signal.Signals) -> None:
+        for pid in self.pids:
+            os.kill(pid, sig)
+
+    def hold(self) -> None:
+        self._signal(signal.SIGSTOP)
+        self.held = True
+
+    def release(self) -> None:
+        self._signal(signal.SIGCONT)
+        self.held = False
+
+    def __enter__(self) -> EngineHold:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.release()
 
 
 @dataclass

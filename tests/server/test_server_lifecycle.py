@@ -19,11 +19,21 @@ import pytest
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
-from tests.server.serverlib import Certs, ServerProcess, health_status, launch_server, make_certs
+from tests.server.serverlib import (
+    Certs,
+    EngineHold,
+    ServerProcess,
+    health_status,
+    launch_server,
+    make_certs,
+)
 
 TOKENS = ("first-token-abc", "rotated-token-xyz")
-GRACE_SECONDS = 3.0
-DRAIN_NOTICE = GRACE_SECONDS / 2  # the server's notice period before GOAWAY: min(5 s, grace / 2)
+# Generous: the short request in flight at SIGTERM must finish inside it on a slow, loaded machine. The long
+# one is held by the test, so no length of grace lets it finish.
+GRACE_SECONDS = 10.0
+DRAIN_NOTICE = min(5.0, GRACE_SECONDS / 2)  # the server's notice period before GOAWAY
+SHORT_TOKENS = 16
 
 
 @dataclass
@@ -207,12 +217,22 @@ def start(pool: ThreadPoolExecutor, call: grpc.Call) -> Future[Outcome]:
     return future
 
 
+def wait_metric(server: ServerProcess, name: str, value: float, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while server.metric(name) != value:
+        assert time.monotonic() < deadline, f"{name} never reached {value}: {server.metric(name)}"
+        time.sleep(0.05)
+
+
 def test_admission_limit_answers_resource_exhausted_with_retry_hint(secure: Secure) -> None:
     stub = secure.stub()
     info = stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=auth(), timeout=10)
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(2) as pool, EngineHold(secure.server) as engine:
         calls = [long_stream(stub, info.max_model_len - 16) for _ in range(2)]
         futures = [start(pool, c) for c in calls]
+        # Held, the two streams are still running when the third call comes and when they are cancelled,
+        # on a machine of any speed.
+        engine.hold()
         assert secure.server.metric("grok_requests_in_flight") == 2
         with pytest.raises(grpc.RpcError) as e:
             stub.Generate(pb.GenerateRequest(text="third"), metadata=auth(), timeout=10)
@@ -220,6 +240,7 @@ def test_admission_limit_answers_resource_exhausted_with_retry_hint(secure: Secu
             c.cancel()
         for f in futures:
             assert f.result(timeout=30).code == grpc.StatusCode.CANCELLED
+        engine.release()
     err = e.value
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert err.details().startswith("the server is at its limit of 2 concurrent requests; retry after ")
@@ -229,9 +250,7 @@ def test_admission_limit_answers_resource_exhausted_with_retry_hint(secure: Secu
     assert f"retry after {trailing['retry-after-ms']} ms" in err.details()
     assert secure.server.metric('grok_requests_total{code="RESOURCE_EXHAUSTED",method="Generate"}') == 1
     # Slots free up again once the streams are gone.
-    deadline = time.monotonic() + 10
-    while secure.server.metric("grok_requests_in_flight") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_metric(secure.server, "grok_requests_in_flight", 0)
     resp = stub.Generate(
         pb.GenerateRequest(text="again", stopping=pb.StoppingCriteria(max_new_tokens=2)),
         metadata=auth(),
@@ -243,14 +262,21 @@ def test_admission_limit_answers_resource_exhausted_with_retry_hint(secure: Secu
 def test_sigterm_drains_then_exits_zero(secure: Secure) -> None:
     server, stub = secure.server, secure.stub()
     info = stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=auth(), timeout=10)
-    with ThreadPoolExecutor(2) as pool:
-        # One request longer than the grace period, one that finishes well within it.
-        endless = start(pool, long_stream(stub, info.max_model_len - 16))
-        short = start(pool, long_stream(stub, 200))
+    longest = info.max_model_len - 16
+    with ThreadPoolExecutor(2) as pool, EngineHold(server) as engine:
+        # One request as long as the model allows, held by the test (the engine core frozen) whenever the
+        # short one does not need the engine: it is still running when the grace period ends because the test
+        # holds it, not because this machine is slow.
+        endless = start(pool, long_stream(stub, longest))
+        engine.hold()
+        # The short one is admitted while the engine is held, so it is surely in flight at SIGTERM.
+        short = pool.submit(consume, long_stream(stub, SHORT_TOKENS), threading.Event())
+        wait_metric(server, "grok_requests_in_flight", 2)
         sent = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         statuses = []
-        while time.monotonic() - sent < 2.0:
+        deadline = sent + 30
+        while time.monotonic() < deadline:
             statuses.append(health_status(secure.channel))
             if statuses[-1] == "NOT_SERVING":
                 break
@@ -262,6 +288,15 @@ def test_sigterm_drains_then_exits_zero(secure: Secure) -> None:
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
         assert e.value.details() == "the server is shutting down (draining); retry on another replica"
 
+        # The engine runs until the short request is done, then is held again: the long one is then still
+        # about `longest - SHORT_TOKENS` tokens from its end, and stays there.
+        engine.release()
+        done = short.result(timeout=GRACE_SECONDS)
+        engine.hold()
+        assert (done.code, done.tokens) == (grpc.StatusCode.OK, SHORT_TOKENS)
+        assert done.finish == pb.FINISH_REASON_LENGTH
+        assert not endless.done()
+
         # After a notice period the server sends GOAWAY and stops listening while in-flight calls go on: a
         # client's next call opens a new connection, which behind a Service reaches a replica that serves,
         # instead of being refused by this one over the old connection for the whole grace period.
@@ -271,12 +306,11 @@ def test_sigterm_drains_then_exits_zero(secure: Secure) -> None:
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "draining" not in (e.value.details() or "")  # the call never reached this server
 
-        done = short.result(timeout=60)
-        assert (done.code, done.tokens, done.finish) == (grpc.StatusCode.OK, 200, pb.FINISH_REASON_LENGTH)
-        cut = endless.result(timeout=60)
+        cut = endless.result(timeout=GRACE_SECONDS + 60)
         assert cut.code == grpc.StatusCode.UNAVAILABLE
         assert cut.details.startswith("the server shut down before the request finished")
         assert time.monotonic() - sent >= GRACE_SECONDS - 0.5  # it was given the grace period
-        assert 0 < cut.tokens < info.max_model_len - 16
+        assert 0 < cut.tokens < longest
+        engine.release()  # the server shuts its engine down on the way out
     assert server.wait_exit(timeout=60) == 0
     assert "exiting with status 0" in server.log()
