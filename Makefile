@@ -15,7 +15,7 @@ protos: python
 	@bash hack/gen-protos.sh
 
 tools:
-	@bash operator/src/grok_devcluster/build_tools.sh >/dev/null
+	@bash hack/devcluster/src/grok_devcluster/build_tools.sh >/dev/null
 
 system:
 	@bash hack/setup-system.sh

@@ -68,9 +68,12 @@ if [ "$(cat .venv/.grok-deps 2>/dev/null)" != "$deps" ]; then
   echo "$deps" > .venv/.grok-deps
 fi
 # Editable installs are cheap and follow the checkout, wherever it is.
-if [ "$(cat .venv/.grok-src 2>/dev/null)" != "$PWD" ]; then
+# The development cluster (hack/devcluster) is installed here only: it is tooling, not part of an image.
+src_marker="$PWD operator server hack/devcluster"
+if [ "$(cat .venv/.grok-src 2>/dev/null)" != "$src_marker" ]; then
+  .venv/bin/python -m pip uninstall --quiet --yes grok-operator grok-server grok-devcluster 2>/dev/null || true
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
-    -e ./operator -e ./server
-  echo "$PWD" > .venv/.grok-src
+    -e ./operator -e ./server -e ./hack/devcluster
+  echo "$src_marker" > .venv/.grok-src
 fi
 log "ready: .venv (dependencies in $deps)"

@@ -93,8 +93,14 @@ def server_args(spec: GrokDeploymentSpec, plan: Plan) -> list[str]:
         str(plan.tensor_parallel_size),
         "--max-model-len",
         str(spec.max_model_len),
+        # The pod's own address (downward API): what a Service, Prometheus and probes reach, and never
+        # every interface of a host shared with other pods (the simulated cluster's nodes are such hosts).
+        "--host",
+        "$(POD_IP)",
         "--port",
         str(s.get("grpcPort", 50051)),
+        "--metrics-host",
+        "$(POD_IP)",
         "--metrics-port",
         str(s.get("metricsPort", 9090)),
         "--max-concurrent-requests",
@@ -178,7 +184,11 @@ def deployment(spec: GrokDeploymentSpec, plan: Plan, scrape_annotations: bool = 
                 "image": s.get("image", "grok-serve/server:0.1.0"),
                 "imagePullPolicy": s.get("imagePullPolicy", "IfNotPresent"),
                 "args": server_args(spec, plan),
-                "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, *(s.get("env") or [])],
+                "env": [
+                    {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                    {"name": "HF_HUB_OFFLINE", "value": "1"},
+                    *(s.get("env") or []),
+                ],
                 "ports": [
                     {"name": "grpc", "containerPort": grpc_port, "protocol": "TCP"},
                     {"name": "metrics", "containerPort": metrics_port, "protocol": "TCP"},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from grok_operator.gpus import GPUProduct
@@ -71,9 +72,10 @@ def cpu_node(name: str, cpu: int = 16, memory_gib: int = 64) -> dict[str, Any]:
     )
 
 
-def static_volume(name: str, size_gib: int = 2048) -> dict[str, Any]:
+def static_volume(name: str, root: Path, size_gib: int = 2048) -> dict[str, Any]:
     """A pre-provisioned volume: the simulated cluster has no storage driver, so claims (the model cache,
-    pvc:// weights) bind to these, as they would to a real cluster's volumes."""
+    pvc:// weights) bind to these, as they would to a real cluster's volumes. Its hostPath is a real folder
+    under `root`: what the pod runner mounts for the pods that use it."""
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolume",
@@ -83,6 +85,6 @@ def static_volume(name: str, size_gib: int = 2048) -> dict[str, Any]:
             "accessModes": ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany"],
             "persistentVolumeReclaimPolicy": "Retain",
             "storageClassName": "",
-            "hostPath": {"path": f"/var/lib/grok-devcluster/{name}"},
+            "hostPath": {"path": str(root / name)},
         },
     }

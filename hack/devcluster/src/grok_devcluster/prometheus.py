@@ -1,5 +1,7 @@
 """A real Prometheus server (the system's `prometheus` binary, e.g. Debian's package) for the simulated
-cluster's tests and demo: it scrapes the targets listed in a file, which can change while it runs."""
+cluster's tests and demo. Given the cluster's kubeconfig it discovers pods as it does on a cluster
+(`kubernetes_sd_configs`, role pod), keeping those with the `prometheus.io/scrape` annotation at their pod
+address and annotated port; it also scrapes the targets listed in a file, which can change while it runs."""
 
 from __future__ import annotations
 
@@ -21,8 +23,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def pod_discovery_job(kubeconfig: Path, scrape_interval: str) -> dict:
+    """The usual annotation-driven pod scrape job, with the labels the operator's autoscaler queries by."""
+    return {
+        "job_name": "kubernetes-pods",
+        "scrape_timeout": scrape_interval,
+        "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": str(kubeconfig)}],
+        "relabel_configs": [
+            {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"], "action": "keep",
+             "regex": "true"},
+            {"source_labels": ["__meta_kubernetes_pod_phase"], "action": "keep", "regex": "Running"},
+            {"source_labels": ["__meta_kubernetes_pod_ip",
+                               "__meta_kubernetes_pod_annotation_prometheus_io_port"],
+             "regex": r"(.+);(\d+)", "replacement": "$1:$2", "target_label": "__address__"},
+            {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_path"], "regex": "(.+)",
+             "target_label": "__metrics_path__"},
+            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+            {"source_labels": ["__meta_kubernetes_pod_label_serving_grok_dev_deployment"],
+             "target_label": "serving_grok_dev_deployment"},
+        ],
+    }
+
+
 class PrometheusServer:
-    def __init__(self, workdir: Path, scrape_interval: str = "1s") -> None:
+    def __init__(self, workdir: Path, scrape_interval: str = "1s", kubeconfig: Path | None = None) -> None:
         binary = shutil.which("prometheus")
         if binary is None:
             raise RuntimeError("prometheus is not installed: `make test` installs it (hack/setup-system.sh)")
@@ -36,7 +61,8 @@ class PrometheusServer:
                     "job_name": "grok-server",
                     "scrape_timeout": scrape_interval,
                     "file_sd_configs": [{"files": [str(self.targets_file)], "refresh_interval": "1s"}],
-                }
+                },
+                *([pod_discovery_job(kubeconfig, scrape_interval)] if kubeconfig is not None else []),
             ],
         }
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -79,6 +105,11 @@ class PrometheusServer:
         tmp = self.targets_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(groups))
         tmp.replace(self.targets_file)  # atomically: Prometheus watches the file
+
+    def targets(self) -> list[dict]:
+        """The active targets, as Prometheus' API lists them (labels, health, scrape URL)."""
+        with urllib.request.urlopen(f"{self.url}/api/v1/targets?state=active", timeout=5) as response:
+            return list(json.load(response)["data"]["activeTargets"])
 
     def query(self, promql: str) -> list[dict]:
         address = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})

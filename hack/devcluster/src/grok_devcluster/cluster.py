@@ -1,18 +1,22 @@
-"""Lifecycle of one simulated GPU cluster: a thin layer over `kwokctl --runtime binary`.
+"""Lifecycle of one simulated GPU cluster: a thin layer over `kwokctl --runtime binary`, plus the pod runner.
 
 kwokctl generates certificates and a kubeconfig, picks free ports and runs etcd, kube-apiserver,
 kube-controller-manager, kube-scheduler and the KWOK controller as local processes; `down` stops all of
-them. Each cluster keeps its state in a folder of its own under the system's temporary directory, so
-several can run side by side.
+them. The pod runner (`podrunner`, on by default) runs the pods of this project's images for real. Each
+cluster keeps its state in a folder of its own under the system's temporary directory, so several can run
+side by side.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -22,11 +26,13 @@ from typing import Any
 
 import yaml
 
-from grok_devcluster import nodes
+from grok_devcluster import nodes, stages
 from grok_devcluster.tools import tools_dir
 from grok_operator.gpus import gpu_product
 
 KUBE_VERSION = "v1.36.3"
+# Pods KWOK simulates get loopback addresses from here; the pod runner's from podrunner.RUNNER_POD_CIDR.
+KWOK_POD_CIDR = "127.64.0.1/16"
 
 
 @dataclass(frozen=True)
@@ -60,10 +66,11 @@ def state_root() -> Path:
 class DevCluster:
     """One local control plane. Use as a context manager, or call `up()` and `down()`."""
 
-    def __init__(self, name: str | None = None, bin_dir: Path | None = None) -> None:
+    def __init__(self, name: str | None = None, bin_dir: Path | None = None, run_pods: bool = True) -> None:
         self.name = name or f"grok-{secrets.token_hex(3)}"
         self.workdir = state_root() / self.name
         self._bin_dir = bin_dir
+        self.run_pods = run_pods
 
     # -- paths ----------------------------------------------------------------------------------------
 
@@ -79,6 +86,16 @@ class DevCluster:
 
     def exists(self) -> bool:
         return self.kubeconfig.exists()
+
+    @property
+    def runner_dir(self) -> Path:
+        """The pod runner's state: pod logs, volumes of emptyDirs, process groups."""
+        return self.workdir / "podrunner"
+
+    @property
+    def volumes_dir(self) -> Path:
+        """The folders behind the static PersistentVolumes."""
+        return self.workdir / "volumes"
 
     def env(self) -> dict[str, str]:
         """Environment for commands that talk to this cluster (kubectl, helm, the operator)."""
@@ -106,14 +123,16 @@ class DevCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
             config = self.workdir / "kwokctl.yaml"
-            config.write_text(yaml.safe_dump(self._kwokctl_config()))
+            config.write_text(yaml.safe_dump_all([self._kwokctl_config(), *stages.stages(self.run_pods)]))
             self._kwokctl("create", "cluster", "--config", str(config), "--wait", f"{int(timeout)}s")
             manifests = [nodes.cpu_node(f"cpu-{i}") for i in range(cpu_nodes)]
             for pool in pools:
                 manifests += pool.manifests()
-            manifests += [nodes.static_volume(f"pv-{i:03d}") for i in range(volumes)]
+            manifests += [nodes.static_volume(f"pv-{i:03d}", self.volumes_dir) for i in range(volumes)]
             self.apply(manifests)
             self._wait_ready(deadline=time.monotonic() + timeout)
+            if self.run_pods:
+                self._start_runner(deadline=time.monotonic() + timeout)
         except BaseException:
             self.down()
             raise
@@ -121,6 +140,7 @@ class DevCluster:
 
     def down(self) -> None:
         """Stops every process of this cluster and removes its state; a no-op when it is not up."""
+        self._stop_runner()
         if (self.workdir / "clusters" / self.name).exists():
             self._kwokctl("delete", "cluster", check=False)
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -196,6 +216,48 @@ class DevCluster:
 
     # -- internals ------------------------------------------------------------------------------------
 
+    def _start_runner(self, deadline: float) -> None:
+        self.runner_dir.mkdir(parents=True, exist_ok=True)
+        ready = self.runner_dir / "ready"
+        ready.unlink(missing_ok=True)
+        log = (self.runner_dir / "podrunner.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "grok_devcluster.podrunner", "--kubeconfig", str(self.kubeconfig),
+             "--state", str(self.runner_dir)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        (self.runner_dir / "pid").write_text(str(proc.pid))
+        while not ready.exists():
+            if proc.poll() is not None:
+                raise ClusterError(
+                    f"the pod runner exited ({proc.returncode}); see {self.runner_dir}/podrunner.log")
+            if time.monotonic() > deadline:
+                raise ClusterError("the pod runner did not start watching pods")
+            time.sleep(0.1)
+
+    def _stop_runner(self, timeout: float = 60) -> None:
+        """SIGTERM to the runner (it kills every pod's processes), then whatever it left, by process group."""
+        pid_file = self.runner_dir / "pid"
+        if pid_file.exists():
+            pid = int(pid_file.read_text())
+            try:
+                os.kill(pid, signal.SIGTERM)
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline:
+                    os.kill(pid, 0)
+                    with contextlib.suppress(ChildProcessError):
+                        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                            break
+                    time.sleep(0.1)
+                else:
+                    os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            pid_file.unlink(missing_ok=True)
+        from grok_devcluster.podrunner import kill_leftovers  # not at import: `python -m` runs that module
+
+        kill_leftovers(self.runner_dir)
+
     def _kwokctl_config(self) -> dict[str, Any]:
         b = self.bin_dir
         return {
@@ -217,6 +279,8 @@ class DevCluster:
                 "disableQPSLimits": True,
                 "quietPull": True,
                 "cacheDir": str(self.workdir / "cache"),
+                # `kubectl logs` and `port-forward` of run pods: the runner creates one of each per pod.
+                "enableCRDs": ["Logs", "PortForward"],
             },
             "componentsPatches": [
                 # kwokctl's default Service range is a /24 (254 addresses): too few for benchmarks with
@@ -235,6 +299,8 @@ class DevCluster:
                     ],
                 },
                 {"name": "kube-scheduler", "extraArgs": [{"key": "leader-elect", "value": "false"}]},
+                # Pods KWOK simulates get loopback addresses too (the runner's come from another range).
+                {"name": "kwok-controller", "extraArgs": [{"key": "cidr", "value": KWOK_POD_CIDR}]},
             ],
         }
 

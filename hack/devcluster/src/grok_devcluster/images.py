@@ -1,0 +1,61 @@
+"""Which container images the pod runner runs, and with what local environment (pure).
+
+No image can be pulled here, so the runner maps each image it owns to a local stand-in: the repository's
+virtualenv plays the image, and the image's ENTRYPOINT and ENV come from this table. The table is small and
+explicit on purpose: an image the runner owns but does not know is refused (ErrImagePull), never run with a
+guess.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# The images of this project's serving pods, whatever the registry or tag: the runner owns their pods, KWOK
+# simulates the others (the chart's operator pods included: the tests run the operator as a local process).
+OWNED_IMAGE_RE = r"(^|/)grok-serve/(server|router)([:@]|$)"
+
+
+@dataclass(frozen=True)
+class LocalImage:
+    """What runs for an image: its ENTRYPOINT (resolved in `bin_dir`) and its ENV, as its Dockerfile says."""
+
+    name: str
+    entrypoint: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    bin_dir: Path = Path(sys.executable).parent
+    # Flags through which the image's processes are told which address to listen on: each must be given an
+    # address of the pod's own (a pod's "all interfaces" would be every interface of this machine).
+    listen_flags: tuple[str, ...] = ()
+
+
+_SERVER = LocalImage(
+    name="grok-serve/server",
+    entrypoint=("grok-server",),
+    env={"PYTHONUNBUFFERED": "1"},
+    listen_flags=("--host", "--metrics-host"),
+)
+
+# (pattern on the image reference, local image). Patterns are matched against the whole reference.
+TABLE: tuple[tuple[str, LocalImage], ...] = (
+    (r"(.+/)?grok-serve/server(:[\w.-]+)?(@sha256:[0-9a-f]+)?", _SERVER),
+)
+
+
+def owned(image: str) -> bool:
+    """Whether the runner (rather than KWOK's status-only simulation) is responsible for this image."""
+    return re.search(OWNED_IMAGE_RE, image) is not None
+
+
+def resolve(image: str) -> LocalImage | None:
+    for pattern, local in TABLE:
+        if re.fullmatch(pattern, image):
+            return local
+    return None
+
+
+def kwok_exclusion_key() -> str:
+    """A KWOK stage selector key (a jq program) that is true for pods with any container the runner owns."""
+    return f'[(.spec.containers[]?, .spec.initContainers[]?) | .image | test("{OWNED_IMAGE_RE}")] | any'

@@ -1,0 +1,808 @@
+"""The pod runner: the kubelet of the simulated GPU nodes for the pods of this project's images.
+
+KWOK keeps simulating nodes and every other pod (status only); pods with a container image of this project
+(`images.owned`) are excluded from KWOK's stages and run here for real, as process groups on this machine:
+- each gets a loopback address of its own (`status.podIP`), which its processes are told to listen on;
+- its containers' command lines, environment and volumes come from the pod spec (`podspec`);
+- startup, readiness and liveness probes drive the Ready condition and restarts, with the kubelet's
+  back-off (CrashLoopBackOff);
+- deletion is the kubelet's: not Ready at once, SIGTERM, the pod's grace period, SIGKILL, then the pod is
+  released (deleted with grace 0);
+- output goes to CRI-format log files that KWOK's kubelet API serves to `kubectl logs` (a `Logs` object per
+  pod), and `kubectl port-forward` reaches the pod's ports (a `PortForward` object per pod).
+
+Run by `DevCluster.up` as `python -m grok_devcluster.podrunner`; SIGTERM stops every pod it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import datetime
+import ipaddress
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+
+from grok_devcluster import images, podspec
+from grok_devcluster.podspec import PodFacts, Probe, ProbeState, SpecError
+
+log = logging.getLogger("grok_devcluster.podrunner")
+
+# Pods run here get addresses from this range; those KWOK simulates, from cluster.KWOK_POD_CIDR.
+RUNNER_POD_CIDR = "127.65.0.0/16"
+HOST_IP = "127.0.0.1"
+TICK = 0.1  # seconds between checks of a pod's processes (cheap: a poll and a few comparisons)
+KWOK_API = ("kwok.x-k8s.io", "v1alpha1")
+_PR_SET_PDEATHSIG = 1
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class AddressPool:
+    """Loopback addresses for pods: Linux answers on all of 127.0.0.0/8 without configuring anything."""
+
+    def __init__(self, cidr: str = RUNNER_POD_CIDR) -> None:
+        self._free = (str(ip) for ip in ipaddress.ip_network(cidr).hosts() if int(ip) & 0xFF > 1)
+        self._returned: list[str] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> str:
+        with self._lock:
+            return self._returned.pop(0) if self._returned else next(self._free)
+
+    def give_back(self, ip: str) -> None:
+        with self._lock:
+            self._returned.append(ip)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the runner's thread that started it dies (the runner crashed),
+    so that no pod process outlives the runner."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class CriLog:
+    """A container's output in the CRI log format that KWOK's `kubectl logs` reads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("a", encoding="utf-8")
+
+    def pump(self, stream: IO[bytes], name: str) -> threading.Thread:
+        def run() -> None:
+            for raw in iter(stream.readline, b""):
+                stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                text = raw.decode(errors="replace").rstrip("\n")
+                with self._lock:
+                    self._file.write(f"{stamp} {name} F {text}\n")
+                    self._file.flush()
+            stream.close()
+
+        t = threading.Thread(target=run, daemon=True, name=f"log-{self.path.name}-{name}")
+        t.start()
+        return t
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+def run_probe(probe: Probe, env: dict[str, str]) -> bool:
+    try:
+        if probe.kind == "httpGet":
+            url = f"http://{probe.host}:{probe.port}{probe.path}"
+            with urllib.request.urlopen(url, timeout=probe.timeout) as r:
+                return 200 <= r.status < 400
+        if probe.kind == "tcpSocket":
+            with socket.create_connection((probe.host, probe.port), timeout=probe.timeout):
+                return True
+        if probe.kind == "grpc":
+            import grpc
+            from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+            with grpc.insecure_channel(f"{probe.host}:{probe.port}") as ch:
+                resp = health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(service=probe.service), timeout=probe.timeout)
+                return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+        if probe.kind == "exec":
+            done = subprocess.run(list(probe.command), env=env, capture_output=True, timeout=probe.timeout,
+                                  check=False)
+            return done.returncode == 0
+    except (OSError, urllib.error.URLError, subprocess.TimeoutExpired):
+        return False
+    except Exception as e:  # grpc.RpcError and the like: a failed probe, not a crashed runner
+        log.debug("probe %s failed: %s", probe, e)
+        return False
+    return False
+
+
+@dataclass
+class Container:
+    """One container of a pod: its spec, its current process (if any) and what the kubelet would report."""
+
+    spec: dict[str, Any]
+    restart_count: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: str | None = None
+    state: dict[str, Any] = field(default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}})
+    last_state: dict[str, Any] = field(default_factory=dict)
+    restart_at: float | None = None
+    ready: bool = False
+    started: bool = False
+    probes_stop: threading.Event = field(default_factory=threading.Event)
+    kill_reason: str | None = None
+    log: CriLog | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.spec["name"])
+
+    def status(self) -> dict[str, Any]:
+        out = {
+            "name": self.name,
+            "image": self.spec.get("image", ""),
+            "imageID": "",
+            "ready": self.ready,
+            "started": self.started,
+            "restartCount": self.restart_count,
+            "state": self.state,
+        }
+        if self.proc is not None:
+            out["containerID"] = f"grok-runner://{self.proc.pid}"
+        if self.last_state:
+            out["lastState"] = self.last_state
+        return out
+
+
+class PodWorker(threading.Thread):
+    """Runs one pod from its first sight to its release."""
+
+    def __init__(self, runner: Runner, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        super().__init__(daemon=True, name=f"pod-{meta['namespace']}/{meta['name']}")
+        self.runner = runner
+        self.pod = pod
+        self.uid = meta["uid"]
+        self.namespace, self.pod_name = meta["namespace"], meta["name"]
+        self.dir = runner.state / "pods" / f"{self.namespace}_{self.pod_name}_{self.uid[:8]}"
+        spec = pod["spec"]
+        self.policy = spec.get("restartPolicy", "Always")
+        self.containers = [Container(c) for c in spec.get("containers") or []]
+        self.init_containers = [Container(c) for c in spec.get("initContainers") or []]
+        self.ip = ""
+        self.start_time = now_rfc3339()
+        self._conditions: dict[str, dict[str, Any]] = {}
+        self._last_status: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+        self._gone = threading.Event()
+        self.deleting = False
+
+    # -- from the watch ---------------------------------------------------------------------------------
+
+    def update(self, pod: dict[str, Any]) -> None:
+        with self._lock:
+            self.pod = pod
+
+    def gone(self) -> None:
+        """The pod object is deleted (e.g. force-deleted): stop its processes now."""
+        self._gone.set()
+
+    # -- the pod's life ---------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self.ip = self.runner.addresses.take()
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._publish()
+            self.runner.create_debug_objects(self.pod, self.ip, self._log_paths())
+            if self._run_init_containers():
+                for c in self.containers:
+                    self._start(c)
+            while not self._gone.is_set():
+                if self._deletion_requested():
+                    self._terminate_all(self._grace_seconds())
+                    self._publish()
+                    break
+                for c in self.containers:
+                    self._check(c)
+                self._publish()
+                time.sleep(TICK)
+        except Exception:
+            log.exception("pod %s/%s: runner error", self.namespace, self.pod_name)
+        finally:
+            self._terminate_all(0 if self._gone.is_set() else self._grace_seconds())
+            for c in [*self.init_containers, *self.containers]:
+                if c.log is not None:
+                    c.log.close()
+            if self.ip:
+                self.runner.addresses.give_back(self.ip)
+            self.runner.release(self)
+
+    def _deletion_requested(self) -> bool:
+        with self._lock:
+            return bool(self.pod["metadata"].get("deletionTimestamp"))
+
+    def _grace_seconds(self) -> float:
+        with self._lock:
+            meta, spec = self.pod["metadata"], self.pod["spec"]
+        grace = meta.get("deletionGracePeriodSeconds")
+        if grace is None:
+            grace = spec.get("terminationGracePeriodSeconds", 30)
+        return float(grace)
+
+    def _facts(self) -> PodFacts:
+        meta, spec = self.pod["metadata"], self.pod["spec"]
+        return PodFacts(meta["name"], meta["namespace"], meta["uid"], spec.get("nodeName", ""), self.ip,
+                        HOST_IP, spec.get("serviceAccountName", "default"), meta.get("labels") or {},
+                        meta.get("annotations") or {})
+
+    def _log_paths(self) -> dict[str, tuple[Path, Path]]:
+        return {c.name: (self.dir / f"{c.name}.log", self.dir / f"{c.name}.previous.log")
+                for c in [*self.init_containers, *self.containers]}
+
+    # -- containers -------------------------------------------------------------------------------------
+
+    def _run_init_containers(self) -> bool:
+        """Init containers in order, each to success (restarted on failure unless restartPolicy is Never);
+        False if the pod cannot go on (failed, or deleted meanwhile)."""
+        for c in self.init_containers:
+            while True:
+                if not self._start(c):
+                    return False
+                while c.proc is not None and c.proc.poll() is None:
+                    if self._gone.is_set() or self._deletion_requested():
+                        return False
+                    self._publish()
+                    time.sleep(TICK)
+                code = self._record_exit(c)
+                if code == 0:
+                    break
+                if self.policy == "Never":
+                    return False
+                c.restart_at = time.monotonic() + podspec.restart_backoff(c.restart_count)
+                while time.monotonic() < c.restart_at:
+                    if self._gone.is_set() or self._deletion_requested():
+                        return False
+                    time.sleep(TICK)
+                c.restart_count += 1
+        return True
+
+    def _start(self, c: Container) -> bool:
+        image_ref = str(c.spec.get("image", ""))
+        image = images.resolve(image_ref)
+        if image is None:
+            c.state = {"waiting": {"reason": "ErrImagePull", "message": (
+                f"image {image_ref!r} is not one the simulated cluster can run: its pod runner maps only "
+                f"{', '.join(p for p, _ in images.TABLE)} to local environments")}}
+            return False
+        try:
+            mounts = self.runner.volume_mounts(self.pod, c.spec, self.dir)
+            base = {"PATH": f"{image.bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+                    "HOME": str(self.dir / "home"), "HOSTNAME": self.pod_name, "LANG": "C.UTF-8"}
+            env = podspec.container_env(c.spec, self._facts(), image, self.runner.lookup, base)
+            env = {k: podspec.rewrite_paths(v, mounts) for k, v in env.items()}
+            argv = [podspec.rewrite_paths(a, mounts) for a in podspec.command_line(c.spec, image, env)]
+            problem = podspec.listen_address_error(argv, image, self.ip)
+            if problem:
+                raise SpecError(problem)
+            workdir = podspec.rewrite_paths(c.spec.get("workingDir") or str(self.dir / "home"), mounts)
+        except SpecError as e:
+            c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
+            return False
+        Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        current, previous = self._log_paths()[c.name]
+        if c.log is not None:
+            c.log.close()
+            current.replace(previous)
+        c.log = CriLog(current)
+        executable = shutil.which(argv[0], path=env["PATH"]) or argv[0]
+        try:
+            c.proc = subprocess.Popen([executable, *argv[1:]], env=env, cwd=workdir, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                                      preexec_fn=_die_with_parent)  # noqa: PLW1509
+        except OSError as e:
+            c.state = {"terminated": {"exitCode": 128, "reason": "StartError", "message": str(e),
+                                      "startedAt": now_rfc3339(), "finishedAt": now_rfc3339()}}
+            c.restart_at = time.monotonic() + podspec.restart_backoff(c.restart_count)
+            return False
+        self.runner.track(c.proc.pid)
+        assert c.proc.stdout is not None and c.proc.stderr is not None
+        c.log.pump(c.proc.stdout, "stdout")
+        c.log.pump(c.proc.stderr, "stderr")
+        c.started_at = now_rfc3339()
+        c.state = {"running": {"startedAt": c.started_at}}
+        c.ready = False
+        c.kill_reason = None
+        c.probes_stop = threading.Event()
+        self._start_probes(c, env)
+        log.info("pod %s/%s: container %s started (pid %d): %s", self.namespace, self.pod_name, c.name,
+                 c.proc.pid, " ".join(argv))
+        return True
+
+    def _start_probes(self, c: Container, env: dict[str, str]) -> None:
+        spec = c.spec
+        startup = podspec.parse_probe(spec.get("startupProbe"), spec, self.ip)
+        readiness = podspec.parse_probe(spec.get("readinessProbe"), spec, self.ip)
+        liveness = podspec.parse_probe(spec.get("livenessProbe"), spec, self.ip)
+        stop = c.probes_stop
+        c.started = startup is None
+        if readiness is None:
+            c.ready = c.started
+
+        def loop() -> None:
+            # The startup probe first (the others wait for it, as on a node); past its failure threshold
+            # the container is killed and restarted.
+            if startup is not None:
+                if stop.wait(startup.initial_delay):
+                    return
+                failures = 0
+                while not run_probe(startup, env):
+                    failures += 1
+                    if failures >= startup.failure_threshold:
+                        self._kill(c, "startup probe failed")
+                        return
+                    if stop.wait(startup.period):
+                        return
+                c.started = True
+            if readiness is None:
+                c.ready = True
+            for probe, on_result in ((readiness, self._on_readiness), (liveness, self._on_liveness)):
+                if probe is not None and not stop.is_set():
+                    threading.Thread(target=self._probe_loop, args=(c, probe, env, on_result),
+                                     daemon=True).start()
+
+        threading.Thread(target=loop, daemon=True, name=f"probes-{self.pod_name}-{c.name}").start()
+
+    def _probe_loop(self, c: Container, probe: Probe, env: dict[str, str], on_result: Any) -> None:
+        stop = c.probes_stop
+        state = ProbeState(probe, initially=on_result is self._on_liveness)
+        if stop.wait(probe.initial_delay):
+            return
+        while not stop.is_set():
+            ok = state.record(run_probe(probe, env))
+            if stop.is_set():
+                return
+            on_result(c, ok)
+            if stop.wait(probe.period):
+                return
+
+    def _on_readiness(self, c: Container, ok: bool) -> None:
+        c.ready = ok and not self.deleting
+
+    def _on_liveness(self, c: Container, ok: bool) -> None:
+        if not ok:
+            self._kill(c, "liveness probe failed")
+
+    def _kill(self, c: Container, why: str) -> None:
+        """The kubelet's answer to a failed liveness/startup probe: stop the container (SIGTERM, the pod's
+        grace period, SIGKILL) and let the restart policy bring it back."""
+        proc = c.proc
+        if proc is None or proc.poll() is not None or c.kill_reason:
+            return
+        c.kill_reason = why
+        c.ready = False
+        c.probes_stop.set()
+        log.info("pod %s/%s: container %s: %s, restarting it", self.namespace, self.pod_name, c.name, why)
+        self.runner.events.append((self.pod, "Warning", "Unhealthy", f"Container {c.name} {why}"))
+        threading.Thread(target=_stop_group, args=(proc, self._grace_seconds()), daemon=True).start()
+
+    def _record_exit(self, c: Container) -> int:
+        assert c.proc is not None
+        code = c.proc.wait()
+        c.probes_stop.set()
+        c.ready = False
+        code = 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a runtime reports
+        if code > 128 and c.proc.returncode < 0:
+            code = 128 + (-c.proc.returncode)
+        self.runner.untrack(c.proc.pid)
+        terminated = {"exitCode": code, "reason": podspec.exit_reason(code), "startedAt": c.started_at,
+                      "finishedAt": now_rfc3339()}
+        c.state = {"terminated": terminated}
+        return code
+
+    def _check(self, c: Container) -> None:
+        if c.proc is not None and c.proc.poll() is not None and "terminated" not in c.state:
+            code = self._record_exit(c)
+            if podspec.should_restart(self.policy, code):
+                c.restart_at = time.monotonic() + podspec.restart_backoff(c.restart_count)
+        if c.restart_at is not None:
+            wait = c.restart_at - time.monotonic()
+            if wait > 0:
+                if "terminated" in c.state:
+                    c.last_state = {"terminated": c.state["terminated"]}
+                    c.state = {"waiting": {"reason": "CrashLoopBackOff", "message": (
+                        f"back-off {podspec.restart_backoff(c.restart_count):.0f}s restarting failed "
+                        f"container={c.name} pod={self.pod_name}")}}
+                return
+            c.restart_at = None
+            c.restart_count += 1
+            self._start(c)
+
+    def _terminate_all(self, grace: float) -> None:
+        self.deleting = True
+        for c in [*self.init_containers, *self.containers]:
+            c.ready = False
+            c.probes_stop.set()
+        self._publish()
+        procs = [c.proc for c in [*self.init_containers, *self.containers] if c.proc is not None]
+        stoppers = [threading.Thread(target=_stop_group, args=(p, grace)) for p in procs]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join()
+        for c in [*self.init_containers, *self.containers]:
+            if c.proc is not None and "terminated" not in c.state:
+                self._record_exit(c)
+
+    # -- status ---------------------------------------------------------------------------------------
+
+    def _condition(self, kind: str, status: bool, reason: str | None = None) -> dict[str, Any]:
+        previous = self._conditions.get(kind)
+        if previous is not None and previous["status"] == ("True" if status else "False"):
+            return previous
+        self._conditions[kind] = podspec.condition(kind, status, now_rfc3339(), reason)
+        return self._conditions[kind]
+
+    def _publish(self) -> None:
+        """Writes the pod's status when it changed (a status subresource patch, like a kubelet's)."""
+        containers = [c.status() for c in self.containers]
+        init_done = all("terminated" in c.state and c.state["terminated"]["exitCode"] == 0
+                        for c in self.init_containers)
+        all_ready = bool(self.containers) and all(c.ready for c in self.containers) and not self.deleting
+        started = init_done and all(c.proc is not None for c in self.containers)
+        conditions = [
+            self._condition("PodReadyToStartContainers", True),
+            self._condition("Initialized", init_done, "ContainersNotInitialized"),
+            self._condition("ContainersReady", all_ready, "ContainersNotReady"),
+            self._condition("Ready", all_ready, "ContainersNotReady"),
+        ]
+        status: dict[str, Any] = {
+            "phase": podspec.pod_phase(containers, self.policy, started),
+            "conditions": conditions,
+            "containerStatuses": containers,
+            "hostIP": HOST_IP,
+            "hostIPs": [{"ip": HOST_IP}],
+            "podIP": self.ip,
+            "podIPs": [{"ip": self.ip}],
+            "startTime": self.start_time,
+        }
+        if self.init_containers:
+            status["initContainerStatuses"] = [c.status() for c in self.init_containers]
+        if status == self._last_status:
+            return
+        if self.runner.patch_status(self.namespace, self.pod_name, self.uid, status):
+            self._last_status = status
+
+
+def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM to the container's process group, `grace` seconds, then SIGKILL to whatever is left."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+class Runner:
+    def __init__(self, kubeconfig: Path, state: Path) -> None:
+        config.load_kube_config(str(kubeconfig))
+        self.api = client.CoreV1Api()
+        self.custom = client.CustomObjectsApi()
+        self.state = state
+        self.addresses = AddressPool()
+        self.workers: dict[str, PodWorker] = {}
+        self.events: list[tuple[dict[str, Any], str, str, str]] = []
+        self._lock = threading.Lock()
+        self.stopping = threading.Event()
+        (state / "pgids").mkdir(parents=True, exist_ok=True)
+
+    # -- bookkeeping of process groups (so that `down` can clean up even after a runner crash) -----------
+
+    def track(self, pgid: int) -> None:
+        (self.state / "pgids" / str(pgid)).touch()
+
+    def untrack(self, pgid: int) -> None:
+        (self.state / "pgids" / str(pgid)).unlink(missing_ok=True)
+
+    # -- API helpers ------------------------------------------------------------------------------------
+
+    def patch_status(self, namespace: str, name: str, uid: str, status: dict[str, Any]) -> bool:
+        body = {"metadata": {"uid": uid}, "status": status}
+        try:
+            self.api.patch_namespaced_pod_status(
+                name, namespace, body, _content_type="application/strategic-merge-patch+json")
+            return True
+        except ApiException as e:
+            if e.status not in (404, 409, 422):
+                log.warning("status of %s/%s: %s", namespace, name, e.reason)
+            return False
+
+    def lookup(self, kind: str, namespace: str, name: str) -> dict[str, str]:
+        import base64
+
+        try:
+            if kind == "secretRef":
+                data = self.api.read_namespaced_secret(name, namespace).data or {}
+                return {k: base64.b64decode(v).decode() for k, v in data.items()}
+            return dict(self.api.read_namespaced_config_map(name, namespace).data or {})
+        except ApiException as e:
+            if e.status == 404:
+                raise KeyError(name) from None
+            raise
+
+    def volume_mounts(self, pod: dict[str, Any], container: dict[str, Any], pod_dir: Path) -> dict[str, str]:
+        """Mount path -> folder on this machine: a claim's bound volume (its hostPath), an emptyDir's fresh
+        folder, a hostPath as is."""
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+        out: dict[str, str] = {}
+        for m in container.get("volumeMounts") or []:
+            path = m["mountPath"]
+            if path in podspec.HOST_PATHS:
+                continue
+            v = volumes.get(m["name"])
+            if v is None:
+                raise SpecError(f"volumeMount {m['name']!r} names no volume of the pod")
+            if "persistentVolumeClaim" in v:
+                claim = v["persistentVolumeClaim"]["claimName"]
+                folder = self._claim_folder(pod["metadata"]["namespace"], claim)
+            elif "emptyDir" in v:
+                folder = pod_dir / "volumes" / m["name"]
+                folder.mkdir(parents=True, exist_ok=True)
+            elif "hostPath" in v:
+                folder = Path(v["hostPath"]["path"])
+            elif any(k in v for k in ("projected", "configMap", "secret", "downwardAPI")):
+                folder = self._file_volume(pod, v, pod_dir / "volumes" / m["name"])
+            else:
+                raise SpecError(f"volume {m['name']!r}: only persistentVolumeClaim, emptyDir, hostPath, "
+                                "configMap, secret, downwardAPI and projected volumes are simulated")
+            if m.get("subPath"):
+                folder = folder / m["subPath"]
+            out[path] = str(folder)
+        return out
+
+    def _file_volume(self, pod: dict[str, Any], volume: dict[str, Any], folder: Path) -> Path:
+        """configMap, secret, downwardAPI and projected volumes (the ServiceAccount token among them): their
+        files written into a folder of the pod's, as the kubelet does."""
+        meta = pod["metadata"]
+        namespace = meta["namespace"]
+        sources = volume["projected"].get("sources") or [] if "projected" in volume else [volume]
+        files: dict[str, str] = {}
+        for source in sources:
+            for kind, lookup_kind in (("configMap", "configMapRef"), ("secret", "secretRef")):
+                ref = source.get(kind)
+                if ref is None:
+                    continue
+                name = ref.get("name") or ref.get("secretName")
+                try:
+                    data = self.lookup(lookup_kind, namespace, name)
+                except KeyError:
+                    if ref.get("optional"):
+                        continue
+                    raise SpecError(f"{kind} {name!r} not found") from None
+                items = ref.get("items")
+                files.update({i.get("path", i["key"]): data[i["key"]] for i in items} if items else data)
+            api = source.get("downwardAPI")
+            if api is not None:
+                for item in api.get("items") or []:
+                    path = item["fieldRef"]["fieldPath"]
+                    value = {"metadata.namespace": namespace, "metadata.name": meta["name"],
+                             "metadata.uid": meta["uid"]}.get(path)
+                    if value is None:
+                        raise SpecError(f"downwardAPI volume field {path!r} is not simulated")
+                    files[item["path"]] = value
+            token = source.get("serviceAccountToken")
+            if token is not None:
+                request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
+                    audiences=[token["audience"]] if token.get("audience") else [],
+                    expiration_seconds=token.get("expirationSeconds", 3607)))
+                answer = self.api.create_namespaced_service_account_token(
+                    pod["spec"].get("serviceAccountName", "default"), namespace, request)
+                files[token["path"]] = answer.status.token
+        for path, content in files.items():
+            target = folder / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def _claim_folder(self, namespace: str, claim: str) -> Path:
+        try:
+            pvc = self.api.read_namespaced_persistent_volume_claim(claim, namespace)
+        except ApiException as e:
+            raise SpecError(f"persistentVolumeClaim {claim!r} not found") from e
+        if not pvc.spec.volume_name:
+            raise SpecError(f"persistentVolumeClaim {claim!r} is not bound yet")
+        pv = self.api.read_persistent_volume(pvc.spec.volume_name)
+        if pv.spec.host_path is None:
+            raise SpecError(f"volume {pv.metadata.name!r} has no hostPath folder to mount")
+        folder = Path(pv.spec.host_path.path)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def create_debug_objects(self, pod: dict[str, Any], ip: str, logs: dict[str, tuple[Path, Path]]) -> None:
+        """KWOK `Logs` and `PortForward` objects for the pod (owned by it, so they go with it)."""
+        meta = pod["metadata"]
+        owner = {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]}
+        metadata = {"name": meta["name"], "namespace": meta["namespace"], "ownerReferences": [owner]}
+        ports = sorted({int(p["containerPort"]) for c in pod["spec"].get("containers") or []
+                        for p in c.get("ports") or []})
+        objects = {
+            "logs": {"kind": "Logs", "spec": {"logs": [
+                {"containers": [name], "logsFile": str(cur), "previousLogsFile": str(prev), "follow": True}
+                for name, (cur, prev) in logs.items()]}},
+            "portforwards": {"kind": "PortForward", "spec": {"forwards": [
+                {"ports": [p], "target": {"port": p, "address": ip}} for p in ports]}},
+        }
+        for plural, content in objects.items():
+            body = {"apiVersion": "/".join(KWOK_API), "metadata": metadata, **content}
+            try:
+                self.custom.create_namespaced_custom_object(*KWOK_API, meta["namespace"], plural, body)
+            except ApiException as e:
+                if e.status != 409:
+                    log.warning("%s for %s/%s: %s", body["kind"], meta["namespace"], meta["name"], e.reason)
+
+    def release(self, worker: PodWorker) -> None:
+        """The pod's processes are gone: let the API server remove it (as a kubelet does once it is done)."""
+        with self._lock:
+            self.workers.pop(worker.uid, None)
+        if worker.deleting and not self.stopping.is_set():
+            with contextlib.suppress(ApiException):
+                self.api.delete_namespaced_pod(
+                    worker.pod_name, worker.namespace, grace_period_seconds=0,
+                    body=client.V1DeleteOptions(grace_period_seconds=0,
+                                                preconditions=client.V1Preconditions(uid=worker.uid)))
+
+    # -- the watch --------------------------------------------------------------------------------------
+
+    @staticmethod
+    def runs(pod: dict[str, Any]) -> bool:
+        spec = pod.get("spec") or {}
+        if not spec.get("nodeName"):
+            return False
+        containers = [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]
+        return any(images.owned(str(c.get("image", ""))) for c in containers)
+
+    def _on_event(self, kind: str, pod: dict[str, Any]) -> None:
+        uid = pod["metadata"]["uid"]
+        with self._lock:
+            worker = self.workers.get(uid)
+        if kind == "DELETED":
+            if worker is not None:
+                worker.gone()
+            return
+        if not self.runs(pod):
+            return
+        if worker is not None:
+            worker.update(pod)
+            return
+        phase = (pod.get("status") or {}).get("phase")
+        if phase in ("Succeeded", "Failed"):
+            return  # finished before this runner started (or released): nothing to run
+        worker = PodWorker(self, pod)
+        with self._lock:
+            self.workers[uid] = worker
+        worker.start()
+
+    def _flush_events(self) -> None:
+        while self.events:
+            pod, kind, reason, message = self.events.pop(0)
+            meta = pod["metadata"]
+            body = client.CoreV1Event(
+                metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+                involved_object=client.V1ObjectReference(kind="Pod", name=meta["name"],
+                                                         namespace=meta["namespace"], uid=meta["uid"]),
+                type=kind, reason=reason, message=message, source=client.V1EventSource(component="kubelet"),
+                first_timestamp=datetime.datetime.now(datetime.UTC), count=1)
+            with contextlib.suppress(ApiException):
+                self.api.create_namespaced_event(meta["namespace"], body)
+
+    def watch_pods(self, ready_file: Path) -> None:
+        resource_version = ""
+        while not self.stopping.is_set():
+            try:
+                if not resource_version:
+                    listing = self.api.list_pod_for_all_namespaces(_preload_content=False)
+                    import json
+
+                    body = json.loads(listing.data)
+                    for pod in body["items"]:
+                        self._on_event("ADDED", pod)
+                    resource_version = body["metadata"]["resourceVersion"]
+                    ready_file.touch()
+                w = watch.Watch()
+                for event in w.stream(self.api.list_pod_for_all_namespaces, resource_version=resource_version,
+                                      timeout_seconds=60, allow_watch_bookmarks=True, _preload_content=False):
+                    self._flush_events()
+                    obj = event["raw_object"]
+                    resource_version = obj["metadata"].get("resourceVersion", resource_version)
+                    if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                        self._on_event(event["type"], obj)
+                    if self.stopping.is_set():
+                        break
+            except ApiException as e:
+                if e.status == 410:  # too old: list again
+                    resource_version = ""
+                    continue
+                log.warning("watching pods: %s", e)
+                time.sleep(1)
+            except Exception as e:
+                if self.stopping.is_set():
+                    break
+                log.warning("watching pods: %s: %s", type(e).__name__, e)
+                time.sleep(1)
+
+    def stop_all(self) -> None:
+        """The cluster is going down: no drain, every pod's processes killed now."""
+        self.stopping.set()
+        with self._lock:
+            workers = list(self.workers.values())
+        for w in workers:
+            w.gone()
+        for w in workers:
+            w.join(timeout=30)
+
+
+def kill_leftovers(state: Path) -> None:
+    """SIGKILL to every process group the runner started and did not see exit (after a crash of it)."""
+    folder = state / "pgids"
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(entry.name), signal.SIGKILL)
+        entry.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="grok-devcluster-podrunner", description=__doc__.splitlines()[0])
+    parser.add_argument("--kubeconfig", type=Path, required=True)
+    parser.add_argument("--state", type=Path, required=True, help="folder for pod logs and runtime state")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args.state.mkdir(parents=True, exist_ok=True)
+    runner = Runner(args.kubeconfig, args.state)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s: stopping every pod", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    watcher = threading.Thread(target=runner.watch_pods, args=(args.state / "ready",), daemon=True)
+    watcher.start()
+    while not stop.wait(0.5):
+        runner._flush_events()
+    runner.stop_all()
+    kill_leftovers(args.state)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

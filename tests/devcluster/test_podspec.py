@@ -1,0 +1,167 @@
+"""The pod runner's pure parts: images it owns, command lines, environment, paths, listen checks, probes."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from grok_devcluster import images, podspec, stages
+from grok_devcluster.podspec import PodFacts, SpecError
+
+SERVER = images.resolve("grok-serve/server:0.1.0")
+FACTS = PodFacts("p", "ns", "uid-1", "h100-0", "127.65.0.7", "127.0.0.1", "default",
+                 {"app": "grok"}, {"note": "x"})
+
+
+def no_lookup(kind: str, namespace: str, name: str) -> dict[str, str]:
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize(
+    ("image", "owned", "known"),
+    [
+        ("grok-serve/server:0.1.0", True, True),
+        ("ghcr.io/acme/grok-serve/server:1.2.3", True, True),
+        ("grok-serve/server@sha256:" + "a" * 64, True, True),
+        ("grok-serve/router:0.1.0", True, False),  # ours, not runnable here yet: ErrImagePull, not KWOK
+        ("grok-serve/operator:0.1.0", False, False),  # the chart's operator pods stay simulated
+        ("busybox", False, False),
+        ("example.com/not-grok-serve/server:1", False, False),
+    ],
+)
+def test_which_images_the_runner_owns_and_knows(image: str, owned: bool, known: bool) -> None:
+    assert images.owned(image) is owned
+    assert (images.resolve(image) is not None) is known
+
+
+def test_dollar_references_expand_like_the_kubelet() -> None:
+    env = {"A": "1", "B": "two"}
+    assert podspec.expand("$(A)-$(B)", env) == "1-two"
+    assert podspec.expand("$(MISSING)", env) == "$(MISSING)"  # undefined: left as written
+    assert podspec.expand("$$(A)", env) == "$(A)"  # escaped
+    assert podspec.expand("$A", env) == "$A"
+
+
+@given(st.text(alphabet=st.characters(blacklist_characters="$"), max_size=40))
+@settings(deadline=None)
+def test_text_without_references_is_unchanged(text: str) -> None:
+    assert podspec.expand(text, {"A": "1"}) == text
+
+
+def test_env_in_order_with_downward_api_and_references() -> None:
+    assert SERVER is not None
+    container = {
+        "name": "server",
+        "env": [
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "ADDR", "value": "$(POD_IP):50051"},
+            {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+        ],
+    }
+    env = podspec.container_env(container, FACTS, SERVER, no_lookup, {"PATH": "/bin"})
+    assert env["ADDR"] == "127.65.0.7:50051"
+    assert env["APP"] == "grok"
+    assert env["PYTHONUNBUFFERED"] == "1"  # the image's ENV
+
+
+def test_missing_secret_is_a_clear_error_unless_optional() -> None:
+    assert SERVER is not None
+    needs = {"name": "c", "envFrom": [{"secretRef": {"name": "creds"}}]}
+    with pytest.raises(SpecError, match="secretRef 'creds' not found"):
+        podspec.container_env(needs, FACTS, SERVER, no_lookup, {})
+    optional = {"name": "c", "envFrom": [{"secretRef": {"name": "creds", "optional": True}}]}
+    assert "PATH" not in podspec.container_env(optional, FACTS, SERVER, no_lookup, {})
+
+
+def test_command_line_is_entrypoint_plus_args_expanded() -> None:
+    assert SERVER is not None
+    argv = podspec.command_line({"args": ["--host", "$(POD_IP)"]}, SERVER, {"POD_IP": "127.65.0.7"})
+    assert argv == ["grok-server", "--host", "127.65.0.7"]
+    argv = podspec.command_line({"command": ["grok-fetch"], "args": ["--out", "/models"]}, SERVER, {})
+    assert argv == ["grok-fetch", "--out", "/models"]
+
+
+def test_paths_under_mounts_are_rewritten_longest_first() -> None:
+    mounts = {"/models": "/srv/pv-1", "/models/cache": "/srv/empty"}
+    assert podspec.rewrite_paths("/models/tiny", mounts) == "/srv/pv-1/tiny"
+    assert podspec.rewrite_paths("/models", mounts) == "/srv/pv-1"
+    assert podspec.rewrite_paths("/models/cache/x", mounts) == "/srv/empty/x"
+    assert podspec.rewrite_paths("--out=/models/a", mounts) == "--out=/srv/pv-1/a"
+    assert podspec.rewrite_paths("/modelsX", mounts) == "/modelsX"
+    assert podspec.rewrite_paths("hello", mounts) == "hello"
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--host", "127.65.0.7", "--metrics-host", "127.65.0.7"], None),
+        (["--host=127.65.0.7", "--metrics-host=127.65.0.7"], None),
+        (["--host", "127.65.0.7"], "--metrics-host is not set"),
+        (["--host", "0.0.0.0", "--metrics-host", "127.65.0.7"], "would listen beyond loopback"),
+        (["--host", "[::]", "--metrics-host", "127.65.0.7"], "would listen beyond loopback"),
+        (["--host", "$(POD_IP)", "--metrics-host", "127.65.0.7"], "is not an IP address"),
+    ],
+)
+def test_listening_beyond_the_pods_address_is_refused(args: list[str], problem: str | None) -> None:
+    assert SERVER is not None
+    error = podspec.listen_address_error(["grok-server", *args], SERVER, "127.65.0.7")
+    if problem is None:
+        assert error is None
+        assert podspec.listen_address_error(["python", "-m", "http.server"], SERVER, "127.65.0.7") is None
+    else:
+        assert error is not None and problem in error
+
+
+def test_probes_parse_named_ports_and_thresholds() -> None:
+    container = {"name": "server", "ports": [{"name": "metrics", "containerPort": 9090}]}
+    probe = podspec.parse_probe({"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5,
+                                 "failureThreshold": 2}, container, "127.65.0.7")
+    assert probe is not None
+    assert (probe.kind, probe.host, probe.port, probe.path, probe.period, probe.failure_threshold) == (
+        "httpGet", "127.65.0.7", 9090, "/readyz", 5.0, 2)
+    with pytest.raises(SpecError, match="names no port"):
+        podspec.parse_probe({"tcpSocket": {"port": "grpc"}}, container, "127.65.0.7")
+    assert podspec.parse_probe(None, container, "x") is None
+
+
+def test_probe_verdict_follows_thresholds() -> None:
+    probe = podspec.Probe("tcpSocket", "h", 1, success_threshold=2, failure_threshold=3)
+    state = podspec.ProbeState(probe, initially=False)
+    assert [state.record(r) for r in (True, True, False, False, True, False)] == [
+        False, True, True, True, True, True]
+    assert [state.record(False) for _ in range(3)] == [True, False, False]  # 3 in a row, counting the last
+
+
+def test_crash_loop_backoff_doubles_to_five_minutes() -> None:
+    assert [podspec.restart_backoff(n) for n in range(7)] == [0, 10, 20, 40, 80, 160, 300]
+    assert podspec.restart_backoff(50) == 300
+
+
+@pytest.mark.parametrize(
+    ("codes", "policy", "phase"),
+    [
+        ([None], "Always", "Running"),
+        ([0], "Always", "Running"),
+        ([0], "Never", "Succeeded"),
+        ([1], "Never", "Failed"),
+        ([1], "OnFailure", "Running"),
+        ([0, None], "Never", "Running"),
+    ],
+)
+def test_pod_phase(codes: list[int | None], policy: str, phase: str) -> None:
+    states = [{"state": {"terminated": {"exitCode": c}} if c is not None else {"running": {}}} for c in codes]
+    assert podspec.pod_phase(states, policy, started=True) == phase
+    assert podspec.pod_phase(states, policy, started=False) == "Pending"
+
+
+def test_kwok_pod_stages_skip_the_runners_pods_only_when_it_runs() -> None:
+    key = images.kwok_exclusion_key()
+
+    def pod_stage_keys(run: bool) -> list[set[str]]:
+        return [{e["key"] for e in s["spec"]["selector"]["matchExpressions"]}
+                for s in stages.stages(run) if s["spec"]["resourceRef"]["kind"] == "Pod"]
+
+    assert all(key in keys for keys in pod_stage_keys(True))
+    assert not any(key in keys for keys in pod_stage_keys(False))
+    assert {s["spec"]["resourceRef"]["kind"] for s in stages.stages()} == {"Node", "Pod"}
