@@ -1,22 +1,26 @@
 """`make demo`: grok-serve end to end on an embedded default, a simulated GPU cluster on this machine.
 
-1. a local control plane with four simulated 8-GPU H100 nodes (grok-devcluster);
+1. a local control plane with four simulated 8-GPU H100 nodes (grok-devcluster), whose pod runner runs the
+   server pods for real (a process per pod, on a loopback address of its own);
 2. `helm install` of the operator chart (CRD, RBAC); the operator runs here as the chart's ServiceAccount
-   (there is no container runtime: the chart's own operator pods are simulated and do nothing);
-3. a tiny Grok-1-shaped checkpoint, and a GrokDeployment for it (examples/grok-1-tiny-cpu.yaml, with
-   autoscaling on): the operator plans it and places its pods on the GPU nodes;
-4. a real grok-server on the CPU serving that checkpoint through vLLM, standing in for the replicas'
-   containers; a real Prometheus scrapes it as the GrokDeployment's replica;
-5. a streamed completion through grok-client, the GrokDeployment's status and pods, then load from a
-   gRPC load generator until the autoscaler scales up, and a summary.
+   (there is no container runtime: the chart's own operator pod is simulated and does nothing); a real
+   Prometheus discovers pods through the API server, as on a cluster;
+3. a tiny Grok-1-shaped checkpoint on a volume, and a GrokDeployment for it (examples/grok-1-tiny-cpu.yaml,
+   with autoscaling on): the operator plans it, its pod starts a real grok-server (vLLM on the CPU) with the
+   operator's arguments and turns Ready once the model is loaded;
+4. a streamed completion through grok-client at the pod's address;
+5. load from a gRPC load generator until the autoscaler scales up: the new pod starts a second real server,
+   which turns Ready and is scraped; then a summary of the pods.
 
-Everything is torn down at the end, or kept with --keep (`make demo KEEP=1`), which prints how to connect.
+Everything is torn down at the end, or kept with --keep (`make demo KEEP=1`), which prints how to connect and
+the one command that stops it all.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +32,6 @@ import yaml
 
 from grok_devcluster import DevCluster, NodePool
 from grok_devcluster.prometheus import PrometheusServer, free_port
-from grok_server.local import launch_server
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = "grok-demo"
@@ -70,6 +73,10 @@ def wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
     raise SystemExit(f"demo: timed out waiting for {what}")
 
 
+def ready(pod: dict) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or [])
+
+
 def tiny_checkpoint() -> Path:
     path = CACHE / "models" / "grok-1-tiny-seed0"
     if not (path / "config.json").exists():
@@ -103,6 +110,7 @@ class Demo:
             start_new_session=True,
         )
         self.processes.append(proc)
+        self.cluster.adopt(proc.pid)  # `grok-devcluster down` stops it too
         return proc
 
     # -- the steps ------------------------------------------------------------------------------------
@@ -110,12 +118,13 @@ class Demo:
     def control_plane(self) -> None:
         if self.cluster.exists():
             self.cluster.down()
-        step("1/6 simulated GPU cluster: etcd, kube-apiserver, controller-manager, scheduler, KWOK nodes")
+        step("1/5 simulated GPU cluster: etcd, kube-apiserver, controller-manager, scheduler, KWOK nodes, "
+             "pod runner")
         self.cluster.up([NodePool(4, 8, "NVIDIA-H100-80GB-HBM3", "h100")], cpu_nodes=1)
         print(self.kubectl("get", "nodes", "-L", "nvidia.com/gpu.product,node.kubernetes.io/instance-type"))
 
     def operator(self) -> None:
-        step("2/6 helm install charts/grok-operator (CRD, ServiceAccount, least-privilege RBAC)")
+        step("2/5 helm install charts/grok-operator (CRD, ServiceAccount, least-privilege RBAC)")
         helm = self.cluster.bin_dir / "helm"
         print(
             run(
@@ -131,9 +140,13 @@ class Demo:
                 env=self.cluster.env(),
             ).split("NOTES:")[0]
         )
-        (STATE / "prometheus").mkdir(exist_ok=True)
-        self.prometheus = PrometheusServer(STATE / "prometheus")
+        shutil.rmtree(STATE / "prometheus", ignore_errors=True)  # no samples from an earlier run
+        (STATE / "prometheus").mkdir()
+        # Pod discovery through the API server (kubernetes_sd_configs), as Prometheus does on a cluster.
+        self.prometheus = PrometheusServer(STATE / "prometheus", kubeconfig=self.cluster.kubeconfig)
         self.prometheus.start()
+        assert self.prometheus.proc is not None
+        self.cluster.adopt(self.prometheus.proc.pid)
         kubeconfig = self.cluster.service_account_kubeconfig(
             OPERATOR_NAMESPACE, "grok-grok-operator", STATE / "operator-kubeconfig"
         )
@@ -171,22 +184,37 @@ class Demo:
             f"(log: {STATE / 'operator.log'}); Prometheus at {self.prometheus.url}"
         )
 
-    def deployment(self) -> None:
-        step("3/6 kubectl apply a GrokDeployment of a tiny Grok-1-shaped model (with autoscaling)")
+    def pods(self) -> list[dict]:
+        selector = f"serving.grok.dev/deployment={NAME}"
+        return list(self.cluster.get_json("pods", "-n", NAMESPACE, "-l", selector)["items"])
+
+    def deployment(self) -> str:
+        step("3/5 kubectl apply a GrokDeployment of a tiny Grok-1-shaped model (with autoscaling)")
         manifests = list(yaml.safe_load_all((ROOT / "examples" / "grok-1-tiny-cpu.yaml").read_text()))
-        for m in manifests:
-            if m["kind"] == "GrokDeployment":
-                m["spec"]["autoscaling"] = AUTOSCALING
+        claim = next(m for m in manifests if m["kind"] == "PersistentVolumeClaim")
+        grokd = next(m for m in manifests if m["kind"] == "GrokDeployment")
+        grokd["spec"]["autoscaling"] = AUTOSCALING
         self.kubectl("create", "namespace", NAMESPACE)
         self.cluster.kubectl(
-            "wait", "--for=create", "serviceaccount/default", "-n", NAMESPACE, "--timeout=60s"
+            "wait", "--for=create", "serviceaccount/default", "-n", NAMESPACE, "--timeout=120s"
         )
-        print(
-            self.cluster.kubectl(
-                "apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump_all(manifests)
-            ).stdout
+        # The weights first: the claim binds to one of the cluster's volumes; its folder gets the checkpoint.
+        self.cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump(claim))
+        name = claim["metadata"]["name"]
+        volume = wait(
+            lambda: self.cluster.get_json("pvc", name, "-n", NAMESPACE)["spec"].get("volumeName"),
+            60,
+            "the claim",
         )
-        wait(lambda: (self.grokd().get("status") or {}).get("phase") == "Ready", 120, "the GrokDeployment")
+        folder = Path(self.cluster.get_json("pv", volume)["spec"]["hostPath"]["path"])
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "tiny").symlink_to(tiny_checkpoint(), target_is_directory=True)
+        print(f"claim {name} bound to {volume} ({folder}), holding the tiny checkpoint")
+        applied = time.monotonic()
+        print(self.cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump(grokd)).stdout)
+        step("the operator's pod starts a real grok-server; Ready once the model is loaded")
+        wait(lambda: (self.grokd().get("status") or {}).get("phase") == "Ready", 600, "the GrokDeployment")
+        print(f"Ready {time.monotonic() - applied:.0f}s after kubectl apply")
         print(self.kubectl("get", "grokdeployments", "-n", NAMESPACE))
         print(self.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide"))
         plan = self.grokd()["status"]["plan"]
@@ -194,39 +222,12 @@ class Demo:
             f"plan: tensor parallel {plan['tensorParallelSize']} on {plan['gpuProduct']}, "
             f"{plan['maxConcurrentSequences']} full-context sequences per replica"
         )
-
-    def server(self) -> str:
-        step("4/6 starting grok-server on the CPU (vLLM + the Grok-1 plugin) with the tiny checkpoint")
-        model = tiny_checkpoint()
-        server = launch_server(
-            model,
-            STATE / "server",
-            "--served-model-name",
-            NAME,
-            "--enforce-eager",
-            "--kv-cache-memory-bytes",
-            str(256 * 1024 * 1024),
-            "--max-num-seqs",
-            "2",
-            "--max-concurrent-requests",
-            "64",
-        )
-        self.processes.append(server.proc)
-        port, metrics_port = server.port, server.metrics_port
-        started = time.monotonic()
-        server.wait_ready(300)
-        print(f"serving on 127.0.0.1:{port} after {time.monotonic() - started:.0f}s, log {server.log_path}")
-        assert self.prometheus is not None
-        self.prometheus.scrape(
-            (
-                f"127.0.0.1:{metrics_port}",
-                {"namespace": NAMESPACE, "serving_grok_dev_deployment": NAME, "pod": f"{NAME}-0"},
-            )
-        )
-        return f"127.0.0.1:{port}"
+        pod = next(p for p in self.pods() if p["status"].get("podIP"))
+        return f"{pod['status']['podIP']}:50051"
 
     def completion(self, target: str) -> None:
-        step("5/6 grok-client generate --stream (random weights: the text is noise, the tokens are real)")
+        step(f"4/5 grok-client generate --stream at the pod's address {target} "
+             "(random weights: the text is noise, the tokens are real)")
         out = run(
             sys.executable,
             "-m",
@@ -245,7 +246,7 @@ class Demo:
         print(run(sys.executable, "-m", "grok_server.client.cli", "info", "--target", target))
 
     def autoscaling(self, target: str) -> int:
-        step("6/6 load: 12 concurrent streams against a replica that runs 2 at a time -> the queue grows")
+        step("5/5 load: 12 concurrent streams against a replica that runs 2 at a time -> the queue grows")
         load = self.start(
             "load", sys.executable, "-m", "grok_server.client.load", "--target", target, "--clients", "12"
         )
@@ -259,7 +260,12 @@ class Demo:
             print(f"scaled 1 -> {scaled} after {time.monotonic() - started:.0f}s of load")
             last = self.grokd()["status"].get("lastScale", {})
             print(f"lastScale: {last.get('from')} -> {last.get('to')}: {last.get('reason')}")
-            time.sleep(4)
+            step("the new replica's pod starts a second real server; Prometheus discovers it once it runs")
+            wait(lambda: sum(ready(p) for p in self.pods()) >= 2, 600, "the second replica to turn Ready")
+            assert self.prometheus is not None
+            wait(lambda: len(self.scraped()) >= 2, 120, "Prometheus to scrape both replicas")
+            print(f"both replicas Ready and scraped {time.monotonic() - started:.0f}s after the load began")
+            wait(self.scaled_event, 60, "the ScaledUp event")
             print(self.kubectl("get", "grokdeployments", "-n", NAMESPACE))
             print(
                 self.kubectl(
@@ -278,6 +284,24 @@ class Demo:
             load.wait(150)
         print("load generator: " + (STATE / "load.log").read_text().strip().splitlines()[-1])
         return scaled
+
+    def scraped(self) -> list[str]:
+        assert self.prometheus is not None
+        return [t["labels"]["pod"] for t in self.prometheus.targets()
+                if t["labels"].get("serving_grok_dev_deployment") == NAME and t["health"] == "up"]
+
+    def scaled_event(self) -> bool:
+        events = self.cluster.get_json(
+            "events", "-n", NAMESPACE, "--field-selector", f"involvedObject.name={NAME}"
+        )
+        return any(e["reason"] == "ScaledUp" for e in events["items"])
+
+    def summary_of_pods(self) -> None:
+        scraped = set(self.scraped())
+        for pod in self.pods():
+            name = pod["metadata"]["name"]
+            print(f"  pod {name:<34} {pod['status'].get('podIP', '-'):<14} "
+                  f"{'Ready' if ready(pod) else 'not Ready':<10} {'scraped' if name in scraped else ''}")
 
     def stop_processes(self) -> None:
         for proc in reversed(self.processes):
@@ -303,8 +327,7 @@ def main() -> int:
     try:
         demo.control_plane()
         demo.operator()
-        demo.deployment()
-        target = demo.server()
+        target = demo.deployment()
         demo.completion(target)
         scaled = demo.autoscaling(target)
         step(f"done in {time.monotonic() - began:.0f}s")
@@ -312,14 +335,16 @@ def main() -> int:
         print(
             f"  GrokDeployment {NAMESPACE}/{NAME}: Ready, autoscaled 1 -> {scaled} on grok_requests_waiting"
         )
-        print(f"  server         {target} (gRPC), streaming completions through grok-client")
+        print(f"  first replica  {target} (gRPC at its pod address), completions through grok-client")
+        demo.summary_of_pods()
         if args.keep:
             print(
                 f"\nstill running (make demo KEEP=1):\n  export KUBECONFIG={demo.cluster.kubeconfig}\n"
-                f"  export PATH={demo.cluster.bin_dir}:$PATH\n  kubectl get grokd -n {NAMESPACE}\n"
+                f"  export PATH={demo.cluster.bin_dir}:$PATH\n"
+                f"  kubectl get grokd,pods -n {NAMESPACE} -o wide\n"
                 f"  .venv/bin/grok-client generate --target {target} --stream 'Hello'\n"
-                f"stop: kill the operator/server processes (pids {[p.pid for p in demo.processes]}) and run "
-                f".venv/bin/grok-devcluster down --name {CLUSTER}"
+                f"stop everything (servers, operator, Prometheus, control plane) with one command:\n"
+                f"  .venv/bin/grok-devcluster down --name {CLUSTER}"
             )
         return 0
     finally:

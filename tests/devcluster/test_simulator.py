@@ -33,7 +33,9 @@ def gpu_deployment(name: str, gpus: int, product: str = "NVIDIA-H100-80GB-HBM3")
                     "containers": [
                         {
                             "name": "server",
-                            "image": "grok-serve/server:test",
+                            # Status only: KWOK simulates it (the pod runner runs the project's serving
+                            # images only); these tests are about scheduling GPUs, not about processes.
+                            "image": "sim.local/gpu-workload:1",
                             "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
                         }
                     ],

@@ -1,4 +1,5 @@
-"""`make demo` end to end: the README's main command, run as a user runs it (and torn down after)."""
+"""`make demo` end to end: the README's main command, run as a user runs it (and torn down after): the
+GrokDeployment's own pods serve, through the simulated cluster's pod runner."""
 
 import subprocess
 import sys
@@ -29,7 +30,13 @@ def test_demo_runs_end_to_end_and_cleans_up():
         '"architecture": "Grok1ModelForCausalLM"',  # grok-client info from the real server
         "ScaledUp",  # the autoscaler acted on the real server's queue
         "autoscaled 1 -> ",
+        "both replicas Ready and scraped",  # the new replica's pod ran a second real server
     ):
         assert milestone in out, f"{milestone!r} missing from the demo's output:\n{out[-4000:]}"
     assert "refused 0" in out
+    # The summary: every replica's pod at a loopback address of its own, Ready and scraped by Prometheus.
+    pods = [line.split() for line in out.splitlines() if line.startswith("  pod grok-1-tiny-")]
+    assert len(pods) >= 2, out[-3000:]
+    assert len({p[2] for p in pods}) == len(pods) and all(p[2].startswith("127.") for p in pods)
+    assert sum(p[3:] == ["Ready", "scraped"] for p in pods) >= 2, pods
     assert not DevCluster("grok-demo").exists(), "the demo tears its cluster down"

@@ -22,7 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="grok-devcluster",
         description="A local Kubernetes control plane with simulated GPU nodes (real API server, scheduler "
-        "and controller-manager; KWOK plays the kubelets).",
+        "and controller-manager; KWOK plays the kubelets, and a pod runner runs the pods of grok-serve's "
+        "server image as local processes).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -41,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
         "--cpu-nodes", type=int, default=1, help="nodes without GPUs, for system pods (default 1)"
     )
     up.add_argument("--timeout", type=float, default=180)
+    up.add_argument(
+        "--no-run-pods",
+        dest="run_pods",
+        action="store_false",
+        help="no pod runner: every pod is simulated by KWOK (Running and Ready, nothing runs)",
+    )
 
     for name, text in (
         ("down", "stop a cluster and remove its state"),
@@ -77,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.nodes < 0 or args.gpus_per_node < 1 or args.cpu_nodes < 0:
                 raise ClusterError("--nodes and --cpu-nodes must be ≥ 0 and --gpus-per-node ≥ 1")
             start = time.monotonic()
-            cluster = DevCluster(args.name)
+            cluster = DevCluster(args.name, run_pods=args.run_pods)
             cluster.up(
                 [NodePool(args.nodes, args.gpus_per_node, args.gpu_product)],
                 cpu_nodes=args.cpu_nodes,

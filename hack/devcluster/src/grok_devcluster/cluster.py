@@ -55,6 +55,18 @@ class ClusterError(RuntimeError):
     pass
 
 
+def _running(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie child of ours is reaped and counts as gone)."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def state_root() -> Path:
     return Path(
         os.environ.get(
@@ -138,8 +150,30 @@ class DevCluster:
             raise
         return self
 
+    def adopt(self, pid: int) -> None:
+        """Ties a process started beside the cluster (an operator, a Prometheus) to it: `down` stops it too,
+        so that one command ends everything (`grok-devcluster down`)."""
+        folder = self.workdir / "adopted"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / str(pid)).touch()
+
+    def _stop_adopted(self, timeout: float = 30) -> None:
+        folder = self.workdir / "adopted"
+        pids = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for pid in pids:
+            while time.monotonic() < deadline and _running(pid):
+                time.sleep(0.1)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
     def down(self) -> None:
-        """Stops every process of this cluster and removes its state; a no-op when it is not up."""
+        """Stops every process of this cluster (adopted ones included) and removes its state; a no-op when it
+        is not up."""
+        self._stop_adopted()
         self._stop_runner()
         if (self.workdir / "clusters" / self.name).exists():
             self._kwokctl("delete", "cluster", check=False)
@@ -240,19 +274,13 @@ class DevCluster:
         pid_file = self.runner_dir / "pid"
         if pid_file.exists():
             pid = int(pid_file.read_text())
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
                 deadline = time.monotonic() + timeout
-                while time.monotonic() < deadline:
-                    os.kill(pid, 0)
-                    with contextlib.suppress(ChildProcessError):
-                        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                            break
+                while _running(pid) and time.monotonic() < deadline:
                     time.sleep(0.1)
-                else:
+                if _running(pid):
                     os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             pid_file.unlink(missing_ok=True)
         from grok_devcluster.podrunner import kill_leftovers  # not at import: `python -m` runs that module
 

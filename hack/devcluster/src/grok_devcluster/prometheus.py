@@ -84,6 +84,7 @@ class PrometheusServer:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # a process group of its own: DevCluster.adopt can stop it
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
