@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: all setup system python protos tools test lint demo clean
+.PHONY: all setup python protos tools test lint demo clean
 
 all: test
 
@@ -17,10 +17,7 @@ protos: python
 tools:
 	@bash hack/devcluster/src/grok_devcluster/build_tools.sh >/dev/null
 
-system:
-	@bash hack/setup-system.sh
-
-setup: system python protos tools
+setup: python protos tools
 
 lint: python
 	$(PY) -m ruff check .

@@ -297,6 +297,20 @@ def test_failing_pods_are_named_with_the_kubelets_reason():
     ]
 
 
+def test_failing_pods_are_named_from_the_operators_pod_index():
+    """The status is computed from the operator's pod index, not from whole pods: the index must carry what
+    naming a failing pod needs (a real crash loop raised KeyError 'metadata' on every pod event)."""
+    from types import SimpleNamespace
+
+    from grok_operator.handlers import server_pods
+
+    status = {"containerStatuses": [{"name": "server", "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}
+    entry = server_pods(namespace="ns", labels={"serving.grok.dev/deployment": "grok"},
+                        meta=SimpleNamespace(name="grok-5d9-x", creation_timestamp="2026-12-01T00:00:00Z"),
+                        status=status)
+    assert failing_pod_messages(list(entry.values())) == ["pod grok-5d9-x: container server CrashLoopBackOff"]
+
+
 def test_server_service_monitors_carry_the_labels_prometheus_selects_on():
     # kube-prometheus-stack selects ServiceMonitors by label (release: <name>): without it, nothing is
     # scraped and the autoscaler never gets a metric.

@@ -111,8 +111,10 @@ def grokds(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, An
 def server_pods(
     namespace: str, labels: dict[str, str], meta: kopf.Meta, status: kopf.Status, **_: Any
 ) -> dict[Any, Any]:
+    # The parts of a pod that statuses and the autoscaler read (the name: to say which pod fails).
     return {
         (namespace, labels.get(INSTANCE_LABEL)): {
+            "metadata": {"name": meta.name},
             "status": _plain(status),
             "created": meta.creation_timestamp,
         }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the control-plane binaries the simulated GPU cluster runs (kube-apiserver, controller-manager,
-# scheduler, kubectl, etcd, kwok, kwokctl, helm) from the Go module proxy, once per version, into
+# scheduler, kubectl, etcd, kwok, kwokctl, helm) and Prometheus from the Go module proxy, once per version, into
 # $GROK_CACHE/tools/<component>-<version>/ . A second run finds them there and returns at once.
 # Prints the directory that holds all of them (a directory of symlinks) on its last line.
 set -euo pipefail
@@ -9,12 +9,15 @@ KUBE_VERSION=${KUBE_VERSION:-v1.36.3}
 KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
+# Prometheus 3.16.0 (its Go module's versions are v0.3XX.Y). Built here because distributions' packages
+# leave out Kubernetes service discovery (Debian's does), which the simulated cluster's scrape relies on.
+PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.316.0}
 
 CACHE=${GROK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/grok-serve}
 TOOLS=$CACHE/tools
 # Bump BUILD_REV when the way binaries are built changes (flags, patches): it keys the cache.
 BUILD_REV=2
-BIN=$TOOLS/bin-k8s$KUBE_VERSION-kwok$KWOK_VERSION-helm$HELM_VERSION-etcd$ETCD_VERSION-r$BUILD_REV
+BIN=$TOOLS/bin-k8s$KUBE_VERSION-kwok$KWOK_VERSION-helm$HELM_VERSION-etcd$ETCD_VERSION-prom$PROMETHEUS_VERSION-r$BUILD_REV
 export GOFLAGS="${GOFLAGS:-} -trimpath -buildvcs=false"
 export CGO_ENABLED=0
 
@@ -78,10 +81,16 @@ build_in_module "$TOOLS/etcd-$ETCD_VERSION" go.etcd.io/etcd/server/v3 "$ETCD_VER
   etcd=go.etcd.io/etcd/server/v3
 build_in_module "$TOOLS/helm-$HELM_VERSION-r$BUILD_REV" helm.sh/helm/v3 "$HELM_VERSION" no "$helm_ldflags" \
   helm.sh/helm/v3/cmd/helm
+prom_minor=${PROMETHEUS_VERSION#v0.}; prom_minor=${prom_minor%%.*}  # v0.316.0 -> 316 -> release 3.16.0
+prom_release="${prom_minor:0:1}.$((10#${prom_minor:1})).${PROMETHEUS_VERSION##*.}"
+build_in_module "$TOOLS/prometheus-$PROMETHEUS_VERSION" github.com/prometheus/prometheus "$PROMETHEUS_VERSION" no \
+  "-X github.com/prometheus/common/version.Version=$prom_release" \
+  github.com/prometheus/prometheus/cmd/prometheus
 
 mkdir -p "$BIN"
 ln -sf "$TOOLS/kubernetes-$KUBE_VERSION-r$BUILD_REV"/* "$BIN/"
 ln -sf "$TOOLS/kwok-$KWOK_VERSION"/* "$BIN/"
 ln -sf "$TOOLS/etcd-$ETCD_VERSION"/* "$BIN/"
 ln -sf "$TOOLS/helm-$HELM_VERSION-r$BUILD_REV"/* "$BIN/"
+ln -sf "$TOOLS/prometheus-$PROMETHEUS_VERSION"/* "$BIN/"
 echo "$BIN"

@@ -497,9 +497,11 @@ class PodWorker(threading.Thread):
 
 
 def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGTERM to the container's process group, `grace` seconds, then SIGKILL to whatever is left."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGTERM)
+    """As a container runtime stops a container: SIGTERM to its main process only (it shuts its children
+    down itself, as a server drains its engine), `grace` seconds, then SIGKILL to everything left in the
+    container (its process group)."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace)
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -707,7 +709,8 @@ class Runner:
             self.workers[uid] = worker
         worker.start()
 
-    def _flush_events(self) -> None:
+    def flush_events(self) -> None:
+        """Posts the Events the pods' threads queued (from the main thread only)."""
         while self.events:
             pod, kind, reason, message = self.events.pop(0)
             meta = pod["metadata"]
@@ -735,8 +738,7 @@ class Runner:
                     ready_file.touch()
                 w = watch.Watch()
                 for event in w.stream(self.api.list_pod_for_all_namespaces, resource_version=resource_version,
-                                      timeout_seconds=60, allow_watch_bookmarks=True, _preload_content=False):
-                    self._flush_events()
+                                      timeout_seconds=60, allow_watch_bookmarks=True):
                     obj = event["raw_object"]
                     resource_version = obj["metadata"].get("resourceVersion", resource_version)
                     if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
@@ -798,7 +800,7 @@ def main(argv: list[str] | None = None) -> int:
     watcher = threading.Thread(target=runner.watch_pods, args=(args.state / "ready",), daemon=True)
     watcher.start()
     while not stop.wait(0.5):
-        runner._flush_events()
+        runner.flush_events()
     runner.stop_all()
     kill_leftovers(args.state)
     return 0

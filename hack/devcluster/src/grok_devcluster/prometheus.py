@@ -1,12 +1,11 @@
-"""A real Prometheus server (the system's `prometheus` binary, e.g. Debian's package) for the simulated
-cluster's tests and demo. Given the cluster's kubeconfig it discovers pods as it does on a cluster
+"""A real Prometheus server (built from the Go module proxy with the other tools: distributions' packages
+leave Kubernetes service discovery out) for the simulated cluster's tests and demo. Given the cluster's kubeconfig it discovers pods as it does on a cluster
 (`kubernetes_sd_configs`, role pod), keeping those with the `prometheus.io/scrape` annotation at their pod
 address and annotated port; it also scrapes the targets listed in a file, which can change while it runs."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import time
@@ -15,6 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import yaml
+
+from grok_devcluster.tools import tools_dir
 
 
 def free_port() -> int:
@@ -48,10 +49,7 @@ def pod_discovery_job(kubeconfig: Path, scrape_interval: str) -> dict:
 
 class PrometheusServer:
     def __init__(self, workdir: Path, scrape_interval: str = "1s", kubeconfig: Path | None = None) -> None:
-        binary = shutil.which("prometheus")
-        if binary is None:
-            raise RuntimeError("prometheus is not installed: `make test` installs it (hack/setup-system.sh)")
-        self.binary, self.workdir = binary, workdir
+        self.binary, self.workdir = str(tools_dir() / "prometheus"), workdir
         self.targets_file = workdir / "targets.json"
         self.targets_file.write_text("[]")
         config = {

@@ -1,4 +1,5 @@
-"""Finds (and on first use builds) the control-plane binaries the simulated cluster runs."""
+"""Finds (and on first use builds) the binaries the simulated cluster runs: its control plane, Helm and
+Prometheus."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ REQUIRED = (
     "kwok",
     "kwokctl",
     "helm",
+    "prometheus",
 )
 
 
