@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from grok_devcluster import DevCluster
+from grok_devcluster.cluster import ClusterError
 from grok_devcluster.prometheus import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +74,15 @@ class OperatorProcess:
             stderr=subprocess.STDOUT,
         )
 
+    def read_metric(self, name: str, timeout: float = 60) -> float:
+        """The metric's value, scraping until a scrape succeeds and has it (one can time out on a busy
+        machine)."""
+        return wait_for(
+            lambda: (value := self.metric(name)) is not None and (value,),
+            timeout,
+            message=f"{name} from the operator's /metrics",
+        )[0]
+
     def metric(self, name: str) -> float | None:
         try:
             text = (
@@ -87,7 +97,7 @@ class OperatorProcess:
                 return float(line.rsplit(" ", 1)[1])
         return None
 
-    def wait_leading(self, timeout: float = 60) -> None:
+    def wait_leading(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -101,10 +111,16 @@ class OperatorProcess:
                 time.sleep(0.3)
         raise AssertionError(f"operator did not start leading:\n{self.log_path.read_text()[-3000:]}")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 90) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(30)
+            log = self.log_path.read_text()[-3000:]
+            raise AssertionError(f"operator did not exit {timeout} s after signal {sig}:\n{log}") from None
 
     def logs(self) -> list[dict]:
         lines = self.log_path.read_text().splitlines()
@@ -135,13 +151,26 @@ def grok_operator(
     proc.stop()
 
 
+# A kubectl call that failed or timed out, a refused or timed-out HTTP request: on a loaded machine the
+# control plane answers late now and then, which is not the answer a wait is for.
+TRANSIENT_ERRORS = (ClusterError, subprocess.TimeoutExpired, OSError)
+
+
 def wait_for(predicate, timeout: float = 90, interval: float = 0.3, message: str = "condition"):
-    """Polls `predicate` until it returns something truthy; returns that value."""
+    """Polls `predicate` until it returns something truthy; returns that value. A transient error from it
+    counts as "not yet"; if the deadline passes with one, the failure names it."""
     deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
+    last, error = None, None
+    while True:
+        try:
+            last, error = predicate(), None
+        except TRANSIENT_ERRORS as e:
+            last, error = None, e
         if last:
             return last
+        if time.monotonic() >= deadline:
+            break
         time.sleep(interval)
+    if error is not None:
+        raise AssertionError(f"timed out waiting for {message} (last error: {error!r})") from error
     raise AssertionError(f"timed out waiting for {message} (last: {last!r})")

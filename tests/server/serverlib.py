@@ -29,6 +29,8 @@ __all__ = [
     "make_certs",
     "parse_metrics",
     "running_server",
+    "wait_idle",
+    "wait_metric",
     "wait_serving",
 ]
 
@@ -102,9 +104,16 @@ class EngineHold:
         for pid in self.pids:
             os.kill(pid, sig)
 
-    def hold(self) -> None:
+    def hold(self, timeout: float = 60) -> None:
         self._signal(signal.SIGSTOP)
         self.held = True
+        # SIGSTOP takes effect asynchronously: return only once every thread has stopped, so that the engine
+        # takes no further step after hold().
+        deadline = time.monotonic() + timeout
+        while not all(_stopped(pid) for pid in self.pids):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the engine core {self.pids} did not stop within {timeout} s")
+            time.sleep(0.005)
 
     def release(self) -> None:
         self._signal(signal.SIGCONT)
@@ -116,6 +125,43 @@ class EngineHold:
     def __exit__(self, *exc: object) -> None:
         with contextlib.suppress(ProcessLookupError):
             self.release()
+
+
+def _stopped(pid: int) -> bool:
+    """Whether every thread of `pid` is stopped (or gone)."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return True
+    for task in tasks:
+        try:
+            stat = (task / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] not in ("T", "t", "Z", "X"):
+            return False
+    return True
+
+
+def wait_metric(server: ServerProcess, name: str, value: float, timeout: float = 60) -> None:
+    """Polls a metric until it equals `value`: gauges and counters move a moment after the client sees the
+    call end (the server frees a request's slot, then counts its outcome)."""
+    deadline = time.monotonic() + timeout
+    while (current := server.metric(name)) != value:
+        assert time.monotonic() < deadline, f"{name} never reached {value} in {timeout} s: {current}"
+        time.sleep(0.05)
+
+
+def wait_idle(server: ServerProcess, timeout: float = 120) -> dict[str, float]:
+    """Until nothing is in flight or running; returns that scrape. (The gauges follow the end of a call by a
+    moment, and a call's end reaches the server a moment after the client saw it.)"""
+    deadline = time.monotonic() + timeout
+    while True:
+        m = server.metrics()
+        if m["grok_requests_running"] == 0 and m["grok_requests_in_flight"] == 0:
+            return m
+        assert time.monotonic() < deadline, f"the server is not idle after {timeout} s: {m}"
+        time.sleep(0.05)
 
 
 @dataclass

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from pathlib import Path
 
 import grpc
@@ -12,7 +10,7 @@ import pytest
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
-from tests.server.serverlib import ServerProcess
+from tests.server.serverlib import EngineHold, ServerProcess, wait_idle, wait_metric
 
 CONTRACT = (
     "grok_requests_waiting",
@@ -76,31 +74,43 @@ def test_counters_and_histograms_move_with_a_request(
     with pytest.raises(grpc.RpcError) as refused:
         stub.Generate(pb.GenerateRequest(text=""), timeout=60)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # The server sends a refusal before it counts it: wait for the count, the last thing it does for a call.
+    invalid = 'grok_requests_total{code="INVALID_ARGUMENT",method="Generate"}'
+    wait_metric(grok_server_proc, invalid, after.get(invalid, 0.0) + 1)
     later = grok_server_proc.metrics()
     assert later["grok_request_duration_seconds_count"] == after["grok_request_duration_seconds_count"]
-    assert later['grok_requests_total{code="INVALID_ARGUMENT",method="Generate"}'] == after.get(
-        'grok_requests_total{code="INVALID_ARGUMENT",method="Generate"}', 0.0) + 1
 
 
 def test_gauges_rise_under_load_and_fall_back(
     stub: pb_grpc.GenerationServiceStub, grok_server_proc: ServerProcess
 ) -> None:
+    server, n = grok_server_proc, 6
+    wait_idle(server)
+    cancelled = 'grok_requests_total{code="CANCELLED",method="GenerateStream"}'
+    before = server.metric(cancelled)
     req = pb.GenerateRequest(text="Load", stopping=pb.StoppingCriteria(max_new_tokens=300, ignore_eos=True))
-    futures = [stub.Generate.future(req, timeout=120) for _ in range(6)]
-    peak: dict[str, float] = {}
-    deadline = time.monotonic() + 60
-    while not all(f.done() for f in futures) and time.monotonic() < deadline:
-        for key, value in grok_server_proc.metrics().items():
-            if key in ("grok_requests_running", "grok_requests_in_flight", "grok_kv_cache_usage_ratio"):
-                peak[key] = max(peak.get(key, 0.0), value)
-        time.sleep(0.02)
-    assert all(len(f.result().token_ids) == 300 for f in futures)
-    assert peak["grok_requests_in_flight"] >= 2
-    assert peak["grok_requests_running"] >= 2
-    assert 0 < peak["grok_kv_cache_usage_ratio"] <= 1
-    idle = grok_server_proc.metrics()
-    for gauge in ("grok_requests_running", "grok_requests_waiting", "grok_requests_in_flight"):
-        assert idle[gauge] == 0, gauge
+    with EngineHold(server) as engine:
+        # All admitted while the engine is held, so that they start together and none is near its end when
+        # the last one has its first token.
+        engine.hold()
+        calls = [stub.GenerateStream(req, timeout=300) for _ in range(n)]
+        wait_metric(server, "grok_requests_in_flight", n)
+        engine.release()
+        for call in calls:  # two messages each: the engine's figures of a step with all of them are recorded
+            next(call)
+            next(call)
+        engine.hold()  # none can finish: the gauges stay those of a step with all of them
+        loaded = server.metrics()
+        for call in calls:
+            call.cancel()
+        engine.release()
+    assert loaded["grok_requests_in_flight"] == n
+    assert loaded["grok_requests_running"] == n
+    assert 0 < loaded["grok_kv_cache_usage_ratio"] <= 1
+    assert all(call.code() == grpc.StatusCode.CANCELLED for call in calls)
+    wait_metric(server, cancelled, before + n)  # counted CANCELLED (not OK): they were all still running
+    idle = wait_idle(server)
+    assert idle["grok_requests_waiting"] == 0
     assert idle["grok_kv_cache_usage_ratio"] == 0
 
 
@@ -128,13 +138,21 @@ def test_forty_concurrent_streams_complete(grok_server_proc: ServerProcess) -> N
         assert last.finish_reason == pb.FINISH_REASON_LENGTH
         return want, tokens, last.usage.generated_tokens, i
 
-    async def main() -> list[tuple[int, int, int, int]]:
+    async def main(engine: EngineHold) -> list[tuple[int, int, int, int]]:
         async with grpc.aio.insecure_channel(grok_server_proc.target) as ch:
             stub = pb_grpc.GenerationServiceStub(ch)
-            return await asyncio.gather(*(one(stub, i) for i in range(n)))
+            # All admitted while the engine is held: they are surely in flight together, whatever the speed
+            # of the machine, and those admitted with 8 or more in flight stream several tokens a message.
+            engine.hold()
+            streams = [asyncio.create_task(one(stub, i)) for i in range(n)]
+            await asyncio.to_thread(wait_metric, grok_server_proc, "grok_requests_in_flight", n)
+            engine.release()
+            return await asyncio.gather(*streams)
 
+    wait_idle(grok_server_proc)
     before = grok_server_proc.metric("grok_generation_tokens_total")
-    results = asyncio.run(main())
+    with EngineHold(grok_server_proc) as engine:
+        results = asyncio.run(main(engine))
     assert len(results) == n
     for want, got, usage, i in results:
         assert got == usage == want, f"stream {i}: wanted {want}, got {got} (usage {usage})"
@@ -150,22 +168,16 @@ def test_concurrent_seeded_requests_are_reproducible(grok_server_proc: ServerPro
         sampling=pb.SamplingParams(temperature=1.0, seed=42),
         stopping=pb.StoppingCriteria(max_new_tokens=16, ignore_eos=True),
     )
-    results: list[list[int]] = []
-    lock = threading.Lock()
-    with grpc.insecure_channel(grok_server_proc.target) as ch:
+    wait_idle(grok_server_proc)
+    with grpc.insecure_channel(grok_server_proc.target) as ch, EngineHold(grok_server_proc) as engine:
         stub = pb_grpc.GenerationServiceStub(ch)
-
-        def run() -> None:
-            out = list(stub.Generate(req, timeout=120).token_ids)
-            with lock:
-                results.append(out)
-
-        threads = [threading.Thread(target=run) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    assert len(results) == 8
+        # Admitted while the engine is held, the eight surely share its batches.
+        engine.hold()
+        futures = [stub.Generate.future(req, timeout=300) for _ in range(8)]
+        wait_metric(grok_server_proc, "grok_requests_in_flight", 8)
+        engine.release()
+        results = [list(f.result(timeout=300).token_ids) for f in futures]
+    assert len(results) == 8 and len(results[0]) == 16
     assert all(r == results[0] for r in results)
 
 
