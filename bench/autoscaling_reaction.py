@@ -63,7 +63,8 @@ def main() -> int:
     procs: list[subprocess.Popen[bytes]] = []
     (work / "prometheus").mkdir()
     prometheus = PrometheusServer(work / "prometheus", scrape_interval=f"{args.scrape_seconds}s")
-    with DevCluster(f"bench-as-{os.getpid()}") as cluster:
+    # Its server runs beside the cluster (one engine, the reaction measured against it): status-only pods.
+    with DevCluster(f"bench-as-{os.getpid()}", run_pods=False) as cluster:
         try:
             cluster.up([NodePool(2, 8, "NVIDIA-H100-80GB-HBM3", "h100")], cpu_nodes=1, volumes=2)
             cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "charts/grok-operator/crds"))

@@ -31,6 +31,8 @@ from pathlib import Path
 import yaml
 
 from grok_devcluster import DevCluster, NodePool
+from grok_devcluster.cluster import ClusterError
+from grok_devcluster.podrunner import lower_priority
 from grok_devcluster.prometheus import PrometheusServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,13 +66,18 @@ def run(*cmd: str | Path, env: dict[str, str] | None = None) -> str:
 
 
 def wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    """Polls `predicate`; a failed kubectl call (the API server busy on this small machine) is a "not yet"."""
     deadline = time.monotonic() + timeout
+    error: Exception | None = None
     while time.monotonic() < deadline:
-        value = predicate()
+        try:
+            value, error = predicate(), None
+        except (ClusterError, subprocess.TimeoutExpired) as e:
+            value, error = None, e
         if value:
             return value
         time.sleep(0.5)
-    raise SystemExit(f"demo: timed out waiting for {what}")
+    raise SystemExit(f"demo: timed out waiting for {what}" + (f" (last error: {error})" if error else ""))
 
 
 def ready(pod: dict) -> bool:
@@ -99,8 +106,10 @@ class Demo:
         return yaml.safe_load(self.kubectl("get", "grokdeployment", NAME, "-n", NAMESPACE, "-o", "yaml"))
 
     def start(
-        self, name: str, *cmd: str | Path, env: dict[str, str] | None = None
+        self, name: str, *cmd: str | Path, env: dict[str, str] | None = None, background: bool = False
     ) -> subprocess.Popen[bytes]:
+        """A process of the demo's, stopped with the cluster; `background` ones (the load generator) run at
+        the pods' lower priority, so that the control plane keeps answering."""
         log = (STATE / f"{name}.log").open("wb")
         proc = subprocess.Popen(
             [str(c) for c in cmd],
@@ -108,6 +117,7 @@ class Demo:
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
             start_new_session=True,
+            preexec_fn=lower_priority if background else None,  # noqa: PLW1509
         )
         self.processes.append(proc)
         self.cluster.adopt(proc.pid)  # `grok-devcluster down` stops it too
@@ -248,7 +258,8 @@ class Demo:
     def autoscaling(self, target: str) -> int:
         step("5/5 load: 12 concurrent streams against a replica that runs 2 at a time -> the queue grows")
         load = self.start(
-            "load", sys.executable, "-m", "grok_server.client.load", "--target", target, "--clients", "12"
+            "load", sys.executable, "-m", "grok_server.client.load", "--target", target, "--clients", "12",
+            background=True,
         )
         started = time.monotonic()
         try:

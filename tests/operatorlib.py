@@ -174,3 +174,21 @@ def wait_for(predicate, timeout: float = 90, interval: float = 0.3, message: str
     if error is not None:
         raise AssertionError(f"timed out waiting for {message} (last error: {error!r})") from error
     raise AssertionError(f"timed out waiting for {message} (last: {last!r})")
+
+
+def ready(pod: dict) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or [])
+
+
+def bind_weights(cluster: DevCluster, ns: str, claim: str, checkpoint: Path) -> None:
+    """A claim bound to one of the cluster's static volumes, with the tiny checkpoint in its folder."""
+    cluster.apply([{
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim, "namespace": ns},
+        "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "",
+                 "resources": {"requests": {"storage": "1Gi"}}},
+    }])
+    volume = wait_for(lambda: cluster.get_json("pvc", claim, "-n", ns)["spec"].get("volumeName"), 60,
+                      message="the claim to bind")
+    folder = Path(cluster.get_json("pv", volume)["spec"]["hostPath"]["path"])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tiny").symlink_to(checkpoint, target_is_directory=True)

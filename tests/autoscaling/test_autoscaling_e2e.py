@@ -1,12 +1,13 @@
-"""Autoscaling end to end: a real Prometheus scrapes a real grok-server (tiny Grok-1 on the CPU) labelled
-as the replicas of a GrokDeployment on the simulated cluster; a gRPC load generator drives it; the
-operator (as the chart's ServiceAccount) decides through the scale subresource."""
+"""Autoscaling end to end, on the path a user's replicas take: the GrokDeployment's pods run real
+grok-servers (tiny Grok-1 on the CPU, through the simulated cluster's pod runner); a real Prometheus finds
+them by pod discovery; a gRPC load generator drives the first replica at its pod address; the operator (as
+the chart's ServiceAccount) decides through the scale subresource, and the replicas it adds start, load
+their model and are scraped, as on a cluster."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import signal
 import subprocess
@@ -17,27 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from grok_devcluster.podrunner import lower_priority
 from grok_devcluster.prometheus import PrometheusServer
 from grok_operator.autoscaler import metric_query
-from tests.operator.test_operator_cluster import apply, conditions, get, grokd, weights_claim
+from tests.operator.test_operator_cluster import apply, conditions, get
 from tests.operator.test_operator_cluster import events as read_events
-from tests.operatorlib import OperatorProcess, wait_for
-from tests.server.serverlib import ServerProcess, launch_server, wait_serving
+from tests.operatorlib import OperatorProcess, bind_weights, ready, wait_for
 
-# On a 2-core machine a saturated engine and load generator would starve the control plane (TLS handshakes
-# to the API server time out): they run at a lower CPU priority than everything the test observes.
-NICE = 10
-
-
-@contextlib.contextmanager
-def niced_server(model: Path, workdir: Path, *flags: str) -> Iterator[ServerProcess]:
-    server = launch_server(model, workdir, *flags, nice=NICE)  # the engine processes inherit it
-    try:
-        wait_serving(server)
-        yield server
-    finally:
-        server.stop()
-
+# The replicas' engines: two sequences at a time, so that a closed loop of N clients keeps N - 2 waiting.
+ENGINE_ARGS = ["--enforce-eager", "--kv-cache-memory-bytes", str(256 * 1024 * 1024), "--max-num-seqs", "2"]
 
 pytestmark = pytest.mark.cluster
 
@@ -69,7 +58,10 @@ class Load:
                 ],
                 stdout=self.log.open("ab"),
                 stderr=subprocess.STDOUT,
-                preexec_fn=lambda: os.nice(NICE),  # noqa: PLW1509
+                # On 2 cores a saturated load generator would starve the control plane (TLS handshakes to the
+                # API server time out): it runs at the pods' lower priority.
+                start_new_session=True,
+                preexec_fn=lower_priority,  # noqa: PLW1509
             )
 
     def close(self) -> None:
@@ -77,10 +69,10 @@ class Load:
 
 
 @pytest.fixture
-def prometheus(tmp_path) -> Iterator[PrometheusServer]:
+def prometheus(devcluster, tmp_path) -> Iterator[PrometheusServer]:
     workdir = tmp_path / "prometheus"
     workdir.mkdir()
-    server = PrometheusServer(workdir)
+    server = PrometheusServer(workdir, kubeconfig=devcluster.kubeconfig)
     server.start()
     yield server
     server.stop()
@@ -167,124 +159,142 @@ def test_scales_on_load_holds_at_target_and_on_missing_data(
     devcluster, k8s_namespace, tiny_grok_checkpoint, prometheus, autoscaling_operator, tmp_path
 ):
     ns = k8s_namespace
-    # The engine runs two sequences at a time: the other clients' requests wait, so in a closed loop
-    # the waiting count is steady at (clients - 2).
-    with niced_server(
-        tiny_grok_checkpoint, tmp_path / "server", "--max-num-seqs", "2", "--max-concurrent-requests", "64"
-    ) as server:
-        prometheus.scrape(
-            (
-                f"127.0.0.1:{server.metrics_port}",
-                {"namespace": ns, "serving_grok_dev_deployment": "auto", "pod": "auto-0"},
-            )
-        )
-        autoscaling = {
-            "minReplicas": 1,
-            "maxReplicas": 4,
-            "metric": "waitingRequestsPerReplica",
-            "target": 4,
-            "tolerance": 0.5,
-            "scaleUpStabilizationSeconds": UP_WINDOW,
-            "scaleDownStabilizationSeconds": DOWN_WINDOW,
-            "maxScaleUpStep": 1,
-        }
-        tiny = {"uri": "pvc://weights/tiny", "profile": "grok-1-tiny", "maxModelLen": 1024}
-        apply(devcluster, ns, weights_claim(), grokd("auto", replicas=1, model=tiny, autoscaling=autoscaling))
-        load = Load(server.target, tmp_path / "load.log")
-        try:
-            # Steady load at the target (about 4 waiting on the one replica): no scaling.
-            load.clients(6)
-            wait_for(
-                lambda: (
-                    conditions(devcluster, ns, "auto").get("AutoscalingActive", {}).get("status") == "True"
-                ),
-                120,
-                message="autoscaler evaluating",
-            )
-            # The steady window starts once the autoscaler's query sees the load, not when it was started.
-            wait_for(
-                lambda: (waiting_seen_by_operator(prometheus, ns) or 0) >= 6 - 2,
-                120,
-                message="Prometheus to see the steady load's waiting requests",
-            )
-            steady_until = time.monotonic() + 3 * UP_WINDOW
-            while time.monotonic() < steady_until:
-                assert replicas(devcluster, ns) in (1, -1), conditions(devcluster, ns, "auto")[
-                    "AutoscalingActive"
-                ]
-                time.sleep(1)
+    bind_weights(devcluster, ns, "weights", tiny_grok_checkpoint)
+    autoscaling = {
+        "minReplicas": 1,
+        "maxReplicas": 4,
+        "metric": "waitingRequestsPerReplica",
+        "target": 4,
+        "tolerance": 0.5,
+        "scaleUpStabilizationSeconds": UP_WINDOW,
+        "scaleDownStabilizationSeconds": DOWN_WINDOW,
+        "maxScaleUpStep": 1,
+    }
+    grokd = {
+        "apiVersion": "serving.grok.dev/v1alpha1",
+        "kind": "GrokDeployment",
+        "metadata": {"name": "auto"},
+        "spec": {
+            "model": {"uri": "pvc://weights/tiny", "profile": "grok-1-tiny", "maxModelLen": 1024},
+            "gpu": {"product": "NVIDIA-H100-80GB-HBM3"},
+            "replicas": 1,
+            "autoscaling": autoscaling,
+            "server": {"maxConcurrentRequests": 64, "drainSeconds": 10, "engineArgs": ENGINE_ARGS},
+        },
+    }
+    assert apply(devcluster, ns, grokd).returncode == 0
+    selector = "serving.grok.dev/deployment=auto"
 
-            # A load step: about 20 waiting. Scale-up, but not at the first evaluation that sees it.
-            step_line = len(autoscaler_lines(autoscaling_operator, ns))
-            load.clients(22)
-            wait_for(lambda: replicas(devcluster, ns) > 1, timeout=180, message="scale-up")
-            # The status and the log follow the scale subresource by a moment.
-            last = wait_for(
-                lambda: ((get(devcluster, ns, "grokdeployment", "auto") or {}).get("status") or {}).get(
-                    "lastScale"
-                ),
-                120,
-                message="status.lastScale",
-            )
-            assert last["to"] > last["from"] >= 1 and last["metric"] == "waitingRequestsPerReplica"
-            assert last["value"] > 4 * 1.5
-            # The stabilization window: an evaluation saw the step and held before the first scale-up.
-            (held,) = wait_for(
-                lambda: held_before_scaling(autoscaling_operator, ns, step_line, True, UP_HOLDS),
-                120,
-                message="the scale-up in the operator's log",
-            )
-            assert held, autoscaler_lines(autoscaling_operator, ns)[step_line:]
-            wait_for(
-                lambda: any(
-                    e["reason"] == "ScaledUp" and e["message"].startswith("1 -> 2:")
-                    for e in events(devcluster, ns, "auto")
-                ),
-                120,
-                message="the 1 -> 2 ScaledUp event",
-            )
+    def ready_pods() -> list[dict]:
+        return [p for p in devcluster.get_json("pods", "-n", ns, "-l", selector)["items"] if ready(p)]
 
-            # Load stops: scale-down only after the down window.
-            peak = wait_for(
-                lambda: (r := replicas(devcluster, ns)) >= 3 and r,
-                timeout=180,
-                message="more scale-up while the queue stays long",
-            )
-            stop_line = len(autoscaler_lines(autoscaling_operator, ns))
-            load.clients(0)
-            wait_for(
-                lambda: 0 < replicas(devcluster, ns) < peak, timeout=DOWN_WINDOW + 180, message="scale-down"
-            )
-            # No wall-clock bound here: the operator stamps a recommendation before its Prometheus queries, so
-            # a down window can begin before the load stops by as long as those take, which nothing bounds on
-            # a loaded machine. What the windows guarantee is this: the first evaluation that sees the queue
-            # gone recommends fewer replicas and holds (the window still has the high ones).
-            (held,) = wait_for(
-                lambda: held_before_scaling(autoscaling_operator, ns, stop_line, False, DOWN_HOLDS),
-                120,
-                message="the scale-down in the operator's log",
-            )
-            assert held, autoscaler_lines(autoscaling_operator, ns)[stop_line:]
-        finally:
-            load.close()
-
-        # Prometheus goes away: replicas are held where they are and a condition says why. (Until the operator
-        # notices, it may still be stepping down; what it holds is what the condition says.)
-        prometheus.stop()
-        cond = wait_for(
+    first = wait_for(ready_pods, 600, interval=1, message="the first replica to load and turn Ready")[0]
+    # The first replica takes the load at its pod address (no router yet: one connection, one replica).
+    load = Load(f"{first['status']['podIP']}:50051", tmp_path / "load.log")
+    try:
+        # Steady load at the target (about 4 waiting on the one replica): no scaling.
+        load.clients(6)
+        wait_for(
             lambda: (
-                (c := conditions(devcluster, ns, "auto").get("AutoscalingActive"))
-                and c["status"] == "False"
-                and c
+                conditions(devcluster, ns, "auto").get("AutoscalingActive", {}).get("status") == "True"
             ),
-            timeout=120,
-            message="AutoscalingActive False",
+            120,
+            message="autoscaler evaluating",
         )
-        assert cond["reason"] == "PrometheusUnreachable"
-        holding = re.search(r"holding (\d+) replicas \(never scaling on missing data\)", cond["message"])
-        assert holding, cond["message"]
-        held = int(holding[1])
-        assert 1 <= held < peak
-        assert wait_for(lambda: max(replicas(devcluster, ns), 0), message="replicas") == held
-        time.sleep(DOWN_WINDOW + 2 * INTERVAL)  # a whole down window and more: nothing may move meanwhile
-        assert wait_for(lambda: max(replicas(devcluster, ns), 0), message="replicas") == held
+        # The steady window starts once the autoscaler's query sees the load, not when it was started.
+        wait_for(
+            lambda: (waiting_seen_by_operator(prometheus, ns) or 0) >= 6 - 2,
+            120,
+            message="Prometheus to see the steady load's waiting requests",
+        )
+        steady_until = time.monotonic() + 3 * UP_WINDOW
+        while time.monotonic() < steady_until:
+            assert replicas(devcluster, ns) in (1, -1), conditions(devcluster, ns, "auto")[
+                "AutoscalingActive"
+            ]
+            time.sleep(1)
+
+        # A load step: about 20 waiting. Scale-up, but not at the first evaluation that sees it.
+        step_line = len(autoscaler_lines(autoscaling_operator, ns))
+        load.clients(22)
+        wait_for(lambda: replicas(devcluster, ns) > 1, timeout=180, message="scale-up")
+        # The status and the log follow the scale subresource by a moment.
+        last = wait_for(
+            lambda: ((get(devcluster, ns, "grokdeployment", "auto") or {}).get("status") or {}).get(
+                "lastScale"
+            ),
+            120,
+            message="status.lastScale",
+        )
+        assert last["to"] > last["from"] >= 1 and last["metric"] == "waitingRequestsPerReplica"
+        assert last["value"] > 4 * 1.5
+        # The stabilization window: an evaluation saw the step and held before the first scale-up.
+        (held,) = wait_for(
+            lambda: held_before_scaling(autoscaling_operator, ns, step_line, True, UP_HOLDS),
+            120,
+            message="the scale-up in the operator's log",
+        )
+        assert held, autoscaler_lines(autoscaling_operator, ns)[step_line:]
+        wait_for(
+            lambda: any(
+                e["reason"] == "ScaledUp" and e["message"].startswith("1 -> 2:")
+                for e in events(devcluster, ns, "auto")
+            ),
+            120,
+            message="the 1 -> 2 ScaledUp event",
+        )
+
+        # The replica it added is a real server: it loads, turns Ready and is scraped (pod discovery), and
+        # only then counts as capacity, so further scale-up waits for it.
+        wait_for(lambda: len(ready_pods()) >= 2, 600, interval=1, message="the second replica to turn Ready")
+
+        def scraped() -> set[str]:
+            return {t["labels"]["pod"] for t in prometheus.targets()
+                    if t["labels"].get("serving_grok_dev_deployment") == "auto" and t["health"] == "up"}
+
+        wait_for(lambda: len(scraped()) >= 2, 120, message="Prometheus to scrape both replicas")
+
+        # Load stops: scale-down only after the down window.
+        peak = wait_for(
+            lambda: (r := replicas(devcluster, ns)) >= 3 and r,
+            timeout=600,
+            message="more scale-up while the queue stays long",
+        )
+        stop_line = len(autoscaler_lines(autoscaling_operator, ns))
+        load.clients(0)
+        wait_for(
+            lambda: 0 < replicas(devcluster, ns) < peak, timeout=DOWN_WINDOW + 180, message="scale-down"
+        )
+        # No wall-clock bound here: the operator stamps a recommendation before its Prometheus queries, so
+        # a down window can begin before the load stops by as long as those take, which nothing bounds on
+        # a loaded machine. What the windows guarantee is this: the first evaluation that sees the queue
+        # gone recommends fewer replicas and holds (the window still has the high ones).
+        (held,) = wait_for(
+            lambda: held_before_scaling(autoscaling_operator, ns, stop_line, False, DOWN_HOLDS),
+            120,
+            message="the scale-down in the operator's log",
+        )
+        assert held, autoscaler_lines(autoscaling_operator, ns)[stop_line:]
+    finally:
+        load.close()
+
+    # Prometheus goes away: replicas are held where they are and a condition says why. (Until the operator
+    # notices, it may still be stepping down; what it holds is what the condition says.)
+    prometheus.stop()
+    cond = wait_for(
+        lambda: (
+            (c := conditions(devcluster, ns, "auto").get("AutoscalingActive"))
+            and c["status"] == "False"
+            and c
+        ),
+        timeout=120,
+        message="AutoscalingActive False",
+    )
+    assert cond["reason"] == "PrometheusUnreachable"
+    holding = re.search(r"holding (\d+) replicas \(never scaling on missing data\)", cond["message"])
+    assert holding, cond["message"]
+    held = int(holding[1])
+    assert 1 <= held < peak
+    assert wait_for(lambda: max(replicas(devcluster, ns), 0), message="replicas") == held
+    time.sleep(DOWN_WINDOW + 2 * INTERVAL)  # a whole down window and more: nothing may move meanwhile
+    assert wait_for(lambda: max(replicas(devcluster, ns), 0), message="replicas") == held

@@ -28,7 +28,7 @@ from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 from grok_devcluster.cluster import DevCluster
 from grok_devcluster.prometheus import PrometheusServer
 from grok_server.server.placement import descendants, process_title
-from tests.operatorlib import OperatorProcess, wait_for
+from tests.operatorlib import OperatorProcess, bind_weights, ready, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -57,10 +57,6 @@ def pods(cluster: DevCluster, ns: str, selector: str) -> list[dict]:
     return list(cluster.get_json("pods", "-n", ns, "-l", selector)["items"])
 
 
-def ready(pod: dict) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or [])
-
-
 def container_pid(pod: dict) -> int:
     """The runner reports each container's process as its containerID, grok-runner://PID."""
     return int(pod["status"]["containerStatuses"][0]["containerID"].rsplit("/", 1)[1])
@@ -83,20 +79,6 @@ class Served:
     @property
     def ip(self) -> str:
         return str(self.pod["status"]["podIP"])
-
-
-def bind_weights(cluster: DevCluster, ns: str, claim: str, checkpoint: Path) -> None:
-    """A claim bound to one of the cluster's static volumes, with the tiny checkpoint in its folder."""
-    cluster.apply([{
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim, "namespace": ns},
-        "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "",
-                 "resources": {"requests": {"storage": "1Gi"}}},
-    }])
-    volume = wait_for(lambda: cluster.get_json("pvc", claim, "-n", ns)["spec"].get("volumeName"), 60,
-                      message="the claim to bind")
-    folder = Path(cluster.get_json("pv", volume)["spec"]["hostPath"]["path"])
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tiny").symlink_to(checkpoint, target_is_directory=True)
 
 
 @pytest.fixture(scope="module")

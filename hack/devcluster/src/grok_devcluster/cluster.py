@@ -55,6 +55,9 @@ class ClusterError(RuntimeError):
     pass
 
 
+_CONNECT_ATTEMPTS = 4
+
+
 def _running(pid: int) -> bool:
     """Whether `pid` still runs (a zombie child of ours is reaped and counts as gone)."""
     with contextlib.suppress(ChildProcessError):
@@ -190,15 +193,21 @@ class DevCluster:
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [str(self.bin_dir / "kubectl"), *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            env=self.env(),
-            timeout=timeout,
-            check=False,
-        )
+        """Runs kubectl against this cluster. A call that never reached the API server (it is busy on a small
+        machine: TLS handshake timeouts, connection refused) is retried; anything it answered is not."""
+        for attempt in range(_CONNECT_ATTEMPTS):
+            result = subprocess.run(
+                [str(self.bin_dir / "kubectl"), *args],
+                input=input,
+                capture_output=True,
+                text=True,
+                env=self.env(),
+                timeout=timeout,
+                check=False,
+            )
+            if result.returncode == 0 or "Unable to connect to the server" not in result.stderr:
+                break
+            time.sleep(2 * (attempt + 1))
         if check and result.returncode != 0:
             raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
         return result

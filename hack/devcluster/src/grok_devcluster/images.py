@@ -34,7 +34,13 @@ class LocalImage:
 _SERVER = LocalImage(
     name="grok-serve/server",
     entrypoint=("grok-server",),
-    env={"PYTHONUNBUFFERED": "1"},
+    env={
+        "PYTHONUNBUFFERED": "1",
+        # Simulation: every pod shares this machine's cores (no CPU set per pod, as a node's CPU manager
+        # would give). vLLM's CPU backend would pin each engine's worker to the same first core, where they
+        # starve one another; unpinned, the scheduler shares the cores out.
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    },
     listen_flags=("--host", "--metrics-host"),
 )
 

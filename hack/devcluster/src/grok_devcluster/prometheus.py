@@ -1,7 +1,9 @@
 """A real Prometheus server (built from the Go module proxy with the other tools: distributions' packages
-leave Kubernetes service discovery out) for the simulated cluster's tests and demo. Given the cluster's kubeconfig it discovers pods as it does on a cluster
-(`kubernetes_sd_configs`, role pod), keeping those with the `prometheus.io/scrape` annotation at their pod
-address and annotated port; it also scrapes the targets listed in a file, which can change while it runs."""
+leave Kubernetes service discovery out) for the simulated cluster's tests and demo.
+
+Given the cluster's kubeconfig it discovers pods as it does on a cluster (`kubernetes_sd_configs`, role pod),
+keeping those with the `prometheus.io/scrape` annotation, at their pod address and annotated port; it also
+scrapes the targets listed in a file, which can change while it runs."""
 
 from __future__ import annotations
 
