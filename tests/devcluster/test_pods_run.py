@@ -8,12 +8,9 @@ and liveness restarts use pods of their own, which cost no model load.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +21,8 @@ import pytest
 import yaml
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
+from kubernetes import client, watch
+from kubernetes import config as kube_config
 
 from grok_devcluster.cluster import DevCluster
 from grok_devcluster.prometheus import PrometheusServer
@@ -94,35 +93,29 @@ def namespace(devcluster: DevCluster) -> Iterator[str]:
 def served(devcluster: DevCluster, grok_operator: OperatorProcess, namespace: str,
            tiny_grok_checkpoint: Path) -> Served:
     bind_weights(devcluster, namespace, "weights", tiny_grok_checkpoint)
-    # Watch the pods before they exist, so that every status the runner writes is seen, in order.
-    watch = subprocess.Popen(
-        [str(devcluster.bin_dir / "kubectl"), "get", "pods", "-n", namespace, "-l", SELECTOR, "--watch",
-         "--output-watch-events", "-o", "json"],
-        stdout=subprocess.PIPE, text=True, env=devcluster.env())
+    # Watch the pods from before they exist (from the resourceVersion of a listing made before the apply), so
+    # that every status the runner writes is seen, in order.
+    api = client.CoreV1Api(kube_config.new_client_from_config(str(devcluster.kubeconfig)))
+    version = api.list_namespaced_pod(namespace, label_selector=SELECTOR).metadata.resource_version
     seen: list[bool] = []
 
     def follow() -> None:
-        assert watch.stdout is not None
-        buffer = ""
-        for line in watch.stdout:
-            buffer += line
-            try:
-                event = json.loads(buffer)
-            except json.JSONDecodeError:
-                continue
-            buffer = ""
-            status = event["object"].get("status") or {}
-            if status.get("containerStatuses"):
-                seen.append(ready(event["object"]))
+        stream = watch.Watch().stream(api.list_namespaced_pod, namespace, label_selector=SELECTOR,
+                                      resource_version=version, timeout_seconds=900)
+        for event in stream:
+            pod = event["raw_object"]
+            if (pod.get("status") or {}).get("containerStatuses"):
+                seen.append(ready(pod))
+                if seen[-1]:
+                    return
 
-    threading.Thread(target=follow, daemon=True).start()
-    try:
-        devcluster.apply([{**grokd(NAME, "weights"), "metadata": {"name": NAME, "namespace": namespace}}])
-        pod = wait_for(lambda: next((p for p in pods(devcluster, namespace, SELECTOR) if ready(p)), None),
-                       600, interval=1, message="the server pod to turn Ready")
-        time.sleep(1)  # let the watch deliver the Ready event it already has
-    finally:
-        watch.terminate()
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    devcluster.apply([{**grokd(NAME, "weights"), "metadata": {"name": NAME, "namespace": namespace}}])
+    pod = wait_for(lambda: next((p for p in pods(devcluster, namespace, SELECTOR) if ready(p)), None),
+                   600, interval=1, message="the server pod to turn Ready")
+    follower.join(timeout=120)
+    assert seen and seen[-1], f"the watch saw no Ready status: {seen}"
     return Served(namespace, pod, seen)
 
 
@@ -219,10 +212,11 @@ def test_a_bad_engine_argument_crash_loops_and_the_deployment_says_so(
     devcluster.apply([{**broken, "metadata": {"name": "broken", "namespace": namespace}}])
 
     def looping() -> dict | None:
+        # Restarted more than once (the first restart is immediate, the next ones back off), and waiting.
         for p in pods(devcluster, namespace, "serving.grok.dev/deployment=broken"):
             status = (p["status"].get("containerStatuses") or [{}])[0]
             waiting = status.get("state", {}).get("waiting", {})
-            if status.get("restartCount", 0) >= 1 and waiting.get("reason") == "CrashLoopBackOff":
+            if status.get("restartCount", 0) >= 2 and waiting.get("reason") == "CrashLoopBackOff":
                 return p
         return None
 
@@ -278,9 +272,15 @@ def test_a_hung_process_fails_liveness_and_is_restarted(devcluster: DevCluster, 
     again = wait_for(restarted, 120, interval=0.5, message="the liveness restart")
     assert container_pid(again) != pid
     assert not alive(pid)
-    events = devcluster.get_json("events", "-n", k8s_namespace, "--field-selector",
-                                 "involvedObject.name=hangs")
-    assert any(e["reason"] == "Unhealthy" and "liveness" in e["message"] for e in events["items"])
+    last = again["status"]["containerStatuses"][0]["lastState"]["terminated"]
+    assert last["exitCode"] == 128 + signal.SIGKILL  # a stopped process ignores SIGTERM: killed after grace
+
+    def unhealthy() -> bool:
+        events = devcluster.get_json("events", "-n", k8s_namespace, "--field-selector",
+                                     "involvedObject.name=hangs")["items"]
+        return any(e["reason"] == "Unhealthy" and "liveness" in e["message"] for e in events)
+
+    wait_for(unhealthy, 60, message="the Unhealthy event")
 
 
 def test_an_unknown_image_of_ours_waits_with_err_image_pull(
@@ -314,17 +314,21 @@ def test_binding_all_interfaces_is_refused(devcluster: DevCluster, k8s_namespace
 
 def test_down_leaves_no_process_behind(tmp_path: Path) -> None:
     cluster = DevCluster(run_pods=True)
+    pids: list[int] = []
     try:
         cluster.up(pools=(), cpu_nodes=1, volumes=0)
-        pod = plain_pod("sleeper", ["python", "-c", "import time; time.sleep(100000)"])
+        # A container with a child of its own: both must go.
+        pod = plain_pod("sleeper", ["sh", "-c", "sleep 100000 & exec sleep 100001"])
         pod["spec"]["nodeSelector"] = {}
         cluster.kubectl("apply", "-n", "default", "-f", "-", input=yaml.safe_dump(pod))
         running = wait_for(lambda: (p := cluster.get_json("pod", "sleeper", "-n", "default"))["status"].get(
             "containerStatuses") and "running" in p["status"]["containerStatuses"][0]["state"] and p, 120,
             message="the pod to run")
-        pid = container_pid(running)
-        assert alive(pid)
+        main = container_pid(running)
+        pids = wait_for(lambda: len(found := [main, *descendants(main)]) == 2 and found, 60,
+                        message="the container's two processes")
+        assert all(alive(p) for p in pids)
     finally:
         cluster.down()
-    assert not alive(pid)
+    assert pids and not any(alive(p) for p in pids)
     assert not cluster.workdir.exists()

@@ -56,6 +56,8 @@ class ClusterError(RuntimeError):
 
 
 _CONNECT_ATTEMPTS = 4
+# kubectl's errors for a request that never reached the API server (safe to send again, whatever the verb).
+_NEVER_REACHED = ("TLS handshake timeout", "connect: connection refused")
 
 
 def _running(pid: int) -> bool:
@@ -205,7 +207,7 @@ class DevCluster:
                 timeout=timeout,
                 check=False,
             )
-            if result.returncode == 0 or "Unable to connect to the server" not in result.stderr:
+            if result.returncode == 0 or not any(m in result.stderr for m in _NEVER_REACHED):
                 break
             time.sleep(2 * (attempt + 1))
         if check and result.returncode != 0:

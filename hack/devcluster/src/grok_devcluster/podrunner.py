@@ -87,12 +87,20 @@ def lower_priority(nice: int = POD_NICE) -> None:
     os.nice(nice)
 
 
+# Looked up once, here: in a forked child of this threaded process only async-signal-safe work may run.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_AUTOGROUP = Path("/proc/self/autogroup")
+
+
 def _prepare_child() -> None:
     """In the child before exec: SIGKILL when the runner's thread that started it dies (the runner crashed),
     so that no pod process outlives the runner; and the pods' lower priority."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    lower_priority()
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        fd = os.open(_AUTOGROUP, os.O_WRONLY)
+        os.write(fd, str(POD_NICE).encode())
+        os.close(fd)
+    os.nice(POD_NICE)
 
 
 class CriLog:
@@ -106,13 +114,14 @@ class CriLog:
 
     def pump(self, stream: IO[bytes], name: str) -> threading.Thread:
         def run() -> None:
-            for raw in iter(stream.readline, b""):
-                stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-                text = raw.decode(errors="replace").rstrip("\n")
-                with self._lock:
-                    self._file.write(f"{stamp} {name} F {text}\n")
-                    self._file.flush()
-            stream.close()
+            with stream:
+                for raw in iter(stream.readline, b""):
+                    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                    text = raw.decode(errors="replace").rstrip("\n")
+                    with self._lock:
+                        if not self._file.closed:
+                            self._file.write(f"{stamp} {name} F {text}\n")
+                            self._file.flush()
 
         t = threading.Thread(target=run, daemon=True, name=f"log-{self.path.name}-{name}")
         t.start()
@@ -123,11 +132,13 @@ class CriLog:
             self._file.close()
 
 
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a kubelet's probes use no proxy
+
+
 def run_probe(probe: Probe, env: dict[str, str]) -> bool:
     try:
         if probe.kind == "httpGet":
-            url = f"http://{probe.host}:{probe.port}{probe.path}"
-            with urllib.request.urlopen(url, timeout=probe.timeout) as r:
+            with _NO_PROXY.open(f"http://{probe.host}:{probe.port}{probe.path}", timeout=probe.timeout) as r:
                 return 200 <= r.status < 400
         if probe.kind == "tcpSocket":
             with socket.create_connection((probe.host, probe.port), timeout=probe.timeout):
@@ -136,7 +147,8 @@ def run_probe(probe: Probe, env: dict[str, str]) -> bool:
             import grpc
             from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-            with grpc.insecure_channel(f"{probe.host}:{probe.port}") as ch:
+            options = [("grpc.enable_http_proxy", 0)]
+            with grpc.insecure_channel(f"{probe.host}:{probe.port}", options=options) as ch:
                 resp = health_pb2_grpc.HealthStub(ch).Check(
                     health_pb2.HealthCheckRequest(service=probe.service), timeout=probe.timeout)
                 return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
@@ -152,26 +164,57 @@ def run_probe(probe: Probe, env: dict[str, str]) -> bool:
     return False
 
 
+def _exit_status(pid: int) -> int | None:
+    """The exit code of a child that has exited, without reaping it (so that its process group cannot be
+    reused while the runner still signals it); None while it runs. Killed by signal N: 128 + N."""
+    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    if info is None or info.si_pid == 0:
+        return None
+    return info.si_status if info.si_code == os.CLD_EXITED else 128 + info.si_status
+
+
+@dataclass
+class Run:
+    """One start of a container: its process, its log and the threads that watch it."""
+
+    proc: subprocess.Popen[bytes]
+    started_at: str
+    log: CriLog
+    pumps: list[threading.Thread]
+    stop: threading.Event = field(default_factory=threading.Event)  # ends its probes
+    exited: bool = False  # reaped: its pid (and process group) may be reused from then on
+    stopping: bool = False  # a stop (SIGTERM, grace, SIGKILL) is under way
+
+
 @dataclass
 class Container:
-    """One container of a pod: its spec, its current process (if any) and what the kubelet would report."""
+    """One container of a pod: its spec, its current run and what the kubelet would report. Fields are
+    changed under `lock` (the pod's thread and its probe threads share them)."""
 
     spec: dict[str, Any]
+    init: bool = False
     restart_count: int = 0
-    proc: subprocess.Popen[bytes] | None = None
-    started_at: str | None = None
+    run: Run | None = None
     state: dict[str, Any] = field(default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}})
     last_state: dict[str, Any] = field(default_factory=dict)
-    restart_at: float | None = None
+    next_start: float | None = 0.0  # monotonic time of the next start attempt; None: never again
+    start_errors: int = 0
     ready: bool = False
     started: bool = False
-    probes_stop: threading.Event = field(default_factory=threading.Event)
-    kill_reason: str | None = None
-    log: CriLog | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def name(self) -> str:
         return str(self.spec["name"])
+
+    @property
+    def finished(self) -> bool:
+        """Terminated for good (restartPolicy says no more starts)."""
+        return self.next_start is None and "terminated" in self.state
+
+    @property
+    def succeeded(self) -> bool:
+        return self.finished and self.state["terminated"]["exitCode"] == 0
 
     def status(self) -> dict[str, Any]:
         out = {
@@ -183,15 +226,15 @@ class Container:
             "restartCount": self.restart_count,
             "state": self.state,
         }
-        if self.proc is not None:
-            out["containerID"] = f"grok-runner://{self.proc.pid}"
+        if self.run is not None:
+            out["containerID"] = f"grok-runner://{self.run.proc.pid}"
         if self.last_state:
             out["lastState"] = self.last_state
         return out
 
 
 class PodWorker(threading.Thread):
-    """Runs one pod from its first sight to its release."""
+    """Runs one pod from its first sight to its release (deletion), or to its end (a Job's pod)."""
 
     def __init__(self, runner: Runner, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
@@ -203,15 +246,19 @@ class PodWorker(threading.Thread):
         self.dir = runner.state / "pods" / f"{self.namespace}_{self.pod_name}_{self.uid[:8]}"
         spec = pod["spec"]
         self.policy = spec.get("restartPolicy", "Always")
+        self.init_containers = [Container(c, init=True) for c in spec.get("initContainers") or []]
         self.containers = [Container(c) for c in spec.get("containers") or []]
-        self.init_containers = [Container(c) for c in spec.get("initContainers") or []]
         self.ip = ""
         self.start_time = now_rfc3339()
         self._conditions: dict[str, dict[str, Any]] = {}
         self._last_status: dict[str, Any] | None = None
         self._lock = threading.Lock()
         self._gone = threading.Event()
-        self.deleting = False
+        self.deleting = False  # the pod has a deletion timestamp: not Ready, then stopped and released
+
+    @property
+    def all_containers(self) -> list[Container]:
+        return [*self.init_containers, *self.containers]
 
     # -- from the watch ---------------------------------------------------------------------------------
 
@@ -220,7 +267,7 @@ class PodWorker(threading.Thread):
             self.pod = pod
 
     def gone(self) -> None:
-        """The pod object is deleted (e.g. force-deleted): stop its processes now."""
+        """The pod object is deleted (force-deleted, or the runner stops): stop its processes now."""
         self._gone.set()
 
     # -- the pod's life ---------------------------------------------------------------------------------
@@ -231,28 +278,24 @@ class PodWorker(threading.Thread):
             self.dir.mkdir(parents=True, exist_ok=True)
             self._publish()
             self.runner.create_debug_objects(self.pod, self.ip, self._log_paths())
-            if self._run_init_containers():
-                for c in self.containers:
-                    self._start(c)
             while not self._gone.is_set():
                 if self._deletion_requested():
-                    self._terminate_all(self._grace_seconds())
-                    self._publish()
+                    self.deleting = True
                     break
-                for c in self.containers:
-                    self._check(c)
+                if not self._step():
+                    break  # every container has terminated for good (a Job's pod)
                 self._publish()
                 time.sleep(TICK)
-        except Exception:
+        except Exception:  # a bug of the runner's: the pod keeps its object, with what was last published
             log.exception("pod %s/%s: runner error", self.namespace, self.pod_name)
         finally:
-            self._terminate_all(0 if self._gone.is_set() else self._grace_seconds())
-            for c in [*self.init_containers, *self.containers]:
-                if c.log is not None:
-                    c.log.close()
+            self._terminate_all(self._grace_seconds() if self.deleting and not self._gone.is_set() else 0)
+            if not self._gone.is_set():
+                with contextlib.suppress(Exception):
+                    self._publish()
             if self.ip:
                 self.runner.addresses.give_back(self.ip)
-            self.runner.release(self)
+            self.runner.release(self, delete=self.deleting and not self._gone.is_set())
 
     def _deletion_requested(self) -> bool:
         with self._lock:
@@ -274,43 +317,83 @@ class PodWorker(threading.Thread):
 
     def _log_paths(self) -> dict[str, tuple[Path, Path]]:
         return {c.name: (self.dir / f"{c.name}.log", self.dir / f"{c.name}.previous.log")
-                for c in [*self.init_containers, *self.containers]}
+                for c in self.all_containers}
 
     # -- containers -------------------------------------------------------------------------------------
 
-    def _run_init_containers(self) -> bool:
-        """Init containers in order, each to success (restarted on failure unless restartPolicy is Never);
-        False if the pod cannot go on (failed, or deleted meanwhile)."""
+    def _step(self) -> bool:
+        """One look at every container: exits recorded, (re)starts due made. Init containers first, one
+        at a time, each to success. False once nothing will run any more."""
         for c in self.init_containers:
-            while True:
-                if not self._start(c):
-                    return False
-                while c.proc is not None and c.proc.poll() is None:
-                    if self._gone.is_set() or self._deletion_requested():
-                        return False
-                    self._publish()
-                    time.sleep(TICK)
-                code = self._record_exit(c)
-                if code == 0:
-                    break
-                if self.policy == "Never":
-                    return False
-                c.restart_at = time.monotonic() + podspec.restart_backoff(c.restart_count)
-                while time.monotonic() < c.restart_at:
-                    if self._gone.is_set() or self._deletion_requested():
-                        return False
-                    time.sleep(TICK)
-                c.restart_count += 1
-        return True
+            if c.succeeded:
+                continue
+            self._drive(c)
+            return not c.finished  # failed for good (restartPolicy Never): the pod has failed
+        for c in self.containers:
+            self._drive(c)
+        return not all(c.finished for c in self.containers)
 
-    def _start(self, c: Container) -> bool:
+    def _drive(self, c: Container) -> None:
+        with c.lock:
+            run = c.run
+            if run is not None and not run.exited:
+                code = _exit_status(run.proc.pid)
+                if code is None:
+                    return
+                self._record_exit(c, run, code)
+            if c.next_start is None or time.monotonic() < c.next_start:
+                return
+            if run is not None and run.exited:
+                c.restart_count += 1
+            self._start(c)
+
+    def _record_exit(self, c: Container, run: Run, code: int) -> None:
+        """The container's main process has exited: the rest of the container goes with it, as when a
+        runtime tears a container down; the restart policy decides what comes next. Called under c.lock."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(run.proc.pid, signal.SIGKILL)  # the group still exists: its leader is not reaped yet
+        run.proc.wait()
+        run.exited = True
+        run.stop.set()
+        self.runner.untrack(run.proc.pid)
+        for t in run.pumps:  # the pipes close with the last process of the group
+            t.join(timeout=10)
+        run.log.close()
+        c.ready = False
+        terminated = {"exitCode": code, "reason": podspec.exit_reason(code), "startedAt": run.started_at,
+                      "finishedAt": now_rfc3339(), "containerID": f"grok-runner://{run.proc.pid}"}
+        if c.init:  # an init container runs to success: restarted on failure unless the policy is Never
+            restart = code != 0 and self.policy != "Never"
+        else:
+            restart = podspec.should_restart(self.policy, code)
+        if not restart or self.deleting:
+            c.state, c.next_start = {"terminated": terminated}, None
+            return
+        delay = podspec.restart_backoff(c.restart_count)
+        c.last_state = {"terminated": terminated}
+        c.next_start = time.monotonic() + delay
+        c.state = ({"waiting": {"reason": "CrashLoopBackOff", "message": (
+            f"back-off {delay:.0f}s restarting failed container={c.name} pod={self.pod_name}")}}
+            if delay > 0 else {"terminated": terminated})
+
+    def _cannot_start(self, c: Container, reason: str, message: str) -> None:
+        """A container that cannot be started yet (its image, its config): waiting, retried with back-off,
+        as the kubelet retries on every sync (a Secret may be created later)."""
+        c.start_errors += 1
+        if reason == "ErrImagePull" and c.start_errors > 1:
+            reason = "ImagePullBackOff"
+        c.state = {"waiting": {"reason": reason, "message": message}}
+        c.next_start = time.monotonic() + podspec.restart_backoff(c.start_errors)
+
+    def _start(self, c: Container) -> None:
+        """Starts the container (called under c.lock)."""
         image_ref = str(c.spec.get("image", ""))
         image = images.resolve(image_ref)
         if image is None:
-            c.state = {"waiting": {"reason": "ErrImagePull", "message": (
+            self._cannot_start(c, "ErrImagePull", (
                 f"image {image_ref!r} is not one the simulated cluster can run: its pod runner maps only "
-                f"{', '.join(p for p, _ in images.TABLE)} to local environments")}}
-            return False
+                f"{', '.join(p for p, _ in images.TABLE)} to local environments"))
+            return
         try:
             mounts = self.runner.volume_mounts(self.pod, c.spec, self.dir)
             base = {"PATH": f"{image.bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
@@ -321,155 +404,152 @@ class PodWorker(threading.Thread):
             problem = podspec.listen_address_error(argv, image, self.ip)
             if problem:
                 raise SpecError(problem)
+            probes = [podspec.parse_probe(c.spec.get(k), c.spec, self.ip)
+                      for k in ("startupProbe", "readinessProbe", "livenessProbe")]
             workdir = podspec.rewrite_paths(c.spec.get("workingDir") or str(self.dir / "home"), mounts)
-        except SpecError as e:
-            c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
-            return False
-        Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
-        Path(workdir).mkdir(parents=True, exist_ok=True)
+            Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
+            Path(workdir).mkdir(parents=True, exist_ok=True)
+        except (SpecError, OSError, KeyError) as e:
+            self._cannot_start(c, "CreateContainerConfigError", str(e))
+            return
         current, previous = self._log_paths()[c.name]
-        if c.log is not None:
-            c.log.close()
-            current.replace(previous)
-        c.log = CriLog(current)
+        if current.exists():
+            current.replace(previous)  # `kubectl logs --previous`: the run before this one
+        log_file = CriLog(current)
         executable = shutil.which(argv[0], path=env["PATH"]) or argv[0]
         try:
-            c.proc = subprocess.Popen([executable, *argv[1:]], env=env, cwd=workdir, stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                                      preexec_fn=_prepare_child)  # noqa: PLW1509
+            proc = subprocess.Popen([executable, *argv[1:]], env=env, cwd=workdir, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                                    preexec_fn=_prepare_child)  # noqa: PLW1509
         except OSError as e:
-            c.state = {"terminated": {"exitCode": 128, "reason": "StartError", "message": str(e),
-                                      "startedAt": now_rfc3339(), "finishedAt": now_rfc3339()}}
-            c.restart_at = time.monotonic() + podspec.restart_backoff(c.restart_count)
-            return False
-        self.runner.track(c.proc.pid)
-        assert c.proc.stdout is not None and c.proc.stderr is not None
-        c.log.pump(c.proc.stdout, "stdout")
-        c.log.pump(c.proc.stderr, "stderr")
-        c.started_at = now_rfc3339()
-        c.state = {"running": {"startedAt": c.started_at}}
-        c.ready = False
-        c.kill_reason = None
-        c.probes_stop = threading.Event()
-        self._start_probes(c, env)
+            log_file.close()
+            self._cannot_start(c, "RunContainerError", f"cannot start {argv[0]!r}: {e}")
+            return
+        self.runner.track(proc.pid)
+        assert proc.stdout is not None and proc.stderr is not None
+        run = Run(proc, now_rfc3339(), log_file, [log_file.pump(proc.stdout, "stdout"),
+                                                   log_file.pump(proc.stderr, "stderr")])
+        c.run, c.start_errors = run, 0
+        c.state = {"running": {"startedAt": run.started_at}}
+        c.ready, c.started = False, False
+        self._start_probes(c, run, env, *probes)
         log.info("pod %s/%s: container %s started (pid %d): %s", self.namespace, self.pod_name, c.name,
-                 c.proc.pid, " ".join(argv))
-        return True
+                 proc.pid, " ".join(argv))
 
-    def _start_probes(self, c: Container, env: dict[str, str]) -> None:
-        spec = c.spec
-        startup = podspec.parse_probe(spec.get("startupProbe"), spec, self.ip)
-        readiness = podspec.parse_probe(spec.get("readinessProbe"), spec, self.ip)
-        liveness = podspec.parse_probe(spec.get("livenessProbe"), spec, self.ip)
-        stop = c.probes_stop
-        c.started = startup is None
-        if readiness is None:
-            c.ready = c.started
+    def _start_probes(self, c: Container, run: Run, env: dict[str, str], startup: Probe | None,
+                      readiness: Probe | None, liveness: Probe | None) -> None:
+        """The kubelet's prober for one run: the startup probe first (the others wait for it; past its
+        failure threshold the container is stopped and restarted), then readiness and liveness."""
+
+        def current() -> bool:  # still this run's to judge (not exited, not replaced, not being stopped)
+            return c.run is run and not run.exited and not run.stop.is_set()
 
         def loop() -> None:
-            # The startup probe first (the others wait for it, as on a node); past its failure threshold
-            # the container is killed and restarted.
             if startup is not None:
-                if stop.wait(startup.initial_delay):
+                if run.stop.wait(startup.initial_delay):
                     return
                 failures = 0
                 while not run_probe(startup, env):
                     failures += 1
                     if failures >= startup.failure_threshold:
-                        self._kill(c, "startup probe failed")
+                        self._kill(c, run, "startup probe failed")
                         return
-                    if stop.wait(startup.period):
+                    if run.stop.wait(startup.period):
                         return
+            with c.lock:
+                if not current():
+                    return
                 c.started = True
-            if readiness is None:
-                c.ready = True
+                if readiness is None:
+                    c.ready = not self.deleting
             for probe, on_result in ((readiness, self._on_readiness), (liveness, self._on_liveness)):
-                if probe is not None and not stop.is_set():
-                    threading.Thread(target=self._probe_loop, args=(c, probe, env, on_result),
+                if probe is not None:
+                    threading.Thread(target=self._probe_loop, args=(c, run, probe, env, on_result),
                                      daemon=True).start()
 
         threading.Thread(target=loop, daemon=True, name=f"probes-{self.pod_name}-{c.name}").start()
 
-    def _probe_loop(self, c: Container, probe: Probe, env: dict[str, str], on_result: Any) -> None:
-        stop = c.probes_stop
-        state = ProbeState(probe, initially=on_result is self._on_liveness)
-        if stop.wait(probe.initial_delay):
+    def _probe_loop(self, c: Container, run: Run, probe: Probe, env: dict[str, str], on_result: Any) -> None:
+        state = ProbeState(probe, initially=on_result == self._on_liveness)
+        if run.stop.wait(probe.initial_delay):
             return
-        while not stop.is_set():
+        while not run.stop.is_set():
             ok = state.record(run_probe(probe, env))
-            if stop.is_set():
-                return
-            on_result(c, ok)
-            if stop.wait(probe.period):
+            on_result(c, run, ok)
+            if run.stop.wait(probe.period):
                 return
 
-    def _on_readiness(self, c: Container, ok: bool) -> None:
-        c.ready = ok and not self.deleting
+    def _on_readiness(self, c: Container, run: Run, ok: bool) -> None:
+        with c.lock:
+            if c.run is run and not run.exited and not run.stop.is_set():
+                c.ready = ok and not self.deleting
 
-    def _on_liveness(self, c: Container, ok: bool) -> None:
+    def _on_liveness(self, c: Container, run: Run, ok: bool) -> None:
         if not ok:
-            self._kill(c, "liveness probe failed")
+            self._kill(c, run, "liveness probe failed")
 
-    def _kill(self, c: Container, why: str) -> None:
-        """The kubelet's answer to a failed liveness/startup probe: stop the container (SIGTERM, the pod's
-        grace period, SIGKILL) and let the restart policy bring it back."""
-        proc = c.proc
-        if proc is None or proc.poll() is not None or c.kill_reason:
-            return
-        c.kill_reason = why
-        c.ready = False
-        c.probes_stop.set()
+    def _kill(self, c: Container, run: Run, why: str) -> None:
+        """The kubelet's answer to a failed liveness or startup probe: stop the container (SIGTERM, the
+        pod's grace period, SIGKILL); its exit is then recorded and the restart policy applies."""
+        with c.lock:
+            if c.run is not run or run.exited or run.stopping:
+                return
+            run.stopping = True
+            run.stop.set()
+            c.ready = False
         log.info("pod %s/%s: container %s: %s, restarting it", self.namespace, self.pod_name, c.name, why)
         self.runner.events.append((self.pod, "Warning", "Unhealthy", f"Container {c.name} {why}"))
-        threading.Thread(target=_stop_group, args=(proc, self._grace_seconds()), daemon=True).start()
+        threading.Thread(target=self._stop_run, args=(c, run, self._grace_seconds()), daemon=True).start()
 
-    def _record_exit(self, c: Container) -> int:
-        assert c.proc is not None
-        code = c.proc.wait()
-        c.probes_stop.set()
-        c.ready = False
-        code = 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a runtime reports
-        if code > 128 and c.proc.returncode < 0:
-            code = 128 + (-c.proc.returncode)
-        self.runner.untrack(c.proc.pid)
-        terminated = {"exitCode": code, "reason": podspec.exit_reason(code), "startedAt": c.started_at,
-                      "finishedAt": now_rfc3339()}
-        c.state = {"terminated": terminated}
-        return code
-
-    def _check(self, c: Container) -> None:
-        if c.proc is not None and c.proc.poll() is not None and "terminated" not in c.state:
-            code = self._record_exit(c)
-            if podspec.should_restart(self.policy, code):
-                c.restart_at = time.monotonic() + podspec.restart_backoff(c.restart_count)
-        if c.restart_at is not None:
-            wait = c.restart_at - time.monotonic()
-            if wait > 0:
-                if "terminated" in c.state:
-                    c.last_state = {"terminated": c.state["terminated"]}
-                    c.state = {"waiting": {"reason": "CrashLoopBackOff", "message": (
-                        f"back-off {podspec.restart_backoff(c.restart_count):.0f}s restarting failed "
-                        f"container={c.name} pod={self.pod_name}")}}
+    @staticmethod
+    def _stop_run(c: Container, run: Run, grace: float) -> None:
+        """As a runtime stops a container: SIGTERM to its main process only (it shuts its children down
+        itself, as a server drains its engine), up to `grace` seconds, then SIGKILL to the whole container
+        (its process group). Never signals a run already reaped (its pid could belong to another)."""
+        with c.lock:
+            if run.exited:
                 return
-            c.restart_at = None
-            c.restart_count += 1
-            self._start(c)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(run.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            with c.lock:
+                if run.exited or _exit_status(run.proc.pid) is not None:
+                    return
+            time.sleep(0.05)
+        with c.lock:
+            if not run.exited:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(run.proc.pid, signal.SIGKILL)
 
     def _terminate_all(self, grace: float) -> None:
-        self.deleting = True
-        for c in [*self.init_containers, *self.containers]:
-            c.ready = False
-            c.probes_stop.set()
-        self._publish()
-        procs = [c.proc for c in [*self.init_containers, *self.containers] if c.proc is not None]
-        stoppers = [threading.Thread(target=_stop_group, args=(p, grace)) for p in procs]
-        for t in stoppers:
+        """Every container stopped (in parallel, each with the grace period), then its exit recorded."""
+        with self._lock:
+            self.deleting = self.deleting or self._gone.is_set()
+        stoppers = []
+        for c in self.all_containers:
+            with c.lock:
+                c.ready = False
+                run = c.run
+                if run is None or run.exited:
+                    continue
+                run.stop.set()
+                run.stopping = True
+            t = threading.Thread(target=self._stop_run, args=(c, run, grace))
             t.start()
+            stoppers.append(t)
+        self._publish_quietly()
         for t in stoppers:
             t.join()
-        for c in [*self.init_containers, *self.containers]:
-            if c.proc is not None and "terminated" not in c.state:
-                self._record_exit(c)
+        for c in self.all_containers:
+            with c.lock:
+                if c.run is not None and not c.run.exited:
+                    code = _exit_status(c.run.proc.pid)
+                    while code is None:  # SIGKILLed a moment ago: it goes at once
+                        time.sleep(0.05)
+                        code = _exit_status(c.run.proc.pid)
+                    self._record_exit(c, c.run, code)
+                c.next_start = None
 
     # -- status ---------------------------------------------------------------------------------------
 
@@ -480,13 +560,22 @@ class PodWorker(threading.Thread):
         self._conditions[kind] = podspec.condition(kind, status, now_rfc3339(), reason)
         return self._conditions[kind]
 
+    def _publish_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            self._publish()
+
     def _publish(self) -> None:
         """Writes the pod's status when it changed (a status subresource patch, like a kubelet's)."""
-        containers = [c.status() for c in self.containers]
-        init_done = all("terminated" in c.state and c.state["terminated"]["exitCode"] == 0
-                        for c in self.init_containers)
-        all_ready = bool(self.containers) and all(c.ready for c in self.containers) and not self.deleting
-        started = init_done and all(c.proc is not None for c in self.containers)
+        with contextlib.ExitStack() as locks:
+            for c in self.all_containers:
+                locks.enter_context(c.lock)
+            containers = [c.status() for c in self.containers]
+            inits = [c.status() for c in self.init_containers]
+            init_done = all(c.succeeded for c in self.init_containers)
+            init_failed = any(c.finished and not c.succeeded for c in self.init_containers)
+            all_ready = (bool(self.containers) and all(c.ready for c in self.containers)
+                         and not self.deleting)
+            started = init_done and all(c.run is not None for c in self.containers)
         conditions = [
             self._condition("PodReadyToStartContainers", True),
             self._condition("Initialized", init_done, "ContainersNotInitialized"),
@@ -494,7 +583,7 @@ class PodWorker(threading.Thread):
             self._condition("Ready", all_ready, "ContainersNotReady"),
         ]
         status: dict[str, Any] = {
-            "phase": podspec.pod_phase(containers, self.policy, started),
+            "phase": "Failed" if init_failed else podspec.pod_phase(containers, self.policy, started),
             "conditions": conditions,
             "containerStatuses": containers,
             "hostIP": HOST_IP,
@@ -503,25 +592,12 @@ class PodWorker(threading.Thread):
             "podIPs": [{"ip": self.ip}],
             "startTime": self.start_time,
         }
-        if self.init_containers:
-            status["initContainerStatuses"] = [c.status() for c in self.init_containers]
+        if inits:
+            status["initContainerStatuses"] = inits
         if status == self._last_status:
             return
         if self.runner.patch_status(self.namespace, self.pod_name, self.uid, status):
             self._last_status = status
-
-
-def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """As a container runtime stops a container: SIGTERM to its main process only (it shuts its children
-    down itself, as a server drains its engine), `grace` seconds, then SIGKILL to everything left in the
-    container (its process group)."""
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=grace)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
 
 
 class Runner:
@@ -532,6 +608,7 @@ class Runner:
         self.state = state
         self.addresses = AddressPool()
         self.workers: dict[str, PodWorker] = {}
+        self.finished: set[str] = set()  # pods whose worker has ended: never started again
         self.events: list[tuple[dict[str, Any], str, str, str]] = []
         self._lock = threading.Lock()
         self.stopping = threading.Event()
@@ -548,6 +625,7 @@ class Runner:
     # -- API helpers ------------------------------------------------------------------------------------
 
     def patch_status(self, namespace: str, name: str, uid: str, status: dict[str, Any]) -> bool:
+        """False when it did not go through (written again at the pod's next change or tick)."""
         body = {"metadata": {"uid": uid}, "status": status}
         try:
             self.api.patch_namespaced_pod_status(
@@ -556,7 +634,9 @@ class Runner:
         except ApiException as e:
             if e.status not in (404, 409, 422):
                 log.warning("status of %s/%s: %s", namespace, name, e.reason)
-            return False
+        except Exception as e:  # the API server busy or unreachable for a moment
+            log.warning("status of %s/%s: %s: %s", namespace, name, type(e).__name__, e)
+        return False
 
     def lookup(self, kind: str, namespace: str, name: str) -> dict[str, str]:
         import base64
@@ -682,16 +762,21 @@ class Runner:
                 if e.status != 409:
                     log.warning("%s for %s/%s: %s", body["kind"], meta["namespace"], meta["name"], e.reason)
 
-    def release(self, worker: PodWorker) -> None:
-        """The pod's processes are gone: let the API server remove it (as a kubelet does once it is done)."""
+    def release(self, worker: PodWorker, delete: bool) -> None:
+        """The pod's processes are gone. When it was being deleted, let the API server remove it, as a
+        kubelet does once a pod is stopped (KWOK does not: it leaves the runner's pods alone)."""
         with self._lock:
             self.workers.pop(worker.uid, None)
-        if worker.deleting and not self.stopping.is_set():
-            with contextlib.suppress(ApiException):
-                self.api.delete_namespaced_pod(
-                    worker.pod_name, worker.namespace, grace_period_seconds=0,
-                    body=client.V1DeleteOptions(grace_period_seconds=0,
-                                                preconditions=client.V1Preconditions(uid=worker.uid)))
+            self.finished.add(worker.uid)
+        if delete and not self.stopping.is_set():
+            self._remove(worker.namespace, worker.pod_name, worker.uid)
+
+    def _remove(self, namespace: str, name: str, uid: str) -> None:
+        with contextlib.suppress(Exception):
+            self.api.delete_namespaced_pod(
+                name, namespace, grace_period_seconds=0,
+                body=client.V1DeleteOptions(grace_period_seconds=0,
+                                            preconditions=client.V1Preconditions(uid=uid)))
 
     # -- the watch --------------------------------------------------------------------------------------
 
@@ -704,9 +789,13 @@ class Runner:
         return any(images.owned(str(c.get("image", ""))) for c in containers)
 
     def _on_event(self, kind: str, pod: dict[str, Any]) -> None:
-        uid = pod["metadata"]["uid"]
+        if self.stopping.is_set():
+            return
+        meta = pod["metadata"]
+        uid = meta["uid"]
         with self._lock:
             worker = self.workers.get(uid)
+            finished = uid in self.finished
         if kind == "DELETED":
             if worker is not None:
                 worker.gone()
@@ -716,9 +805,13 @@ class Runner:
         if worker is not None:
             worker.update(pod)
             return
-        phase = (pod.get("status") or {}).get("phase")
-        if phase in ("Succeeded", "Failed"):
-            return  # finished before this runner started (or released): nothing to run
+        if meta.get("deletionTimestamp"):
+            # Nothing of it runs (any more): release it at once. Stale events of a pod already released
+            # land here too, and must not start it again.
+            self._remove(meta["namespace"], meta["name"], uid)
+            return
+        if finished or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            return  # it has run here to its end (a Job's pod), or before this runner started
         worker = PodWorker(self, pod)
         with self._lock:
             self.workers[uid] = worker
@@ -735,7 +828,7 @@ class Runner:
                                                          namespace=meta["namespace"], uid=meta["uid"]),
                 type=kind, reason=reason, message=message, source=client.V1EventSource(component="kubelet"),
                 first_timestamp=datetime.datetime.now(datetime.UTC), count=1)
-            with contextlib.suppress(ApiException):
+            with contextlib.suppress(Exception):  # an Event is best effort, as a kubelet's
                 self.api.create_namespaced_event(meta["namespace"], body)
 
     def watch_pods(self, ready_file: Path) -> None:
@@ -747,6 +840,11 @@ class Runner:
                     import json
 
                     body = json.loads(listing.data)
+                    listed = {pod["metadata"]["uid"] for pod in body["items"]}
+                    with self._lock:
+                        vanished = [w for uid, w in self.workers.items() if uid not in listed]
+                    for w in vanished:  # deleted while the watch was broken
+                        w.gone()
                     for pod in body["items"]:
                         self._on_event("ADDED", pod)
                     resource_version = body["metadata"]["resourceVersion"]

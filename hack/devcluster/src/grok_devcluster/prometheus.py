@@ -93,12 +93,17 @@ class PrometheusServer:
                 return
             except OSError:
                 time.sleep(0.2)
-        raise RuntimeError("Prometheus did not become ready")
+        self.stop()
+        raise RuntimeError(f"Prometheus did not become ready; see {self.workdir / 'prometheus.log'}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(30)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
 
     def scrape(self, *targets: tuple[str, dict[str, str]]) -> None:
         """Replaces the scraped targets: (host:port, labels)."""
