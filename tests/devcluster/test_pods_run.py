@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -332,3 +334,34 @@ def test_down_leaves_no_process_behind(tmp_path: Path) -> None:
         cluster.down()
     assert pids and not any(alive(p) for p in pids)
     assert not cluster.workdir.exists()
+
+
+def test_kubectl_port_forward_reaches_the_pod(devcluster: DevCluster, k8s_namespace: str) -> None:
+    pod = plain_pod("web", ["python", "-m", "http.server", "--bind", "$(POD_IP)", "8080"],
+                    ports=[{"containerPort": 8080}],
+                    readinessProbe={"tcpSocket": {"port": 8080}, "periodSeconds": 1})
+    devcluster.kubectl("apply", "-n", k8s_namespace, "-f", "-", input=yaml.safe_dump(pod))
+    wait_for(lambda: ready(devcluster.get_json("pod", "web", "-n", k8s_namespace)), 120,
+             message="the pod to turn Ready")
+
+    def through_port_forward() -> bytes | None:
+        """One `kubectl port-forward` and one request through it. KWOK serves the forward once it has seen
+        the runner's PortForward object for the pod, a moment after the pod is created: until then kubectl
+        exits ("lost connection to pod") and the caller tries again."""
+        forward = subprocess.Popen(
+            [str(devcluster.bin_dir / "kubectl"), "port-forward", "-n", k8s_namespace, "pod/web", ":8080"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=devcluster.env())
+        try:
+            assert forward.stdout is not None
+            line = forward.stdout.readline()  # "Forwarding from 127.0.0.1:PORT -> 8080"
+            if "->" not in line:
+                return None
+            port = int(line.split("->")[0].rsplit(":", 1)[1])
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as answer:
+                return bytes(answer.read())
+        finally:
+            forward.terminate()
+            forward.wait(30)
+
+    body = wait_for(through_port_forward, 120, interval=1, message="an answer through kubectl port-forward")
+    assert b"Directory listing" in body
