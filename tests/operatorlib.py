@@ -180,12 +180,16 @@ def ready(pod: dict) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or [])
 
 
-def bind_weights(cluster: DevCluster, ns: str, claim: str, checkpoint: Path) -> None:
-    """A claim bound to one of the cluster's static volumes, with the tiny checkpoint in its folder."""
+def bind_weights(
+    cluster: DevCluster, ns: str, claim: str, checkpoint: Path, spec: dict | None = None
+) -> None:
+    """A claim (of `spec`, or a small read-only one) bound to one of the cluster's static volumes, with the
+    checkpoint in its folder under tiny/."""
+    spec = spec or {"accessModes": ["ReadOnlyMany"], "storageClassName": "",
+                    "resources": {"requests": {"storage": "1Gi"}}}
     cluster.apply([{
         "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim, "namespace": ns},
-        "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "",
-                 "resources": {"requests": {"storage": "1Gi"}}},
+        "spec": spec,
     }])
     volume = wait_for(lambda: cluster.get_json("pvc", claim, "-n", ns)["spec"].get("volumeName"), 60,
                       message="the claim to bind")

@@ -8,14 +8,17 @@ import copy
 import re
 from pathlib import Path
 
+import grpc
 import pytest
 import yaml
+from grok.serving.v1 import generation_pb2 as pb
+from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
 from grok_devcluster import DevCluster
 from grok_operator.planner import plan
 from grok_operator.resource import GrokDeploymentSpec
 from tests.chart.conftest import CRD_NAME, CRDS, EXAMPLES
-from tests.operatorlib import wait_for
+from tests.operatorlib import bind_weights, wait_for
 
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.yaml"))
 GROKD = ("serving.grok.dev/v1alpha1", "GrokDeployment")
@@ -182,14 +185,22 @@ def ready(cluster: DevCluster, ns: str, name: str) -> dict | None:
 
 
 @pytest.mark.cluster
-def test_operator_with_the_charts_rbac_serves_the_tiny_example(devcluster, k8s_namespace, grok_operator):
+def test_operator_with_the_charts_rbac_serves_the_tiny_example(
+    devcluster, k8s_namespace, grok_operator, tiny_grok_checkpoint
+):
     """The operator process, authenticated as the chart's ServiceAccount with exactly the chart's RBAC
-    (the `grok_operator` fixture), reconciles the demo's GrokDeployment, applied as the file is, to Ready."""
+    (the `grok_operator` fixture), reconciles the demo's GrokDeployment, applied as the file is, to Ready:
+    its pod runs a real grok-server (the pod runner) on the tiny checkpoint the example's claim holds."""
     ns = k8s_namespace
-    applied = devcluster.kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "grok-1-tiny-cpu.yaml"), check=False)
+    example = EXAMPLES / "grok-1-tiny-cpu.yaml"
+    claim = next(d for d in yaml.safe_load_all(example.read_text()) if d["kind"] == "PersistentVolumeClaim")
+    # What the example's comment asks: the checkpoint in the bound volume's folder, under tiny/.
+    bind_weights(devcluster, ns, claim["metadata"]["name"], tiny_grok_checkpoint, claim["spec"])
+    applied = devcluster.kubectl("apply", "-n", ns, "-f", str(example), check=False)
     assert applied.returncode == 0, applied.stderr
 
-    body = wait_for(lambda: ready(devcluster, ns, "grok-1-tiny"), timeout=120, message="grok-1-tiny Ready")
+    body = wait_for(lambda: ready(devcluster, ns, "grok-1-tiny"), timeout=600, interval=1,
+                    message="grok-1-tiny Ready")
     status = body["status"]
     assert status["plan"]["tensorParallelSize"] == 1
     assert status["readyReplicas"] == 1
@@ -203,6 +214,9 @@ def test_operator_with_the_charts_rbac_serves_the_tiny_example(devcluster, k8s_n
     assert args[args.index("--max-model-len") + 1] == "1024"
     printed = devcluster.kubectl("get", "grokd", "grok-1-tiny", "-n", ns).stdout.splitlines()[1].split()
     assert printed[:6] == ["grok-1-tiny", "1", "1", "1", "pvc://grok-1-tiny-weights/tiny", "Ready"]
+    with grpc.insecure_channel(f"{pod['status']['podIP']}:50051") as channel:
+        info = pb_grpc.GenerationServiceStub(channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=60)
+    assert (info.model, info.max_model_len) == ("grok-1-tiny", 1024)
 
 
 def test_every_quantization_the_crd_offers_is_one_vllm_accepts():
