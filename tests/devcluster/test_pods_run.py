@@ -365,3 +365,30 @@ def test_kubectl_port_forward_reaches_the_pod(devcluster: DevCluster, k8s_namesp
 
     body = wait_for(through_port_forward, 120, interval=1, message="an answer through kubectl port-forward")
     assert b"Directory listing" in body
+
+
+def test_logs_follow_a_pod_recreated_under_the_same_name(
+    devcluster: DevCluster, k8s_namespace: str, tmp_path: Path
+) -> None:
+    """A pod of the same name as an earlier one (a StatefulSet's, a LeaderWorkerSet's) shows its own logs,
+    even when the earlier pod's Logs object is still there (garbage collection has not caught up): here one
+    owned by something else, pointing at another file, is waiting for it."""
+    ns = k8s_namespace
+    devcluster.kubectl("create", "configmap", "holder", "-n", ns)
+    holder = devcluster.get_json("configmap", "holder", "-n", ns)["metadata"]["uid"]
+    stale = tmp_path / "stale.log"
+    stale.write_text("2026-01-01T00:00:00.000000000Z stdout F stale\n")
+    devcluster.apply([{
+        "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Logs",
+        "metadata": {"name": "again", "namespace": ns, "ownerReferences": [
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "holder", "uid": holder}]},
+        "spec": {"logs": [{"containers": ["main"], "logsFile": str(stale)}]},
+    }])
+    pod = plain_pod("again", ["sh", "-c", "echo fresh; exec sleep 100000"])
+    devcluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(pod))
+
+    def logged() -> str:
+        result = devcluster.kubectl("logs", "again", "-n", ns, check=False)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    wait_for(lambda: logged() == "fresh", 120, interval=1, message="the pod's own logs")

@@ -759,8 +759,23 @@ class Runner:
             try:
                 self.custom.create_namespaced_custom_object(*KWOK_API, meta["namespace"], plural, body)
             except ApiException as e:
-                if e.status != 409:
+                if e.status == 409:  # left by an earlier pod of the same name (a StatefulSet's): replace it
+                    self._replace_debug_object(plural, body)
+                else:
                     log.warning("%s for %s/%s: %s", body["kind"], meta["namespace"], meta["name"], e.reason)
+            except Exception as e:  # best effort, as the logs are: the pod runs without them
+                log.warning("%s for %s/%s: %s", body["kind"], meta["namespace"], meta["name"], e)
+
+    def _replace_debug_object(self, plural: str, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        with contextlib.suppress(ApiException):
+            old = self.custom.get_namespaced_custom_object(*KWOK_API, meta["namespace"], plural, meta["name"])
+            owners = [o.get("uid") for o in old["metadata"].get("ownerReferences") or []]
+            if owners == [meta["ownerReferences"][0]["uid"]]:
+                return  # this pod's own, already
+            body = {**body, "metadata": {**meta, "resourceVersion": old["metadata"]["resourceVersion"]}}
+            self.custom.replace_namespaced_custom_object(*KWOK_API, meta["namespace"], plural, meta["name"],
+                                                         body)
 
     def release(self, worker: PodWorker, delete: bool) -> None:
         """The pod's processes are gone. When it was being deleted, let the API server remove it, as a
