@@ -28,7 +28,7 @@ import yaml
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
-from grok_devcluster import DevCluster, NodePool
+from grok_devcluster import DevCluster, NodePool, is_ready
 from grok_devcluster.prometheus import free_port
 from grok_server.checkpoints.tiny import make_tiny_checkpoint
 
@@ -49,10 +49,6 @@ def wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
             return value
         time.sleep(0.2)
     raise SystemExit(f"timed out waiting for {what}")
-
-
-def is_ready(pod: dict) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or [])
 
 
 def ready_pods(cluster: DevCluster, ns: str) -> list[dict]:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from grok_devcluster import DevCluster, NodePool
+from grok_devcluster import DevCluster, NodePool, is_ready
 from grok_devcluster.cluster import ClusterError
 from grok_devcluster.podrunner import lower_priority
 from grok_devcluster.prometheus import PrometheusServer, free_port
@@ -78,10 +78,6 @@ def wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
             return value
         time.sleep(0.5)
     raise SystemExit(f"demo: timed out waiting for {what}" + (f" (last error: {error})" if error else ""))
-
-
-def ready(pod: dict) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or [])
 
 
 def tiny_checkpoint() -> Path:
@@ -272,7 +268,7 @@ class Demo:
             last = self.grokd()["status"].get("lastScale", {})
             print(f"lastScale: {last.get('from')} -> {last.get('to')}: {last.get('reason')}")
             step("the new replica's pod starts a second real server; Prometheus discovers it once it runs")
-            wait(lambda: sum(ready(p) for p in self.pods()) >= 2, 600, "the second replica to turn Ready")
+            wait(lambda: sum(is_ready(p) for p in self.pods()) >= 2, 600, "the second replica to turn Ready")
             assert self.prometheus is not None
             wait(lambda: len(self.scraped()) >= 2, 120, "Prometheus to scrape both replicas")
             print(f"both replicas Ready and scraped {time.monotonic() - started:.0f}s after the load began")
@@ -312,7 +308,7 @@ class Demo:
         for pod in self.pods():
             name = pod["metadata"]["name"]
             print(f"  pod {name:<34} {pod['status'].get('podIP', '-'):<14} "
-                  f"{'Ready' if ready(pod) else 'not Ready':<10} {'scraped' if name in scraped else ''}")
+                  f"{'Ready' if is_ready(pod) else 'not Ready':<10} {'scraped' if name in scraped else ''}")
 
     def stop_processes(self) -> None:
         for proc in reversed(self.processes):

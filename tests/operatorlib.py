@@ -176,10 +176,6 @@ def wait_for(predicate, timeout: float = 90, interval: float = 0.3, message: str
     raise AssertionError(f"timed out waiting for {message} (last: {last!r})")
 
 
-def ready(pod: dict) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or [])
-
-
 def bind_weights(
     cluster: DevCluster, ns: str, claim: str, checkpoint: Path, spec: dict | None = None
 ) -> None:

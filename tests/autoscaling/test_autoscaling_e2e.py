@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from grok_devcluster import is_ready
 from grok_devcluster.podrunner import lower_priority
 from grok_devcluster.prometheus import PrometheusServer
 from grok_operator.autoscaler import metric_query
 from tests.operator.test_operator_cluster import apply, conditions, get
 from tests.operator.test_operator_cluster import events as read_events
-from tests.operatorlib import OperatorProcess, bind_weights, ready, wait_for
+from tests.operatorlib import OperatorProcess, bind_weights, wait_for
 
 # The replicas' engines: two sequences at a time, so that a closed loop of N clients keeps N - 2 waiting.
 ENGINE_ARGS = ["--enforce-eager", "--kv-cache-memory-bytes", str(256 * 1024 * 1024), "--max-num-seqs", "2"]
@@ -186,7 +187,7 @@ def test_scales_on_load_holds_at_target_and_on_missing_data(
     selector = "serving.grok.dev/deployment=auto"
 
     def ready_pods() -> list[dict]:
-        return [p for p in devcluster.get_json("pods", "-n", ns, "-l", selector)["items"] if ready(p)]
+        return [p for p in devcluster.get_json("pods", "-n", ns, "-l", selector)["items"] if is_ready(p)]
 
     first = wait_for(ready_pods, 600, interval=1, message="the first replica to load and turn Ready")[0]
     # The first replica takes the load at its pod address (no router yet: one connection, one replica).

@@ -26,10 +26,10 @@ from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 from kubernetes import client, watch
 from kubernetes import config as kube_config
 
-from grok_devcluster.cluster import DevCluster
+from grok_devcluster.cluster import DevCluster, is_ready
 from grok_devcluster.prometheus import PrometheusServer
 from grok_server.server.placement import descendants, process_title
-from tests.operatorlib import OperatorProcess, bind_weights, ready, wait_for
+from tests.operatorlib import OperatorProcess, bind_weights, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -107,14 +107,14 @@ def served(devcluster: DevCluster, grok_operator: OperatorProcess, namespace: st
         for event in stream:
             pod = event["raw_object"]
             if (pod.get("status") or {}).get("containerStatuses"):
-                seen.append(ready(pod))
+                seen.append(is_ready(pod))
                 if seen[-1]:
                     return
 
     follower = threading.Thread(target=follow, daemon=True)
     follower.start()
     devcluster.apply([{**grokd(NAME, "weights"), "metadata": {"name": NAME, "namespace": namespace}}])
-    pod = wait_for(lambda: next((p for p in pods(devcluster, namespace, SELECTOR) if ready(p)), None),
+    pod = wait_for(lambda: next((p for p in pods(devcluster, namespace, SELECTOR) if is_ready(p)), None),
                    600, interval=1, message="the server pod to turn Ready")
     follower.join(timeout=120)
     assert seen and seen[-1], f"the watch saw no Ready status: {seen}"
@@ -193,7 +193,7 @@ def _delete_mid_stream(devcluster: DevCluster, served: Served) -> None:
         try:
             rest = pool.submit(lambda: list(stream))
             devcluster.kubectl("delete", "pod", name, "-n", served.ns, "--wait=false")
-            wait_for(lambda: not ready(devcluster.get_json("pod", name, "-n", served.ns)), 30,
+            wait_for(lambda: not is_ready(devcluster.get_json("pod", name, "-n", served.ns)), 30,
                      message="the deleted pod to turn not-Ready")
             assert alive(server_pid), "the server must still be draining"
         finally:
@@ -302,6 +302,8 @@ def test_an_unknown_image_of_ours_waits_with_err_image_pull(
 
 
 def test_binding_all_interfaces_is_refused(devcluster: DevCluster, k8s_namespace: str) -> None:
+    # Without --model, grok-server would exit on its arguments before listening, should the runner ever
+    # start it: this test never listens beyond loopback, whatever happens.
     pod = plain_pod("wide", ["grok-server", "--host", "0.0.0.0", "--metrics-host", "$(POD_IP)"])
     devcluster.kubectl("apply", "-n", k8s_namespace, "-f", "-", input=yaml.safe_dump(pod))
 
@@ -341,7 +343,7 @@ def test_kubectl_port_forward_reaches_the_pod(devcluster: DevCluster, k8s_namesp
                     ports=[{"containerPort": 8080}],
                     readinessProbe={"tcpSocket": {"port": 8080}, "periodSeconds": 1})
     devcluster.kubectl("apply", "-n", k8s_namespace, "-f", "-", input=yaml.safe_dump(pod))
-    wait_for(lambda: ready(devcluster.get_json("pod", "web", "-n", k8s_namespace)), 120,
+    wait_for(lambda: is_ready(devcluster.get_json("pod", "web", "-n", k8s_namespace)), 120,
              message="the pod to turn Ready")
 
     def through_port_forward() -> bytes | None:

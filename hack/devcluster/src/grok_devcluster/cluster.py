@@ -72,6 +72,12 @@ def _running(pid: int) -> bool:
     return True
 
 
+def is_ready(obj: dict[str, Any]) -> bool:
+    """Whether a pod or a node has its Ready condition True."""
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
 def state_root() -> Path:
     return Path(
         os.environ.get(
@@ -156,13 +162,15 @@ class DevCluster:
         return self
 
     def adopt(self, pid: int) -> None:
-        """Ties a process started beside the cluster (an operator, a Prometheus) to it: `down` stops it too,
-        so that one command ends everything (`grok-devcluster down`)."""
+        """Ties a process started beside the cluster, in a session of its own (the pod runner, an operator, a
+        Prometheus), to it: `down` stops it too, so that one command ends everything."""
         folder = self.workdir / "adopted"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / str(pid)).touch()
 
-    def _stop_adopted(self, timeout: float = 30) -> None:
+    def _stop_adopted(self, timeout: float = 60) -> None:
+        """SIGTERM to every adopted process group, up to `timeout` for them all, then SIGKILL; and the pod
+        runner's process groups it could not stop itself (after a crash of it)."""
         folder = self.workdir / "adopted"
         pids = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
         for pid in pids:
@@ -174,12 +182,14 @@ class DevCluster:
                 time.sleep(0.1)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
+        from grok_devcluster.podrunner import kill_leftovers  # not at import: `python -m` runs that module
+
+        kill_leftovers(self.runner_dir)
 
     def down(self) -> None:
         """Stops every process of this cluster (adopted ones included) and removes its state; a no-op when it
         is not up."""
         self._stop_adopted()
-        self._stop_runner()
         if (self.workdir / "clusters" / self.name).exists():
             self._kwokctl("delete", "cluster", check=False)
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -271,6 +281,7 @@ class DevCluster:
              "--state", str(self.runner_dir)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
+        self.adopt(proc.pid)  # `down` stops it (SIGTERM: it kills every pod's processes) with the rest
         (self.runner_dir / "pid").write_text(str(proc.pid))
         while not ready.exists():
             if proc.poll() is not None:
@@ -279,23 +290,6 @@ class DevCluster:
             if time.monotonic() > deadline:
                 raise ClusterError("the pod runner did not start watching pods")
             time.sleep(0.1)
-
-    def _stop_runner(self, timeout: float = 60) -> None:
-        """SIGTERM to the runner (it kills every pod's processes), then whatever it left, by process group."""
-        pid_file = self.runner_dir / "pid"
-        if pid_file.exists():
-            pid = int(pid_file.read_text())
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-                deadline = time.monotonic() + timeout
-                while _running(pid) and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                if _running(pid):
-                    os.kill(pid, signal.SIGKILL)
-            pid_file.unlink(missing_ok=True)
-        from grok_devcluster.podrunner import kill_leftovers  # not at import: `python -m` runs that module
-
-        kill_leftovers(self.runner_dir)
 
     def _kwokctl_config(self) -> dict[str, Any]:
         b = self.bin_dir
@@ -359,13 +353,7 @@ class DevCluster:
         """Nodes Ready and the default ServiceAccount present (tests create pods right away)."""
         while True:
             node_list = self.get_json("nodes")["items"]
-            ready = all(
-                any(
-                    c["type"] == "Ready" and c["status"] == "True"
-                    for c in n.get("status", {}).get("conditions", [])
-                )
-                for n in node_list
-            )
+            ready = all(is_ready(n) for n in node_list)
             has_sa = (
                 self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0
             )

@@ -78,29 +78,32 @@ class AddressPool:
 POD_NICE = 10
 
 
+_AUTOGROUP = "/proc/self/autogroup"
+
+
 def lower_priority(nice: int = POD_NICE) -> None:
     """For a process in a session of its own: lowers the priority of its whole scheduling group (with the
     kernel's autogroup scheduling a session competes as one group, so its nice value alone does not count
-    against other sessions), and its own."""
+    against other sessions), and its own. Plain system calls only: it runs in forked children of threaded
+    processes (as a preexec_fn)."""
     with contextlib.suppress(OSError):
-        Path("/proc/self/autogroup").write_text(str(nice))
+        fd = os.open(_AUTOGROUP, os.O_WRONLY)
+        try:
+            os.write(fd, str(nice).encode())
+        finally:
+            os.close(fd)
     os.nice(nice)
 
 
 # Looked up once, here: in a forked child of this threaded process only async-signal-safe work may run.
 _LIBC = ctypes.CDLL(None, use_errno=True)
-_AUTOGROUP = Path("/proc/self/autogroup")
 
 
 def _prepare_child() -> None:
     """In the child before exec: SIGKILL when the runner's thread that started it dies (the runner crashed),
     so that no pod process outlives the runner; and the pods' lower priority."""
     _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    with contextlib.suppress(OSError):
-        fd = os.open(_AUTOGROUP, os.O_WRONLY)
-        os.write(fd, str(POD_NICE).encode())
-        os.close(fd)
-    os.nice(POD_NICE)
+    lower_priority()
 
 
 class CriLog:
