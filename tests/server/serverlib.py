@@ -11,7 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+# v1 and v1alpha reflection messages are the same on the wire: one set of classes asks both.
+from grpc_reflection.v1alpha import reflection_pb2
 
 from grok_server import local
 from grok_server.local import LocalServer as ServerProcess
@@ -49,6 +52,20 @@ def health_status(channel: grpc.Channel, service: str = "") -> str:
     stub = health_pb2_grpc.HealthStub(channel)
     resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
     return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+
+def reflect(channel: grpc.Channel, version: str, symbol: str) -> tuple[set[str], set[str]]:
+    """Server reflection asked in `version` (v1 or v1alpha, by its own method path): the services listed, and
+    the names of the files describing `symbol` (and its dependencies)."""
+    method = f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo"
+    call = channel.stream_stream(method, request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                 response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+    answers = list(call(iter([reflection_pb2.ServerReflectionRequest(list_services=""),
+                              reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)]), timeout=30))
+    names = {s.name for a in answers for s in a.list_services_response.service}
+    files = {descriptor_pb2.FileDescriptorProto.FromString(f).name
+             for a in answers for f in a.file_descriptor_response.file_descriptor_proto}
+    return names, files
 
 
 def wait_serving(

@@ -7,9 +7,8 @@ import pytest
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tests.server.serverlib import ServerProcess, health_status
+from tests.server.serverlib import ServerProcess, health_status, reflect
 
 SERVICE = "grok.serving.v1.GenerationService"
 
@@ -50,13 +49,12 @@ def test_http_probes_and_metrics_endpoint(grok_server_proc: ServerProcess) -> No
     assert "grok_server_ready 1.0" in grok_server_proc.metrics_text()
 
 
-def test_reflection_lists_the_services(channel: grpc.Channel) -> None:
-    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-    responses = stub.ServerReflectionInfo(
-        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
-    )
-    names = {s.name for r in responses for s in r.list_services_response.service}
-    assert {SERVICE, "grpc.health.v1.Health"} <= names
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+def test_reflection_lists_and_describes_the_services(channel: grpc.Channel, version: str) -> None:
+    names, files = reflect(channel, version, SERVICE)
+    assert {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection"} <= names
+    assert "grok/serving/v1/generation.proto" in files
 
 
 def test_model_info_reports_model_and_limits(model_info: pb.ModelInfo) -> None:

@@ -19,9 +19,8 @@ from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
-from grok_server import __version__
+from grok_server import __version__, reflection
 from grok_server.server import placement
 from grok_server.server.admission import Admission
 from grok_server.server.config import ServerConfig, parse_args
@@ -88,10 +87,7 @@ class Server:
         server = grpc.aio.server(interceptors=interceptors, options=_grpc_options(self.cfg))
         pb_grpc.add_GenerationServiceServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME],
-            server)
+        reflection.enable([SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server)
         address = f"{self.cfg.host}:{self.cfg.port}"
         if self.cfg.tls_cert is not None and self.cfg.tls_key is not None:
             creds = server_credentials(self.cfg.tls_cert, self.cfg.tls_key, self.cfg.tls_client_ca)

@@ -1,0 +1,150 @@
+"""Sending a call to a replica, and to another one when the first refused it before any output.
+
+Retried: UNAVAILABLE (the replica is loading, draining, gone) and RESOURCE_EXHAUSTED (its admission limit),
+when no response message has reached the caller yet, up to `max_attempts` and inside the caller's deadline.
+Never retried once output began: the caller would see a generation twice. The caller's cancellation and
+deadline reach the replica (the attempt is cancelled; its timeout is what is left of the deadline).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grok.serving.v1 import generation_pb2 as pb
+
+from grok_server.router import picker
+from grok_server.router.metrics import RouterMetrics
+from grok_server.router.replicas import Replica, ReplicaSet
+
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+# Request headers that belong to this hop, not to the replica's call.
+_HOP_HEADERS = frozenset({"grpc-timeout", "grpc-encoding", "grpc-accept-encoding", "user-agent", "te",
+                          "content-type", "host"})
+
+
+@dataclass
+class RouteError(Exception):
+    """A call's final failure, passed to the caller as is (code, details, trailers such as retry-after-ms)."""
+
+    code: grpc.StatusCode
+    details: str
+    trailers: tuple[tuple[str, str | bytes], ...] = ()
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.details}"
+
+
+def forwardable(metadata: Sequence[tuple[str, Any]] | None) -> tuple[tuple[str, Any], ...]:
+    """The caller's metadata to pass on (authorization and custom keys; not this hop's transport headers)."""
+    return tuple((k, v) for k, v in metadata or () if not k.startswith(":") and k not in _HOP_HEADERS)
+
+
+def _trailers(err: grpc.aio.AioRpcError) -> tuple[tuple[str, str | bytes], ...]:
+    return tuple((k, v) for k, v in err.trailing_metadata() or () if not k.startswith("grpc-status")
+                 and k not in ("grpc-message",))
+
+
+def request_key(request: pb.GenerateRequest, prefix_blocks: int) -> bytes | None:
+    if request.WhichOneof("prompt") == "token_ids":
+        return picker.prefix_key(request.token_ids.ids, None, prefix_blocks)
+    return picker.prefix_key(None, request.text, prefix_blocks)
+
+
+class Forwarder:
+    def __init__(self, replicas: ReplicaSet, metrics: RouterMetrics, max_attempts: int) -> None:
+        self.replicas = replicas
+        self.metrics = metrics
+        self.max_attempts = max_attempts
+
+    def _choose(self, key: bytes | None, tried: set[str], last: RouteError | None) -> Replica:
+        chosen = self.replicas.pick(key, tried)
+        if chosen is None:
+            if last is not None:
+                raise last
+            raise RouteError(grpc.StatusCode.UNAVAILABLE, "no Ready replica to serve the request")
+        replica, reason = chosen
+        self.metrics.decisions.labels(reason).inc()
+        return replica
+
+    @staticmethod
+    def _timeout(deadline: float | None) -> float | None:
+        if deadline is None:
+            return None
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RouteError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before a replica answered")
+        return left
+
+    def _give_up(self, err: grpc.aio.AioRpcError, started: bool, attempt: int, deadline: float | None) -> bool:
+        code = err.code()
+        if started or code not in RETRYABLE or attempt + 1 >= self.max_attempts:
+            return True
+        return deadline is not None and deadline <= time.monotonic()
+
+    async def unary(self, method: str, request: Any, key: bytes | None, deadline: float | None,
+                    metadata: tuple[tuple[str, Any], ...]) -> Any:
+        tried: set[str] = set()
+        last: RouteError | None = None
+        arrived = time.monotonic()
+        for attempt in range(self.max_attempts):
+            replica = self._choose(key, tried, last)
+            tried.add(replica.name)
+            timeout = self._timeout(deadline)
+            if attempt == 0:
+                self.metrics.overhead.observe(time.monotonic() - arrived)
+            replica.in_flight += 1
+            outcome = "CANCELLED"  # unless the attempt ends otherwise: the caller went away
+            try:
+                answer = await getattr(replica.stub, method)(request, timeout=timeout, metadata=metadata)
+                outcome = "OK"
+                return answer
+            except grpc.aio.AioRpcError as err:
+                outcome = err.code().name
+                last = RouteError(err.code(), err.details() or "", _trailers(err))
+                if self._give_up(err, False, attempt, deadline):
+                    raise last from None
+                self.metrics.retries.labels(err.code().name).inc()
+            finally:
+                replica.in_flight -= 1
+                self.metrics.upstream.labels(replica.name, outcome).inc()
+        assert last is not None
+        raise last
+
+    async def stream(self, request: pb.GenerateRequest, key: bytes | None, deadline: float | None,
+                     metadata: tuple[tuple[str, Any], ...]) -> AsyncIterator[pb.GenerateResponse]:
+        """The replica's stream, message by message (close it with aclosing: closing cancels the attempt)."""
+        tried: set[str] = set()
+        last: RouteError | None = None
+        arrived = time.monotonic()
+        for attempt in range(self.max_attempts):
+            replica = self._choose(key, tried, last)
+            tried.add(replica.name)
+            timeout = self._timeout(deadline)
+            if attempt == 0:
+                self.metrics.overhead.observe(time.monotonic() - arrived)
+            replica.in_flight += 1
+            call = replica.stub.GenerateStream(request, timeout=timeout, metadata=metadata)
+            started = False
+            outcome = "CANCELLED"
+            try:
+                async for message in call:
+                    started = True
+                    yield message
+                outcome = "OK"
+                return
+            except grpc.aio.AioRpcError as err:
+                outcome = err.code().name
+                last = RouteError(err.code(), err.details() or "", _trailers(err))
+                if self._give_up(err, started, attempt, deadline):
+                    raise last from None
+                self.metrics.retries.labels(err.code().name).inc()
+            finally:
+                replica.in_flight -= 1
+                self.metrics.upstream.labels(replica.name, outcome).inc()
+                call.cancel()  # no-op once finished; the caller's cancel or close otherwise reaches the replica
+        assert last is not None
+        raise last

@@ -1,0 +1,157 @@
+"""`grok-router`: one address for the replicas of a GrokDeployment.
+
+Serves grok.serving.v1.GenerationService (with gRPC health and reflection) on --port and OpenAI-compatible
+HTTP, /metrics and probes on --http-port; forwards every call to one Ready replica, found by watching the
+server pods of --selector in --namespace (or given with --replica). SIGTERM: health NOT_SERVING, calls in
+flight get --drain-grace-seconds, then exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+import grpc
+from aiohttp import web
+from grok.serving.v1 import generation_pb2 as pb
+from grok.serving.v1 import generation_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from grok_server import reflection
+from grok_server.router.forward import Forwarder
+from grok_server.router.http import RouterHTTP
+from grok_server.router.metrics import RouterMetrics
+from grok_server.router.replicas import Endpoint, PodWatcher, ReplicaSet, scrape_forever
+from grok_server.router.service import RouterServicer
+
+log = logging.getLogger("grok_router")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 10:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 10, not {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {text}")
+    return value
+
+
+def _static_replica(text: str) -> Endpoint:
+    """HOST:PORT[,METRICS_HOST:PORT] — a replica given by address (tests, benchmarks, no cluster)."""
+    grpc_address, _, metrics = text.partition(",")
+    if ":" not in grpc_address:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT[,METRICS_HOST:PORT]")
+    return Endpoint(grpc_address, grpc_address, metrics or None)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="grok-router", description=__doc__.split("\n\n")[0])
+    p.add_argument("--host", default="0.0.0.0", help="address of the gRPC and HTTP ports")
+    p.add_argument("--port", type=int, default=50051, help="gRPC port")
+    p.add_argument("--http-port", type=int, default=8080, help="OpenAI-compatible HTTP, /metrics and probes")
+    p.add_argument("--model-name", required=True, help="the served model's name (OpenAI's `model`)")
+    d = p.add_argument_group("replicas")
+    d.add_argument("--namespace", help="namespace of the server pods")
+    d.add_argument("--selector", help="label selector of the server pods, e.g. serving.grok.dev/deployment=x")
+    d.add_argument("--grpc-port-name", default="grpc", help="the servers' gRPC container port (name or number)")
+    d.add_argument("--metrics-port-name", default="metrics", help="the servers' metrics port (name or number)")
+    d.add_argument("--kubeconfig", help="default: the pod's service account (in-cluster)")
+    d.add_argument("--replica", type=_static_replica, action="append", default=[],
+                   help="HOST:PORT[,METRICS_HOST:PORT] of a replica, instead of watching pods (repeatable)")
+    r = p.add_argument_group("routing")
+    r.add_argument("--prefix-blocks", type=int, default=8,
+                   help="blocks of prompt (16 tokens, or 64 bytes of text) that key prefix affinity; 0: off")
+    r.add_argument("--balance", type=_fraction, default=0.5,
+                   help="a prefix's replica is taken while its load is under (1 + balance) × the average")
+    r.add_argument("--max-attempts", type=_positive, default=3,
+                   help="replicas tried for a call refused (UNAVAILABLE, RESOURCE_EXHAUSTED) before any output")
+    r.add_argument("--scrape-interval", type=float, default=1.0, help="seconds between reads of replicas' gauges")
+    p.add_argument("--drain-grace-seconds", type=float, default=30.0)
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    if not args.replica and not (args.namespace and args.selector):
+        p.error("give --namespace and --selector (watch the server pods) or --replica addresses")
+    return args
+
+
+class Router:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.replicas = ReplicaSet(args.balance, args.prefix_blocks)
+        self.metrics = RouterMetrics(self.replicas)
+        self.forwarder = Forwarder(self.replicas, self.metrics, args.max_attempts)
+        self.health = health_aio.HealthServicer()
+        self.stop = asyncio.Event()
+        self.draining = False
+
+    def ready(self) -> bool:
+        return self.replicas.synced.is_set() and not self.draining
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        a = self.args
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", -1),
+                                          ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0),
+                                          ("grpc.http2.max_ping_strikes", 0),
+                                          ("grpc.keepalive_permit_without_calls", 1)])
+        pb_grpc.add_GenerationServiceServicer_to_server(RouterServicer(self.forwarder, a.prefix_blocks), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable([SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server)
+        port = server.add_insecure_port(f"{a.host}:{a.port}")
+        http = RouterHTTP(self.forwarder, a.model_name, a.prefix_blocks, self.ready, self.metrics.exposition)
+        # A caller that disconnects cancels its handler, and with it the replica's generation.
+        runner = web.AppRunner(http.app(), handler_cancellation=True, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, a.host, a.http_port)
+        await site.start()
+        await server.start()
+        watcher = None
+        if a.replica:
+            self.replicas.update({e.name: e for e in a.replica}, len(a.replica))
+        else:
+            watcher = PodWatcher(self.replicas, a.namespace, a.selector, a.grpc_port_name, a.metrics_port_name,
+                                 a.kubeconfig)
+            watcher.start(loop)
+        scraper = asyncio.create_task(scrape_forever(self.replicas, a.scrape_interval))
+        log.info("listening on %s:%d (gRPC) and %s:%d (HTTP); replicas: %s", a.host, port, a.host, a.http_port,
+                 ", ".join(e.grpc_address for e in a.replica) or f"pods {a.selector} in {a.namespace}")
+        await self.replicas.synced.wait()
+        for service in (SERVICE_NAME, ""):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await self.stop.wait()
+        log.info("draining: grace period %.1f s", a.drain_grace_seconds)
+        self.draining = True
+        for service in (SERVICE_NAME, ""):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.stop(grace=a.drain_grace_seconds)
+        await runner.cleanup()
+        scraper.cancel()
+        if watcher is not None:
+            watcher.stop()
+        await self.replicas.close()
+        log.info("exiting")
+        return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    code = asyncio.run(Router(args).run())
+    logging.shutdown()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

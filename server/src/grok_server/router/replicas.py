@@ -1,0 +1,257 @@
+"""The replicas a router forwards to: discovered from pods, loaded from the router's own counts and the
+replicas' `grok_*` gauges.
+
+A pod is a replica while its Ready condition is true, it has an IP and no deletion timestamp: a pod that turns
+not-Ready or starts terminating leaves at once (its in-flight calls run on). Pods are watched directly, as
+Gateway API Inference Extension's endpoint picker does: EndpointSlices add nothing a pod does not say, and in
+the simulated cluster they cannot carry loopback pod addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grok.serving.v1 import generation_pb2_grpc as pb_grpc
+
+from grok_server.router import picker
+
+log = logging.getLogger("grok_router.replicas")
+
+# The replicas' gauges that the load estimate reads (grok-server's metric contract).
+SCRAPED = ("grok_requests_in_flight", "grok_requests_waiting", "grok_kv_cache_usage_ratio")
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+    # A replica that vanished without closing its connection (a killed node) is noticed by keepalive.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a replica answers: its gRPC address and, when known, its metrics address."""
+
+    name: str
+    grpc_address: str
+    metrics_address: str | None = None
+
+
+def _port(container_ports: Iterable[Mapping[str, Any]], name: str) -> int | None:
+    for port in container_ports:
+        if port.get("name") == name:
+            return int(port["containerPort"])
+    return None
+
+
+def endpoint_of(pod: Mapping[str, Any], grpc_port: str = "grpc", metrics_port: str = "metrics") -> Endpoint | None:
+    """The pod's endpoint while it should get new requests (Ready, has an IP, not terminating), else None."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    if meta.get("deletionTimestamp") or not status.get("podIP"):
+        return None
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ())
+    if not ready:
+        return None
+    ports = [p for c in (pod.get("spec") or {}).get("containers") or () for p in c.get("ports") or ()]
+    grpc_number = _port(ports, grpc_port) if not grpc_port.isdigit() else int(grpc_port)
+    if grpc_number is None:
+        return None
+    metrics_number = _port(ports, metrics_port) if not metrics_port.isdigit() else int(metrics_port)
+    ip = status["podIP"]
+    host = f"[{ip}]" if ":" in ip else ip
+    return Endpoint(meta["name"], f"{host}:{grpc_number}",
+                    f"{host}:{metrics_number}" if metrics_number is not None else None)
+
+
+def parse_gauges(exposition: str) -> dict[str, float]:
+    """The SCRAPED gauges from a Prometheus text exposition (unlabelled samples only)."""
+    found: dict[str, float] = {}
+    for line in exposition.splitlines():
+        name, _, value = line.partition(" ")
+        if name in SCRAPED:
+            with contextlib.suppress(ValueError):
+                found[name] = float(value.split(" ")[0])
+    return found
+
+
+@dataclass
+class Replica:
+    endpoint: Endpoint
+    channel: grpc.aio.Channel
+    stub: pb_grpc.GenerationServiceStub
+    in_flight: int = 0  # this router's calls on it now
+    gauges: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.name
+
+    @property
+    def load(self) -> float:
+        """Requests on the replica: this router's own count, or the replica's when more (other routers')."""
+        return max(float(self.in_flight), self.gauges.get("grok_requests_in_flight", 0.0))
+
+
+class ReplicaSet:
+    """The Ready replicas, kept on the router's event loop (every change and read happens there)."""
+
+    def __init__(self, balance: float, prefix_blocks: int) -> None:
+        self.balance = balance
+        self.prefix_blocks = prefix_blocks
+        self.replicas: dict[str, Replica] = {}
+        self.known = 0  # pods seen, Ready or not
+        self.synced = asyncio.Event()
+        self.changed = asyncio.Event()  # set on every change (waiters clear it)
+        self._turn = 0
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def update(self, endpoints: Mapping[str, Endpoint], known: int) -> None:
+        """Replace the set with these Ready endpoints (by pod name); channels of the ones gone are closed once
+        their calls end (grpc closes a channel gracefully: calls in flight finish)."""
+        self.known = known
+        for name in list(self.replicas):
+            if name not in endpoints or endpoints[name] != self.replicas[name].endpoint:
+                gone = self.replicas.pop(name)
+                log.info("replica %s (%s) left", name, gone.endpoint.grpc_address)
+                asyncio.get_running_loop().create_task(_close_when_idle(gone))
+        for name, endpoint in endpoints.items():
+            if name not in self.replicas:
+                channel = grpc.aio.insecure_channel(endpoint.grpc_address, options=CHANNEL_OPTIONS)
+                self.replicas[name] = Replica(endpoint, channel, pb_grpc.GenerationServiceStub(channel))
+                log.info("replica %s (%s) joined", name, endpoint.grpc_address)
+        self.synced.set()
+        self.changed.set()
+        for listener in self._listeners:
+            listener()
+
+    def pick(self, key: bytes | None, exclude: set[str]) -> tuple[Replica, str] | None:
+        candidates = [picker.Candidate(r.name, r.load) for r in self.replicas.values() if r.name not in exclude]
+        choice = picker.pick(candidates, key, self.balance, self._turn)
+        self._turn += 1
+        if choice is None:
+            return None
+        return self.replicas[choice.name], choice.reason
+
+    async def close(self) -> None:
+        for replica in self.replicas.values():
+            await replica.channel.close()
+        self.replicas.clear()
+
+
+async def _close_when_idle(replica: Replica) -> None:
+    while replica.in_flight:
+        await asyncio.sleep(0.5)
+    await replica.channel.close()
+
+
+class PodWatcher:
+    """Keeps a ReplicaSet equal to the Ready pods of a selector: a list, then a watch from its resourceVersion,
+    relisting when the watch expires (410) or fails. Runs the blocking Kubernetes client in a thread and hands
+    each new endpoint set to the event loop."""
+
+    def __init__(self, replicas: ReplicaSet, namespace: str, selector: str, grpc_port: str = "grpc",
+                 metrics_port: str = "metrics", kubeconfig: str | None = None) -> None:
+        self.replicas = replicas
+        self.namespace = namespace
+        self.selector = selector
+        self.ports = (grpc_port, metrics_port)
+        self.kubeconfig = kubeconfig
+        self._stop = threading.Event()
+        self._watch: Any = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        threading.Thread(target=self._run, args=(loop,), name="pod-watch", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()
+
+    def _api(self) -> Any:
+        from kubernetes import client, config
+
+        if self.kubeconfig:
+            config.load_kube_config(self.kubeconfig)
+        else:
+            config.load_incluster_config()
+        return client.CoreV1Api()
+
+    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        from kubernetes import watch
+        from kubernetes.client.exceptions import ApiException
+
+        api = None
+        while not self._stop.is_set():
+            try:
+                api = api or self._api()
+                listing = api.list_namespaced_pod(self.namespace, label_selector=self.selector,
+                                                  _preload_content=False)
+                import json
+
+                body = json.loads(listing.data)
+                pods = {p["metadata"]["name"]: p for p in body["items"]}
+                self._publish(loop, pods)
+                self._watch = watch.Watch()
+                for event in self._watch.stream(api.list_namespaced_pod, self.namespace,
+                                                label_selector=self.selector,
+                                                resource_version=body["metadata"]["resourceVersion"],
+                                                allow_watch_bookmarks=True, timeout_seconds=300):
+                    if self._stop.is_set():
+                        return
+                    pod, kind = event["raw_object"], event["type"]
+                    if kind == "ERROR":
+                        break  # expired (410): relist
+                    if kind == "DELETED":
+                        pods.pop(pod["metadata"]["name"], None)
+                    elif kind in ("ADDED", "MODIFIED"):
+                        pods[pod["metadata"]["name"]] = pod
+                    else:
+                        continue
+                    self._publish(loop, pods)
+            except ApiException as err:
+                log.warning("watching pods %s in %s: %s %s", self.selector, self.namespace, err.status,
+                            err.reason)
+                self._stop.wait(2.0)
+            except Exception as err:  # the API server may be briefly unreachable: relist after a pause
+                log.warning("watching pods %s in %s failed: %s", self.selector, self.namespace, err)
+                api = None
+                self._stop.wait(2.0)
+
+    def _publish(self, loop: asyncio.AbstractEventLoop, pods: Mapping[str, Mapping[str, Any]]) -> None:
+        endpoints = {name: e for name, pod in pods.items() if (e := endpoint_of(pod, *self.ports)) is not None}
+        loop.call_soon_threadsafe(self.replicas.update, endpoints, len(pods))
+
+
+async def scrape_forever(replicas: ReplicaSet, interval: float) -> None:
+    """Refreshes each replica's gauges from its metrics endpoint. A failed scrape zeroes nothing: the router's
+    own in-flight count still counts, and the pod watch removes a replica that is gone."""
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=max(1.0, interval * 2))
+    async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as session:
+        while True:
+            started = time.monotonic()
+            targets = [r for r in replicas.replicas.values() if r.endpoint.metrics_address]
+            await asyncio.gather(*(_scrape(session, r) for r in targets))
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+
+async def _scrape(session: Any, replica: Replica) -> None:
+    try:
+        async with session.get(f"http://{replica.endpoint.metrics_address}/metrics") as answer:
+            if answer.status == 200:
+                replica.gauges = parse_gauges(await answer.text())
+    except Exception as err:  # the replica may be going away; the watch decides that
+        log.debug("scraping %s: %s", replica.name, err)

@@ -1,0 +1,74 @@
+"""The router's grok.serving.v1.GenerationService: the server's API, each call forwarded to one replica."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import grpc
+from grok.serving.v1 import generation_pb2 as pb
+from grok.serving.v1 import generation_pb2_grpc as pb_grpc
+
+from grok_server.router.forward import Forwarder, RouteError, forwardable, request_key
+
+API = "grpc"
+
+
+class RouterServicer(pb_grpc.GenerationServiceServicer):
+    def __init__(self, forwarder: Forwarder, prefix_blocks: int) -> None:
+        self.forwarder = forwarder
+        self.prefix_blocks = prefix_blocks
+        self.metrics = forwarder.metrics
+
+    @staticmethod
+    def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+        left = context.time_remaining()
+        return None if left is None else time.monotonic() + left
+
+    def _count(self, method: str, code: str, arrived: float) -> None:
+        self.metrics.requests.labels(API, method, code).inc()
+        self.metrics.duration.observe(time.monotonic() - arrived)
+
+    async def _unary(self, method: str, request: Any, context: grpc.aio.ServicerContext,
+                     key: bytes | None = None) -> Any:
+        arrived = time.monotonic()
+        code = "CANCELLED"
+        try:
+            answer = await self.forwarder.unary(method, request, key, self._deadline(context),
+                                                forwardable(context.invocation_metadata()))
+            code = "OK"
+            return answer
+        except RouteError as err:
+            code = err.code.name
+            await context.abort(err.code, err.details, err.trailers)
+        finally:
+            self._count(method, code, arrived)
+
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
+        return await self._unary("Generate", request, context, request_key(request, self.prefix_blocks))
+
+    async def GenerateStream(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> None:
+        arrived = time.monotonic()
+        code = "CANCELLED"
+        stream = self.forwarder.stream(request, request_key(request, self.prefix_blocks),
+                                       self._deadline(context), forwardable(context.invocation_metadata()))
+        try:
+            async with contextlib.aclosing(stream):
+                async for message in stream:
+                    await context.write(message)
+            code = "OK"
+        except RouteError as err:
+            code = err.code.name
+            await context.abort(err.code, err.details, err.trailers)
+        except asyncio.CancelledError:
+            raise
+        finally:
+            self._count("GenerateStream", code, arrived)
+
+    async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
+        return await self._unary("Tokenize", request, context)
+
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+        return await self._unary("GetModelInfo", request, context)
