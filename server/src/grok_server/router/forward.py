@@ -22,8 +22,9 @@ from grok_server.router.replicas import Replica, ReplicaSet
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 # Request headers that belong to this hop, not to the replica's call.
-_HOP_HEADERS = frozenset({"grpc-timeout", "grpc-encoding", "grpc-accept-encoding", "user-agent", "te",
-                          "content-type", "host"})
+_HOP_HEADERS = frozenset(
+    {"grpc-timeout", "grpc-encoding", "grpc-accept-encoding", "user-agent", "te", "content-type", "host"}
+)
 
 
 @dataclass
@@ -44,8 +45,11 @@ def forwardable(metadata: Sequence[tuple[str, Any]] | None) -> tuple[tuple[str, 
 
 
 def _trailers(err: grpc.aio.AioRpcError) -> tuple[tuple[str, str | bytes], ...]:
-    return tuple((k, v) for k, v in err.trailing_metadata() or () if not k.startswith("grpc-status")
-                 and k not in ("grpc-message",))
+    return tuple(
+        (k, v)
+        for k, v in err.trailing_metadata() or ()
+        if not k.startswith("grpc-status") and k not in ("grpc-message",)
+    )
 
 
 def request_key(request: pb.GenerateRequest, prefix_blocks: int) -> bytes | None:
@@ -79,14 +83,22 @@ class Forwarder:
             raise RouteError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before a replica answered")
         return left
 
-    def _give_up(self, err: grpc.aio.AioRpcError, started: bool, attempt: int, deadline: float | None) -> bool:
+    def _give_up(
+        self, err: grpc.aio.AioRpcError, started: bool, attempt: int, deadline: float | None
+    ) -> bool:
         code = err.code()
         if started or code not in RETRYABLE or attempt + 1 >= self.max_attempts:
             return True
         return deadline is not None and deadline <= time.monotonic()
 
-    async def unary(self, method: str, request: Any, key: bytes | None, deadline: float | None,
-                    metadata: tuple[tuple[str, Any], ...]) -> Any:
+    async def unary(
+        self,
+        method: str,
+        request: Any,
+        key: bytes | None,
+        deadline: float | None,
+        metadata: tuple[tuple[str, Any], ...],
+    ) -> Any:
         tried: set[str] = set()
         last: RouteError | None = None
         arrived = time.monotonic()
@@ -96,7 +108,7 @@ class Forwarder:
             timeout = self._timeout(deadline)
             if attempt == 0:
                 self.metrics.overhead.observe(time.monotonic() - arrived)
-            replica.in_flight += 1
+            replica.acquire()
             outcome = "CANCELLED"  # unless the attempt ends otherwise: the caller went away
             try:
                 answer = await getattr(replica.stub, method)(request, timeout=timeout, metadata=metadata)
@@ -109,13 +121,18 @@ class Forwarder:
                     raise last from None
                 self.metrics.retries.labels(err.code().name).inc()
             finally:
-                replica.in_flight -= 1
+                replica.release()
                 self.metrics.upstream.labels(replica.name, outcome).inc()
         assert last is not None
         raise last
 
-    async def stream(self, request: pb.GenerateRequest, key: bytes | None, deadline: float | None,
-                     metadata: tuple[tuple[str, Any], ...]) -> AsyncIterator[pb.GenerateResponse]:
+    async def stream(
+        self,
+        request: pb.GenerateRequest,
+        key: bytes | None,
+        deadline: float | None,
+        metadata: tuple[tuple[str, Any], ...],
+    ) -> AsyncIterator[pb.GenerateResponse]:
         """The replica's stream, message by message (close it with aclosing: closing cancels the attempt)."""
         tried: set[str] = set()
         last: RouteError | None = None
@@ -126,7 +143,7 @@ class Forwarder:
             timeout = self._timeout(deadline)
             if attempt == 0:
                 self.metrics.overhead.observe(time.monotonic() - arrived)
-            replica.in_flight += 1
+            replica.acquire()
             call = replica.stub.GenerateStream(request, timeout=timeout, metadata=metadata)
             started = False
             outcome = "CANCELLED"
@@ -143,8 +160,8 @@ class Forwarder:
                     raise last from None
                 self.metrics.retries.labels(err.code().name).inc()
             finally:
-                replica.in_flight -= 1
+                replica.release()
                 self.metrics.upstream.labels(replica.name, outcome).inc()
-                call.cancel()  # no-op once finished; the caller's cancel or close otherwise reaches the replica
+                call.cancel()  # a no-op once finished; else the caller's cancel or close reaches the replica
         assert last is not None
         raise last

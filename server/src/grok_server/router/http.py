@@ -17,8 +17,10 @@ from grok_server.router import openai_api as oai
 from grok_server.router.forward import Forwarder, RouteError, request_key
 
 API = "openai"
-NO_CHAT = ("this deployment has no chat template: Grok-1 is a base model, so /v1/chat/completions is off; "
-           "send a prompt to /v1/completions, or configure a chat template (the router's --chat-template)")
+NO_CHAT = (
+    "this deployment has no chat template: Grok-1 is a base model, so /v1/chat/completions is off; "
+    "send a prompt to /v1/completions, or configure a chat template (the router's --chat-template)"
+)
 
 
 def _error(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
@@ -36,8 +38,14 @@ def _route_error(err: RouteError) -> web.Response:
 
 
 class RouterHTTP:
-    def __init__(self, forwarder: Forwarder, model: str, prefix_blocks: int, ready: Callable[[], bool],
-                 exposition: Callable[[], bytes]) -> None:
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        model: str,
+        prefix_blocks: int,
+        ready: Callable[[], bool],
+        exposition: Callable[[], bytes],
+    ) -> None:
         self.forwarder = forwarder
         self.metrics = forwarder.metrics
         self.model = model
@@ -48,14 +56,16 @@ class RouterHTTP:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=8 * 1024 * 1024)
-        app.add_routes([
-            web.post("/v1/completions", self.completions),
-            web.post("/v1/chat/completions", self.chat),
-            web.get("/v1/models", self.models),
-            web.get("/metrics", self.metrics_page),
-            web.get("/healthz", self.healthz),
-            web.get("/readyz", self.readyz),
-        ])
+        app.add_routes(
+            [
+                web.post("/v1/completions", self.completions),
+                web.post("/v1/chat/completions", self.chat),
+                web.get("/v1/models", self.models),
+                web.get("/metrics", self.metrics_page),
+                web.get("/healthz", self.healthz),
+                web.get("/readyz", self.readyz),
+            ]
+        )
         return app
 
     async def healthz(self, _: web.Request) -> web.Response:
@@ -69,8 +79,14 @@ class RouterHTTP:
         return web.Response(body=self.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def models(self, _: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [
-            {"id": self.model, "object": "model", "created": self.created, "owned_by": "grok-serve"}]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [
+                    {"id": self.model, "object": "model", "created": self.created, "owned_by": "grok-serve"}
+                ],
+            }
+        )
 
     async def chat(self, _: web.Request) -> web.Response:
         return _error(400, oai.error_body(NO_CHAT, "invalid_request_error", code="chat_template_missing"))
@@ -85,15 +101,24 @@ class RouterHTTP:
                 raise oai.BadRequest(f"the request body is not JSON: {err}") from None
             completion = oai.completion_request(body, self.model)
             completion.request.request_id = f"cmpl-{uuid.uuid4().hex}"
-            metadata = tuple((k.lower(), v) for k, v in request.headers.items() if k.lower() == "authorization")
+            metadata = tuple(
+                (k.lower(), v) for k, v in request.headers.items() if k.lower() == "authorization"
+            )
             if completion.stream:
                 answer = await self._stream(request, completion, metadata)
             else:
                 message = await self.forwarder.unary(
-                    "Generate", completion.request, request_key(completion.request, self.prefix_blocks), None,
-                    metadata)
-                answer = web.json_response(oai.completion_response(
-                    message, completion, self.model, completion.request.request_id, int(time.time())))
+                    "Generate",
+                    completion.request,
+                    request_key(completion.request, self.prefix_blocks),
+                    None,
+                    metadata,
+                )
+                answer = web.json_response(
+                    oai.completion_response(
+                        message, completion, self.model, completion.request.request_id, int(time.time())
+                    )
+                )
             code = "OK"
             return answer
         except oai.BadRequest as err:
@@ -106,16 +131,20 @@ class RouterHTTP:
             self.metrics.requests.labels(API, "Completions", code).inc()
             self.metrics.duration.observe(time.monotonic() - arrived)
 
-    async def _stream(self, request: web.Request, completion: oai.Completion,
-                      metadata: tuple[tuple[str, str], ...]) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, completion: oai.Completion, metadata: tuple[tuple[str, str], ...]
+    ) -> web.StreamResponse:
         """Server-sent events: a chunk per replica message, the usage chunk when asked, then [DONE]. The HTTP
         status waits for the first message, so a call refused before any output gets its proper status."""
         ident, created = completion.request.request_id, int(time.time())
-        stream = self.forwarder.stream(completion.request, request_key(completion.request, self.prefix_blocks),
-                                       None, metadata)
+        stream = self.forwarder.stream(
+            completion.request, request_key(completion.request, self.prefix_blocks), None, metadata
+        )
         async with contextlib.aclosing(stream):
             first = await anext(stream, None)  # RouteError here: nothing sent yet, the caller maps it
-            answer = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+            answer = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            )
             await answer.prepare(request)
             last = None
             offset = 0

@@ -63,19 +63,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d = p.add_argument_group("replicas")
     d.add_argument("--namespace", help="namespace of the server pods")
     d.add_argument("--selector", help="label selector of the server pods, e.g. serving.grok.dev/deployment=x")
-    d.add_argument("--grpc-port-name", default="grpc", help="the servers' gRPC container port (name or number)")
-    d.add_argument("--metrics-port-name", default="metrics", help="the servers' metrics port (name or number)")
+    d.add_argument(
+        "--grpc-port-name", default="grpc", help="the servers' gRPC container port (name or number)"
+    )
+    d.add_argument(
+        "--metrics-port-name", default="metrics", help="the servers' metrics port (name or number)"
+    )
     d.add_argument("--kubeconfig", help="default: the pod's service account (in-cluster)")
-    d.add_argument("--replica", type=_static_replica, action="append", default=[],
-                   help="HOST:PORT[,METRICS_HOST:PORT] of a replica, instead of watching pods (repeatable)")
+    d.add_argument(
+        "--replica",
+        type=_static_replica,
+        action="append",
+        default=[],
+        help="HOST:PORT[,METRICS_HOST:PORT] of a replica, instead of watching pods (repeatable)",
+    )
     r = p.add_argument_group("routing")
-    r.add_argument("--prefix-blocks", type=int, default=8,
-                   help="blocks of prompt (16 tokens, or 64 bytes of text) that key prefix affinity; 0: off")
-    r.add_argument("--balance", type=_fraction, default=0.5,
-                   help="a prefix's replica is taken while its load is under (1 + balance) × the average")
-    r.add_argument("--max-attempts", type=_positive, default=3,
-                   help="replicas tried for a call refused (UNAVAILABLE, RESOURCE_EXHAUSTED) before any output")
-    r.add_argument("--scrape-interval", type=float, default=1.0, help="seconds between reads of replicas' gauges")
+    r.add_argument(
+        "--prefix-blocks",
+        type=int,
+        default=8,
+        help="blocks of prompt (16 tokens, or 64 bytes of text) that key prefix affinity; 0: off",
+    )
+    r.add_argument(
+        "--balance",
+        type=_fraction,
+        default=0.5,
+        help="a prefix's replica is taken while its load is under (1 + balance) x the average",
+    )
+    r.add_argument(
+        "--max-attempts",
+        type=_positive,
+        default=3,
+        help="replicas tried for a call refused (UNAVAILABLE, RESOURCE_EXHAUSTED) before any output",
+    )
+    r.add_argument(
+        "--scrape-interval", type=float, default=1.0, help="seconds between reads of replicas' gauges"
+    )
     p.add_argument("--drain-grace-seconds", type=float, default=30.0)
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
@@ -102,11 +125,18 @@ class Router:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         a = self.args
-        server = grpc.aio.server(options=[("grpc.max_receive_message_length", -1),
-                                          ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0),
-                                          ("grpc.http2.max_ping_strikes", 0),
-                                          ("grpc.keepalive_permit_without_calls", 1)])
-        pb_grpc.add_GenerationServiceServicer_to_server(RouterServicer(self.forwarder, a.prefix_blocks), server)
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", -1),
+                ("grpc.max_send_message_length", -1),
+                ("grpc.so_reuseport", 0),
+                ("grpc.http2.max_ping_strikes", 0),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ]
+        )
+        pb_grpc.add_GenerationServiceServicer_to_server(
+            RouterServicer(self.forwarder, a.prefix_blocks), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable([SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server)
         port = server.add_insecure_port(f"{a.host}:{a.port}")
@@ -121,12 +151,19 @@ class Router:
         if a.replica:
             self.replicas.update({e.name: e for e in a.replica}, len(a.replica))
         else:
-            watcher = PodWatcher(self.replicas, a.namespace, a.selector, a.grpc_port_name, a.metrics_port_name,
-                                 a.kubeconfig)
+            watcher = PodWatcher(
+                self.replicas, a.namespace, a.selector, a.grpc_port_name, a.metrics_port_name, a.kubeconfig
+            )
             watcher.start(loop)
         scraper = asyncio.create_task(scrape_forever(self.replicas, a.scrape_interval))
-        log.info("listening on %s:%d (gRPC) and %s:%d (HTTP); replicas: %s", a.host, port, a.host, a.http_port,
-                 ", ".join(e.grpc_address for e in a.replica) or f"pods {a.selector} in {a.namespace}")
+        log.info(
+            "listening on %s:%d (gRPC) and %s:%d (HTTP); replicas: %s",
+            a.host,
+            port,
+            a.host,
+            a.http_port,
+            ", ".join(e.grpc_address for e in a.replica) or f"pods {a.selector} in {a.namespace}",
+        )
         await self.replicas.synced.wait()
         for service in (SERVICE_NAME, ""):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -147,7 +184,9 @@ class Router:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     code = asyncio.run(Router(args).run())
     logging.shutdown()
     sys.exit(code)

@@ -22,6 +22,7 @@ METRIC_NAMES = (
     "grok_router_request_duration_seconds",
     "grok_router_replicas",
     "grok_router_replica_in_flight",
+    "grok_router_replica_load",
 )
 
 
@@ -30,16 +31,25 @@ class _ReplicaCollector(Collector):
         self._replicas = replicas
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        known = GaugeMetricFamily("grok_router_replicas", "Server pods the router knows of, by state.",
-                                  labels=["state"])
+        known = GaugeMetricFamily(
+            "grok_router_replicas", "Server pods the router knows of, by state.", labels=["state"]
+        )
         known.add_metric(["known"], self._replicas.known)
         known.add_metric(["ready"], len(self._replicas.replicas))
         yield known
-        in_flight = GaugeMetricFamily("grok_router_replica_in_flight",
-                                      "This router's calls in flight on each Ready replica.", labels=["replica"])
+        in_flight = GaugeMetricFamily(
+            "grok_router_replica_in_flight",
+            "This router's calls in flight on each Ready replica.",
+            labels=["replica"],
+        )
+        load = GaugeMetricFamily("grok_router_replica_load", "Each Ready replica's load as the router weighs "
+                                 "it: its own calls there, plus the others' (from the replica's own count).",
+                                 labels=["replica"])
         for replica in list(self._replicas.replicas.values()):
             in_flight.add_metric([replica.name], replica.in_flight)
+            load.add_metric([replica.name], replica.load)
         yield in_flight
+        yield load
 
 
 class RouterMetrics:
@@ -47,23 +57,43 @@ class RouterMetrics:
         disable_created_metrics()
         self.registry = r = CollectorRegistry()
         self.requests = Counter(
-            "grok_router_requests", "Calls the router finished, by API, method and status code (gRPC names).",
-            ["api", "method", "code"], registry=r)
+            "grok_router_requests",
+            "Calls the router finished, by API, method and status code (gRPC names).",
+            ["api", "method", "code"],
+            registry=r,
+        )
         self.upstream = Counter(
-            "grok_router_upstream_requests", "Attempts sent to replicas, by replica and status code.",
-            ["replica", "code"], registry=r)
+            "grok_router_upstream_requests",
+            "Attempts sent to replicas, by replica and status code.",
+            ["replica", "code"],
+            registry=r,
+        )
         self.retries = Counter(
-            "grok_router_retries", "Calls sent again to another replica, by the code of the failed attempt.",
-            ["code"], registry=r)
+            "grok_router_retries",
+            "Calls sent again to another replica, by the code of the failed attempt.",
+            ["code"],
+            registry=r,
+        )
         self.decisions = Counter(
-            "grok_router_routing_decisions", "Replica choices by reason: affinity (the prompt prefix's "
-            "replica), affinity_overloaded (its next choice), load (least loaded).", ["reason"], registry=r)
+            "grok_router_routing_decisions",
+            "Replica choices by reason: affinity (the prompt prefix's "
+            "replica), affinity_overloaded (its next choice), load (least loaded).",
+            ["reason"],
+            registry=r,
+        )
         self.overhead = Histogram(
-            "grok_router_overhead_seconds", "Time a call spends in the router before its attempt goes out "
-            "(choosing a replica, failed attempts excluded).", buckets=OVERHEAD_BUCKETS, registry=r)
+            "grok_router_overhead_seconds",
+            "Time a call spends in the router before its attempt goes out "
+            "(choosing a replica, failed attempts excluded).",
+            buckets=OVERHEAD_BUCKETS,
+            registry=r,
+        )
         self.duration = Histogram(
-            "grok_router_request_duration_seconds", "Calls from arrival at the router to their end.",
-            buckets=DURATION_BUCKETS, registry=r)
+            "grok_router_request_duration_seconds",
+            "Calls from arrival at the router to their end.",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         r.register(_ReplicaCollector(replicas))
 
     def exposition(self) -> bytes:

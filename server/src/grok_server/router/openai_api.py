@@ -98,11 +98,16 @@ def _prompt(request: pb.GenerateRequest, prompt: Any) -> None:
         prompt = prompt[0]
     if isinstance(prompt, str):
         request.text = prompt
-    elif (isinstance(prompt, list) and prompt
-          and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt)):
+    elif (
+        isinstance(prompt, list)
+        and prompt
+        and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt)
+    ):
         request.token_ids.ids.extend(prompt)
     elif isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str | list) for p in prompt):
-        raise BadRequest("prompt: batches of prompts are not supported; send one prompt per request", "prompt")
+        raise BadRequest(
+            "prompt: batches of prompts are not supported; send one prompt per request", "prompt"
+        )
     else:
         raise BadRequest("prompt must be a string or a non-empty list of token ids", "prompt")
 
@@ -114,8 +119,12 @@ def completion_request(body: Any, model: str) -> Completion:
     if "prompt" not in body:
         raise BadRequest("prompt is required", "prompt")
     if body.get("model") not in (None, model):
-        raise BadRequest(f"the model {body['model']!r} does not exist here; this endpoint serves {model!r}",
-                         "model", status=404, code="model_not_found")
+        raise BadRequest(
+            f"the model {body['model']!r} does not exist here; this endpoint serves {model!r}",
+            "model",
+            status=404,
+            code="model_not_found",
+        )
     for name in ("n", "best_of"):
         if body.get(name) not in (None, 1):
             raise BadRequest(f"{name} must be 1: one completion per request", name)
@@ -163,14 +172,33 @@ def completion_request(body: Any, model: str) -> Completion:
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise BadRequest("stream_options must be an object", "stream_options")
-    known = {"model", "prompt", "n", "best_of", "suffix", "logit_bias", *_FLOATS, "top_k", "seed", "max_tokens",
-             "min_tokens", "stop", "stop_token_ids", "ignore_eos", "logprobs", "echo", "stream", "stream_options",
-             *_IGNORED}
+    known = {
+        "model",
+        "prompt",
+        "n",
+        "best_of",
+        "suffix",
+        "logit_bias",
+        *_FLOATS,
+        "top_k",
+        "seed",
+        "max_tokens",
+        "min_tokens",
+        "stop",
+        "stop_token_ids",
+        "ignore_eos",
+        "logprobs",
+        "echo",
+        "stream",
+        "stream_options",
+        *_IGNORED,
+    }
     unknown = sorted(set(body) - known)
     if unknown:
         raise BadRequest(f"unknown parameter {unknown[0]!r}", unknown[0])
-    return Completion(request, _bool(body, "stream"), bool(options.get("include_usage")), echo,
-                      logprobs is not None)
+    return Completion(
+        request, _bool(body, "stream"), bool(options.get("include_usage")), echo, logprobs is not None
+    )
 
 
 def _logprobs(entries: list[pb.TokenLogprob], offset: int) -> dict[str, Any]:
@@ -201,16 +229,29 @@ def usage(message: pb.GenerateResponse) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
 
 
-def completion_response(message: pb.GenerateResponse, completion: Completion, model: str, ident: str,
-                        created: int) -> dict[str, Any]:
-    return {"id": ident, "object": "text_completion", "created": created, "model": model,
-            "choices": [choice(message, completion)], "usage": usage(message)}
+def completion_response(
+    message: pb.GenerateResponse, completion: Completion, model: str, ident: str, created: int
+) -> dict[str, Any]:
+    return {
+        "id": ident,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [choice(message, completion)],
+        "usage": usage(message),
+    }
 
 
-def chunk(choices: list[dict[str, Any]], model: str, ident: str, created: int,
-          usage_: dict[str, int] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"id": ident, "object": "text_completion", "created": created, "model": model,
-                            "choices": choices}
+def chunk(
+    choices: list[dict[str, Any]], model: str, ident: str, created: int, usage_: dict[str, int] | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": ident,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": choices,
+    }
     if usage_ is not None:
         body["usage"] = usage_
     return body

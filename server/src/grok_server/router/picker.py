@@ -67,7 +67,7 @@ def ranking(key: bytes, names: Iterable[str]) -> list[str]:
 
 def load_bound(loads: Sequence[float], balance: float) -> float:
     """The most load a replica may carry, counting the new request, and still be chosen for affinity:
-    (1 + balance) × the average load with the new request included, and never below 1 so an idle set of
+    (1 + balance) x the average load with the new request included, and never below 1 so an idle set of
     replicas always honours affinity."""
     average = (sum(loads) + 1) / len(loads)
     return max(1.0, math.ceil(average * (1 + balance)))

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -27,6 +30,8 @@ log = logging.getLogger("grok_router.replicas")
 
 # The replicas' gauges that the load estimate reads (grok-server's metric contract).
 SCRAPED = ("grok_requests_in_flight", "grok_requests_waiting", "grok_kv_cache_usage_ratio")
+# Where a pod finds its service account's token and the cluster's CA (GROK_SERVICE_ACCOUNT_DIR overrides it).
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", -1),
     ("grpc.max_send_message_length", -1),
@@ -53,12 +58,16 @@ def _port(container_ports: Iterable[Mapping[str, Any]], name: str) -> int | None
     return None
 
 
-def endpoint_of(pod: Mapping[str, Any], grpc_port: str = "grpc", metrics_port: str = "metrics") -> Endpoint | None:
+def endpoint_of(
+    pod: Mapping[str, Any], grpc_port: str = "grpc", metrics_port: str = "metrics"
+) -> Endpoint | None:
     """The pod's endpoint while it should get new requests (Ready, has an IP, not terminating), else None."""
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
     if meta.get("deletionTimestamp") or not status.get("podIP"):
         return None
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ())
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ()
+    )
     if not ready:
         return None
     ports = [p for c in (pod.get("spec") or {}).get("containers") or () for p in c.get("ports") or ()]
@@ -68,8 +77,11 @@ def endpoint_of(pod: Mapping[str, Any], grpc_port: str = "grpc", metrics_port: s
     metrics_number = _port(ports, metrics_port) if not metrics_port.isdigit() else int(metrics_port)
     ip = status["podIP"]
     host = f"[{ip}]" if ":" in ip else ip
-    return Endpoint(meta["name"], f"{host}:{grpc_number}",
-                    f"{host}:{metrics_number}" if metrics_number is not None else None)
+    return Endpoint(
+        meta["name"],
+        f"{host}:{grpc_number}",
+        f"{host}:{metrics_number}" if metrics_number is not None else None,
+    )
 
 
 def parse_gauges(exposition: str) -> dict[str, float]:
@@ -90,15 +102,28 @@ class Replica:
     stub: pb_grpc.GenerationServiceStub
     in_flight: int = 0  # this router's calls on it now
     gauges: dict[str, float] = field(default_factory=dict)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def acquire(self) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle.set()
 
     @property
     def name(self) -> str:
         return self.endpoint.name
 
+    others: float = 0.0  # requests on the replica that are not this router's, as of the last scrape
+
     @property
     def load(self) -> float:
-        """Requests on the replica: this router's own count, or the replica's when more (other routers')."""
-        return max(float(self.in_flight), self.gauges.get("grok_requests_in_flight", 0.0))
+        """Requests on the replica: this router's own (exact, now) plus the others' (other routers', clients
+        that bypass the router) from the replica's own count at the last scrape."""
+        return self.in_flight + self.others
 
 
 class ReplicaSet:
@@ -137,7 +162,9 @@ class ReplicaSet:
             listener()
 
     def pick(self, key: bytes | None, exclude: set[str]) -> tuple[Replica, str] | None:
-        candidates = [picker.Candidate(r.name, r.load) for r in self.replicas.values() if r.name not in exclude]
+        candidates = [
+            picker.Candidate(r.name, r.load) for r in self.replicas.values() if r.name not in exclude
+        ]
         choice = picker.pick(candidates, key, self.balance, self._turn)
         self._turn += 1
         if choice is None:
@@ -151,18 +178,25 @@ class ReplicaSet:
 
 
 async def _close_when_idle(replica: Replica) -> None:
-    while replica.in_flight:
-        await asyncio.sleep(0.5)
+    if replica.in_flight:
+        await replica.idle.wait()
     await replica.channel.close()
 
 
 class PodWatcher:
-    """Keeps a ReplicaSet equal to the Ready pods of a selector: a list, then a watch from its resourceVersion,
-    relisting when the watch expires (410) or fails. Runs the blocking Kubernetes client in a thread and hands
-    each new endpoint set to the event loop."""
+    """Keeps a ReplicaSet equal to the Ready pods of a selector: a list, then a watch from its
+    resourceVersion, relisting when the watch expires (410) or fails. Runs the blocking Kubernetes client in
+    a thread and hands each new endpoint set to the event loop."""
 
-    def __init__(self, replicas: ReplicaSet, namespace: str, selector: str, grpc_port: str = "grpc",
-                 metrics_port: str = "metrics", kubeconfig: str | None = None) -> None:
+    def __init__(
+        self,
+        replicas: ReplicaSet,
+        namespace: str,
+        selector: str,
+        grpc_port: str = "grpc",
+        metrics_port: str = "metrics",
+        kubeconfig: str | None = None,
+    ) -> None:
         self.replicas = replicas
         self.namespace = namespace
         self.selector = selector
@@ -185,7 +219,10 @@ class PodWatcher:
         if self.kubeconfig:
             config.load_kube_config(self.kubeconfig)
         else:
-            config.load_incluster_config()
+            from kubernetes.config.incluster_config import InClusterConfigLoader
+
+            account = Path(os.environ.get("GROK_SERVICE_ACCOUNT_DIR", SERVICE_ACCOUNT_DIR))
+            InClusterConfigLoader(str(account / "token"), str(account / "ca.crt")).load_and_set()
         return client.CoreV1Api()
 
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -196,18 +233,21 @@ class PodWatcher:
         while not self._stop.is_set():
             try:
                 api = api or self._api()
-                listing = api.list_namespaced_pod(self.namespace, label_selector=self.selector,
-                                                  _preload_content=False)
-                import json
-
+                listing = api.list_namespaced_pod(
+                    self.namespace, label_selector=self.selector, _preload_content=False
+                )
                 body = json.loads(listing.data)
                 pods = {p["metadata"]["name"]: p for p in body["items"]}
                 self._publish(loop, pods)
                 self._watch = watch.Watch()
-                for event in self._watch.stream(api.list_namespaced_pod, self.namespace,
-                                                label_selector=self.selector,
-                                                resource_version=body["metadata"]["resourceVersion"],
-                                                allow_watch_bookmarks=True, timeout_seconds=300):
+                for event in self._watch.stream(
+                    api.list_namespaced_pod,
+                    self.namespace,
+                    label_selector=self.selector,
+                    resource_version=body["metadata"]["resourceVersion"],
+                    allow_watch_bookmarks=True,
+                    timeout_seconds=300,
+                ):
                     if self._stop.is_set():
                         return
                     pod, kind = event["raw_object"], event["type"]
@@ -221,8 +261,9 @@ class PodWatcher:
                         continue
                     self._publish(loop, pods)
             except ApiException as err:
-                log.warning("watching pods %s in %s: %s %s", self.selector, self.namespace, err.status,
-                            err.reason)
+                log.warning(
+                    "watching pods %s in %s: %s %s", self.selector, self.namespace, err.status, err.reason
+                )
                 self._stop.wait(2.0)
             except Exception as err:  # the API server may be briefly unreachable: relist after a pause
                 log.warning("watching pods %s in %s failed: %s", self.selector, self.namespace, err)
@@ -230,7 +271,9 @@ class PodWatcher:
                 self._stop.wait(2.0)
 
     def _publish(self, loop: asyncio.AbstractEventLoop, pods: Mapping[str, Mapping[str, Any]]) -> None:
-        endpoints = {name: e for name, pod in pods.items() if (e := endpoint_of(pod, *self.ports)) is not None}
+        endpoints = {
+            name: e for name, pod in pods.items() if (e := endpoint_of(pod, *self.ports)) is not None
+        }
         loop.call_soon_threadsafe(self.replicas.update, endpoints, len(pods))
 
 
@@ -249,9 +292,14 @@ async def scrape_forever(replicas: ReplicaSet, interval: float) -> None:
 
 
 async def _scrape(session: Any, replica: Replica) -> None:
+    mine = replica.in_flight
     try:
         async with session.get(f"http://{replica.endpoint.metrics_address}/metrics") as answer:
             if answer.status == 200:
                 replica.gauges = parse_gauges(await answer.text())
+                # The replica counted this router's calls too: the ones in flight at either end of the scrape
+                # are taken off (a scrape read while a call ended must not count it for a whole interval).
+                mine = max(mine, replica.in_flight)
+                replica.others = max(0.0, replica.gauges.get("grok_requests_in_flight", 0.0) - mine)
     except Exception as err:  # the replica may be going away; the watch decides that
         log.debug("scraping %s: %s", replica.name, err)

@@ -31,13 +31,15 @@ class RouterServicer(pb_grpc.GenerationServiceServicer):
         self.metrics.requests.labels(API, method, code).inc()
         self.metrics.duration.observe(time.monotonic() - arrived)
 
-    async def _unary(self, method: str, request: Any, context: grpc.aio.ServicerContext,
-                     key: bytes | None = None) -> Any:
+    async def _unary(
+        self, method: str, request: Any, context: grpc.aio.ServicerContext, key: bytes | None = None
+    ) -> Any:
         arrived = time.monotonic()
         code = "CANCELLED"
         try:
-            answer = await self.forwarder.unary(method, request, key, self._deadline(context),
-                                                forwardable(context.invocation_metadata()))
+            answer = await self.forwarder.unary(
+                method, request, key, self._deadline(context), forwardable(context.invocation_metadata())
+            )
             code = "OK"
             return answer
         except RouteError as err:
@@ -46,14 +48,20 @@ class RouterServicer(pb_grpc.GenerationServiceServicer):
         finally:
             self._count(method, code, arrived)
 
-    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GenerateResponse:
         return await self._unary("Generate", request, context, request_key(request, self.prefix_blocks))
 
     async def GenerateStream(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> None:
         arrived = time.monotonic()
         code = "CANCELLED"
-        stream = self.forwarder.stream(request, request_key(request, self.prefix_blocks),
-                                       self._deadline(context), forwardable(context.invocation_metadata()))
+        stream = self.forwarder.stream(
+            request,
+            request_key(request, self.prefix_blocks),
+            self._deadline(context),
+            forwardable(context.invocation_metadata()),
+        )
         try:
             async with contextlib.aclosing(stream):
                 async for message in stream:
@@ -67,8 +75,12 @@ class RouterServicer(pb_grpc.GenerationServiceServicer):
         finally:
             self._count("GenerateStream", code, arrived)
 
-    async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
+    async def Tokenize(
+        self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TokenizeResponse:
         return await self._unary("Tokenize", request, context)
 
-    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInfo:
         return await self._unary("GetModelInfo", request, context)

@@ -1,0 +1,306 @@
+"""The front door on the path a request takes: a GrokDeployment's router pod in front of its server pods, all
+run for real by the simulated cluster's pod runner, each at its own loopback address.
+
+One GrokDeployment (two replicas of the tiny model, the router the operator adds by default) serves the
+module's tests in order; the last ones change it (scale up, delete, kill). Whatever must be "still running"
+at a moment is held there by the test (a replica's engine core SIGSTOPped), never by the machine's speed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import openai
+import pytest
+from grok.serving.v1 import generation_pb2 as pb
+from grok.serving.v1 import generation_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from grok_devcluster.cluster import DevCluster, is_ready
+from grok_server.local import parse_metrics
+from grok_server.server.placement import descendants, process_title
+from tests.operatorlib import OperatorProcess, bind_weights, wait_for
+from tests.server.serverlib import EngineHold, reflect
+
+pytestmark = pytest.mark.cluster
+
+NAME = "fleet"
+SERVICE = "grok.serving.v1.GenerationService"
+SERVERS = f"app.kubernetes.io/name=grok-server,serving.grok.dev/deployment={NAME}"
+ROUTERS = f"app.kubernetes.io/name=grok-router,serving.grok.dev/deployment={NAME}"
+ENGINE_ARGS = ["--enforce-eager", "--kv-cache-memory-bytes", str(128 * 1024 * 1024), "--dtype", "float32",
+               "--max-num-seqs", "8"]
+# A prefix of more than the router's 8 affinity blocks of text (8 x 64 bytes).
+SHARED_PREFIX = "You are a careful assistant. " * 24
+
+
+def grokd(replicas: int) -> dict:
+    return {
+        "apiVersion": "serving.grok.dev/v1alpha1",
+        "kind": "GrokDeployment",
+        "metadata": {"name": NAME},
+        "spec": {
+            "model": {"uri": "pvc://weights/tiny", "profile": "grok-1-tiny", "maxModelLen": 1024},
+            "gpu": {"product": "NVIDIA-H100-80GB-HBM3"},
+            "replicas": replicas,
+            "server": {"drainSeconds": 120, "engineArgs": ENGINE_ARGS},
+        },
+    }
+
+
+@dataclass
+class Fleet:
+    cluster: DevCluster
+    ns: str
+    router_ip: str
+
+    @property
+    def target(self) -> str:
+        return f"{self.router_ip}:50051"
+
+    @property
+    def http(self) -> str:
+        return f"http://{self.router_ip}:8080"
+
+    def ready_servers(self) -> list[dict]:
+        items = self.cluster.get_json("pods", "-n", self.ns, "-l", SERVERS)["items"]
+        return [p for p in items if is_ready(p) and not p["metadata"].get("deletionTimestamp")]
+
+    def router_metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"{self.http}/metrics", timeout=30) as answer:
+            return parse_metrics(answer.read().decode())
+
+    def served_by(self) -> dict[str, float]:
+        """Calls each replica (pod name) answered OK, as the router counted them."""
+        found = {}
+        for key, value in self.router_metrics().items():
+            if key.startswith("grok_router_upstream_requests_total{") and 'code="OK"' in key:
+                found[key.split('replica="')[1].split('"')[0]] = value
+        return found
+
+    def decisions(self, reason: str) -> float:
+        return self.router_metrics().get(f'grok_router_routing_decisions_total{{reason="{reason}"}}', 0.0)
+
+    def known_ready(self) -> float:
+        return self.router_metrics().get('grok_router_replicas{state="ready"}', -1)
+
+
+def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0)}
+
+
+def engine_pids(pod: dict) -> list[int]:
+    main = int(pod["status"]["containerStatuses"][0]["containerID"].rsplit("/", 1)[1])
+    return [p for p in descendants(main) if "EngineCore" in process_title(p)]
+
+
+def generate(stub: pb_grpc.GenerationServiceStub, text: str, tokens: int = 4) -> pb.GenerateResponse:
+    return stub.Generate(pb.GenerateRequest(text=text, stopping=pb.StoppingCriteria(
+        max_new_tokens=tokens, ignore_eos=True)), timeout=300)
+
+
+@pytest.fixture(scope="module")
+def fleet(devcluster: DevCluster, grok_operator: OperatorProcess,
+          tiny_grok_checkpoint: Path) -> Iterator[Fleet]:
+    ns = f"router-{os.getpid()}"
+    devcluster.kubectl("create", "namespace", ns)
+    devcluster.kubectl("wait", "--for=create", "serviceaccount/default", "-n", ns, "--timeout=120s")
+    bind_weights(devcluster, ns, "weights", tiny_grok_checkpoint)
+    devcluster.apply([{**grokd(2), "metadata": {"name": NAME, "namespace": ns}}])
+    fleet = Fleet(devcluster, ns, "")
+    wait_for(lambda: len(fleet.ready_servers()) == 2, 900, interval=2, message="two Ready server pods")
+
+    def ready_router() -> dict | None:
+        items = devcluster.get_json("pods", "-n", ns, "-l", ROUTERS)["items"]
+        return next((p for p in items if is_ready(p)), None)
+
+    router = wait_for(ready_router, 300, interval=1, message="a Ready router pod")
+    fleet.router_ip = router["status"]["podIP"]
+    wait_for(lambda: fleet.known_ready() == 2, 120, message="the router to know both replicas")
+    yield fleet
+    devcluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_the_router_pod_serves_the_api_health_and_reflection(fleet: Fleet) -> None:
+    status = fleet.cluster.get_json("grokd", NAME, "-n", fleet.ns)["status"]
+    assert status["endpoint"] == f"{NAME}.{fleet.ns}.svc:50051"
+    assert fleet.router_ip.startswith("127.65.")
+    with grpc.insecure_channel(fleet.target) as channel:
+        stub = pb_grpc.GenerationServiceStub(channel)
+        assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=60).model == NAME
+        answer = generate(stub, "hello")
+        assert answer.usage.generated_tokens == 4 and answer.finish_reason == pb.FINISH_REASON_LENGTH
+        health = health_pb2_grpc.HealthStub(channel)
+        assert health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=30).status == \
+            health_pb2.HealthCheckResponse.SERVING
+        for version in ("v1", "v1alpha"):
+            names, files = reflect(channel, version, SERVICE)
+            assert SERVICE in names and "grok/serving/v1/generation.proto" in files
+
+
+def test_one_client_is_spread_over_every_ready_replica(fleet: Fleet) -> None:
+    """One channel (one HTTP/2 connection, all a ClusterIP Service would give to one replica) reaches both."""
+    before = fleet.served_by()
+    with grpc.insecure_channel(fleet.target) as channel:
+        stub = pb_grpc.GenerationServiceStub(channel)
+        for i in range(16):
+            generate(stub, f"short {i}")  # under one block of prompt: no affinity, the least loaded
+    spread = delta(before, fleet.served_by())
+    names = {p["metadata"]["name"] for p in fleet.ready_servers()}
+    assert set(spread) == names, spread
+    assert sum(spread.values()) == 16 and min(spread.values()) >= 4, spread
+
+
+def test_a_shared_prefix_sticks_to_one_replica_and_spills_when_it_is_overloaded(fleet: Fleet) -> None:
+    before = fleet.served_by()
+    affinity = fleet.decisions("affinity")
+    with grpc.insecure_channel(fleet.target) as channel:
+        stub = pb_grpc.GenerationServiceStub(channel)
+        for i in range(6):
+            generate(stub, f"{SHARED_PREFIX} question {i}?")
+        (home, count), = delta(before, fleet.served_by()).items()
+        assert count == 6 and fleet.decisions("affinity") - affinity == 6
+        # Overload the prefix's replica: its engine held, the streams sent to it stay in flight there.
+        pod = next(p for p in fleet.ready_servers() if p["metadata"]["name"] == home)
+        spilled_before = fleet.decisions("affinity_overloaded")
+        streams = []
+        with EngineHold(pids=engine_pids(pod)) as hold, ThreadPoolExecutor(8) as pool:
+            hold.hold()
+            in_flight = f'grok_router_replica_in_flight{{replica="{home}"}}'
+            while fleet.decisions("affinity_overloaded") == spilled_before:
+                assert len(streams) < 8, "the overloaded replica kept getting the prefix"
+                request = pb.GenerateRequest(text=f"{SHARED_PREFIX} held {len(streams)}?",
+                                             stopping=pb.StoppingCriteria(max_new_tokens=4))
+                streams.append(pool.submit(lambda r=request: list(stub.GenerateStream(r, timeout=300))))
+                sent = len(streams)
+                wait_for(lambda n=sent: fleet.router_metrics().get(in_flight, 0) == n
+                         or fleet.decisions("affinity_overloaded") > spilled_before, 60,
+                         message="the stream to reach a replica")
+            # The spilled call went to the other replica and completed while the home replica was held.
+            wait_for(streams[-1].done, 120, message="the spilled stream to complete elsewhere")
+            assert [m.usage.generated_tokens for m in streams[-1].result()][-1] == 4
+            others = delta(before, fleet.served_by())
+            assert others.get(home) == 6 and sum(v for k, v in others.items() if k != home) == 1, others
+            hold.release()
+            for stream in streams:
+                assert stream.result(timeout=300)[-1].usage.generated_tokens == 4
+
+
+def test_openai_completions_with_the_openai_package(fleet: Fleet) -> None:
+    client = openai.OpenAI(base_url=f"{fleet.http}/v1", api_key="unused", max_retries=0, timeout=300)
+    assert [m.id for m in client.models.list().data] == [NAME]
+    answer = client.completions.create(model=NAME, prompt="Hello", max_tokens=5, temperature=0, seed=1,
+                                       logprobs=2, extra_body={"ignore_eos": True})
+    assert answer.choices[0].finish_reason == "length" and answer.usage.completion_tokens == 5
+    assert len(answer.choices[0].logprobs.tokens) == 5
+    again = client.completions.create(model=NAME, prompt="Hello", max_tokens=5, temperature=0,
+                                      extra_body={"ignore_eos": True})
+    assert again.choices[0].text == answer.choices[0].text  # greedy: the same text, wherever it ran
+    chunks = list(client.completions.create(model=NAME, prompt=[1, 2, 3, 4], max_tokens=6, stream=True,
+                                            stream_options={"include_usage": True},
+                                            extra_body={"ignore_eos": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices)
+    assert chunks[-1].usage.completion_tokens == 6 and chunks[-2].choices[0].finish_reason == "length"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.completions.create(model=NAME, prompt="x", max_tokens="many")  # type: ignore[arg-type]
+    assert bad.value.status_code == 400 and bad.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.completions.create(model=NAME, prompt="x", temperature=7)
+    assert "temperature" in bad.value.body["message"]
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="gpt-4", prompt="x")
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "hi"}])
+    assert "chat template" in bad.value.body["message"]
+
+
+def test_a_replica_added_by_kubectl_scale_takes_traffic(fleet: Fleet) -> None:
+    fleet.cluster.kubectl("scale", "grokd", NAME, "-n", fleet.ns, "--replicas", "3")
+    wait_for(lambda: len(fleet.ready_servers()) == 3, 900, interval=2, message="a third Ready replica")
+    # The router follows the pods' Ready condition, not a scrape or a resolver's refresh.
+    wait_for(lambda: fleet.known_ready() == 3, 60, message="the router to know the third replica")
+    before = fleet.served_by()
+    with grpc.insecure_channel(fleet.target) as channel:
+        stub = pb_grpc.GenerationServiceStub(channel)
+        for i in range(12):
+            generate(stub, f"more {i}")
+    spread = delta(before, fleet.served_by())
+    assert len(spread) == 3 and min(spread.values()) >= 2, spread
+
+
+def test_a_deleted_replica_leaves_the_router_before_its_drain_ends(fleet: Fleet) -> None:
+    victim = fleet.ready_servers()[0]
+    name = victim["metadata"]["name"]
+    with grpc.insecure_channel(f"{victim['status']['podIP']}:50051") as direct, \
+            EngineHold(pids=engine_pids(victim)) as hold, ThreadPoolExecutor(1) as pool:
+        # A stream in flight on the victim, held there: its drain cannot end before the test lets it.
+        stub = pb_grpc.GenerationServiceStub(direct)
+        held = pool.submit(lambda: list(stub.GenerateStream(pb.GenerateRequest(
+            text="draining", stopping=pb.StoppingCriteria(max_new_tokens=4, ignore_eos=True)), timeout=300)))
+        wait_for(lambda: parse_metrics(urllib.request.urlopen(
+            f"http://{victim['status']['podIP']}:9090/metrics", timeout=30).read().decode()).get(
+            "grok_requests_in_flight") == 1, 60, message="the stream to be admitted")
+        hold.hold()
+        fleet.cluster.kubectl("delete", "pod", name, "-n", fleet.ns, "--wait=false")
+        wait_for(lambda: fleet.known_ready() == 2, 60, message="the router to drop the deleted replica")
+        assert not held.done(), "the victim's drain is still under way (its stream is held)"
+        before = fleet.served_by()
+        with grpc.insecure_channel(fleet.target) as channel:
+            front = pb_grpc.GenerationServiceStub(channel)
+            for i in range(6):
+                generate(front, f"after delete {i}")
+        assert name not in delta(before, fleet.served_by())
+        hold.release()
+        assert held.result(timeout=300)[-1].usage.generated_tokens == 4  # the drain let it finish
+
+
+def test_a_killed_replica_fails_only_its_own_streams_and_nothing_hangs(fleet: Fleet) -> None:
+    wait_for(lambda: len(fleet.ready_servers()) >= 2 and fleet.known_ready() >= 2, 900, interval=2,
+             message="two Ready replicas")
+    victim = fleet.ready_servers()[0]
+    name = victim["metadata"]["name"]
+    main = int(victim["status"]["containerStatuses"][0]["containerID"].rsplit("/", 1)[1])
+    outcomes: list[tuple[str, str]] = []  # (code, replica it ran on when known)
+    stop = threading.Event()
+
+    def load(worker: int) -> None:
+        with grpc.insecure_channel(fleet.target) as channel:
+            stub = pb_grpc.GenerationServiceStub(channel)
+            i = 0
+            while not stop.is_set():
+                i += 1
+                try:
+                    request = pb.GenerateRequest(text=f"load {worker}-{i}", stopping=pb.StoppingCriteria(
+                        max_new_tokens=8, ignore_eos=True))
+                    messages = list(stub.GenerateStream(request, timeout=300))
+                    assert messages[-1].usage.generated_tokens == 8
+                    outcomes.append(("OK", ""))
+                except grpc.RpcError as err:
+                    outcomes.append((err.code().name, err.details() or ""))
+
+    with ThreadPoolExecutor(4) as pool:
+        workers = [pool.submit(load, w) for w in range(4)]
+        wait_for(lambda: len(outcomes) >= 8, 300, message="the load to run")
+        with EngineHold(pids=engine_pids(victim)) as hold:
+            hold.hold()  # streams pile up on the victim, in flight, when it dies
+            on_victim = f'grok_router_replica_in_flight{{replica="{name}"}}'
+            wait_for(lambda: fleet.router_metrics().get(on_victim, 0) >= 1, 120,
+                     message="a stream in flight on the victim")
+            os.killpg(main, signal.SIGKILL)
+        count = len(outcomes)
+        wait_for(lambda: len(outcomes) >= count + 8, 300, message="the load to go on after the kill")
+        stop.set()
+        for worker in workers:
+            worker.result(timeout=600)  # nothing hangs
+    failed = [o for o in outcomes if o[0] != "OK"]
+    assert failed, "the victim's in-flight streams cannot have completed"
+    assert all(code == "UNAVAILABLE" for code, _ in failed), failed
+    assert len(failed) <= 4, failed  # only what was in flight on the victim (one per worker at most)
