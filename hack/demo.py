@@ -19,6 +19,7 @@ the one command that stops it all.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -34,6 +35,7 @@ from grok_devcluster import DevCluster, NodePool, is_ready
 from grok_devcluster.cluster import ClusterError
 from grok_devcluster.podrunner import lower_priority
 from grok_devcluster.prometheus import PrometheusServer, free_port
+from grok_server.local import parse_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = "grok-demo"
@@ -93,6 +95,7 @@ class Demo:
         self.cluster = DevCluster(CLUSTER)
         self.processes: list[subprocess.Popen[bytes]] = []
         self.prometheus: PrometheusServer | None = None
+        self.router_ip = ""
         STATE.mkdir(parents=True, exist_ok=True)
 
     def kubectl(self, *args: str) -> str:
@@ -191,7 +194,7 @@ class Demo:
         )
 
     def pods(self) -> list[dict]:
-        selector = f"serving.grok.dev/deployment={NAME}"
+        selector = f"app.kubernetes.io/name=grok-server,serving.grok.dev/deployment={NAME}"
         return list(self.cluster.get_json("pods", "-n", NAMESPACE, "-l", selector)["items"])
 
     def deployment(self) -> str:
@@ -228,11 +231,32 @@ class Demo:
             f"plan: tensor parallel {plan['tensorParallelSize']} on {plan['gpuProduct']}, "
             f"{plan['maxConcurrentSequences']} full-context sequences per replica"
         )
-        pod = next(p for p in self.pods() if p["status"].get("podIP"))
-        return f"{pod['status']['podIP']}:50051"
+        # ClusterIPs are not routable in the simulated cluster (no kube-proxy): the router at its pod address.
+        router = wait(lambda: next((p for p in self.routers() if is_ready(p)), None), 120, "the router pod")
+        self.router_ip = router["status"]["podIP"]
+        wait(lambda: self.router_metric('grok_router_replicas{state="ready"}') >= 1, 60,
+             "the router to see the replica")
+        print(f"router {router['metadata']['name']} at {self.router_ip}: gRPC :50051, OpenAI HTTP :8080")
+        return f"{self.router_ip}:50051"
+
+    def routers(self) -> list[dict]:
+        selector = f"app.kubernetes.io/name=grok-router,serving.grok.dev/deployment={NAME}"
+        return list(self.cluster.get_json("pods", "-n", NAMESPACE, "-l", selector)["items"])
+
+    def router_metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://{self.router_ip}:8080/metrics", timeout=30) as answer:
+            return parse_metrics(answer.read().decode())
+
+    def router_metric(self, name: str) -> float:
+        return self.router_metrics().get(name, 0.0)
+
+    def served_by(self) -> dict[str, float]:
+        """Calls each replica answered through the router, by pod name."""
+        return {k.split('replica="')[1].split('"')[0]: v for k, v in self.router_metrics().items()
+                if k.startswith("grok_router_upstream_requests_total{") and 'code="OK"' in k}
 
     def completion(self, target: str) -> None:
-        step(f"4/5 grok-client generate --stream at the pod's address {target} "
+        step(f"4/5 grok-client generate --stream through the router at {target} "
              "(random weights: the text is noise, the tokens are real)")
         out = run(
             sys.executable,
@@ -250,6 +274,13 @@ class Demo:
         )
         print(out)
         print(run(sys.executable, "-m", "grok_server.client.cli", "info", "--target", target))
+        body = json.dumps({"model": NAME, "prompt": "The capital of France is", "max_tokens": 8,
+                           "temperature": 0}).encode()
+        request = urllib.request.Request(f"http://{self.router_ip}:8080/v1/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            print(f"POST http://{self.router_ip}:8080/v1/completions (OpenAI-compatible) ->\n"
+                  f"  {answer.read().decode()}")
 
     def autoscaling(self, target: str) -> int:
         step("5/5 load: 12 concurrent streams against a replica that runs 2 at a time -> the queue grows")
@@ -272,6 +303,13 @@ class Demo:
             assert self.prometheus is not None
             wait(lambda: len(self.scraped()) >= 2, 120, "Prometheus to scrape both replicas")
             print(f"both replicas Ready and scraped {time.monotonic() - started:.0f}s after the load began")
+            step("the router spreads the same client's requests over both replicas")
+            wait(lambda: len(self.served_by()) >= 2, 120, "the router to send requests to the new replica")
+            before = self.served_by()
+            wait(lambda: all(v > before.get(k, 0) for k, v in self.served_by().items())
+                 and len(self.served_by()) >= 2, 120, "requests on both replicas")
+            for pod, count in sorted(self.served_by().items()):
+                print(f"  {pod:<34} {count:>5.0f} requests through the router")
             wait(self.scaled_event, 60, "the ScaledUp event")
             print(self.kubectl("get", "grokdeployments", "-n", NAMESPACE))
             print(
@@ -342,7 +380,8 @@ def main() -> int:
         print(
             f"  GrokDeployment {NAMESPACE}/{NAME}: Ready, autoscaled 1 -> {scaled} on grok_requests_waiting"
         )
-        print(f"  first replica  {target} (gRPC at its pod address), completions through grok-client")
+        print(f"  router         {target} (gRPC) and http://{demo.router_ip}:8080/v1 (OpenAI), at its pod "
+              "address; requests spread over the replicas")
         demo.summary_of_pods()
         if args.keep:
             print(

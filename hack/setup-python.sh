@@ -69,11 +69,52 @@ if [ "$(cat .venv/.grok-deps 2>/dev/null)" != "$deps" ]; then
 fi
 # Editable installs are cheap and follow the checkout, wherever it is.
 # The development cluster (hack/devcluster) is installed here only: it is tooling, not part of an image.
-src_marker="$PWD operator server hack/devcluster"
+src_marker="$PWD $(cat operator/pyproject.toml server/pyproject.toml hack/devcluster/pyproject.toml | sha256sum | cut -c1-16)"
 if [ "$(cat .venv/.grok-src 2>/dev/null)" != "$src_marker" ]; then
   .venv/bin/python -m pip uninstall --quiet --yes grok-operator grok-server grok-devcluster 2>/dev/null || true
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
     -e ./operator -e ./server -e ./hack/devcluster
   echo "$src_marker" > .venv/.grok-src
 fi
+# The server image's stand-in, for the pods the development cluster runs (grok_devcluster/images.py):
+# .venv/server-image is .venv plus what the image adds, the `s3` extra (boto3), so that grok-server and
+# grok-fetch pods run with what the real image has. boto3 cannot go into the dependency environment
+# (botocore needs python-dateutil<3, the kubernetes client >=3): its pinned packages
+# (requirements/s3/extra.txt) live in an environment of their own, put on the path before the dependency
+# environment's. The local S3 server (moto, requirements/s3/local-server.txt) is a standalone
+# environment, .venv/s3-server. Both are keyed by their pin files (kept out of requirements/*.txt, which
+# key the dependency environment).
+S3_RECIPE=1
+s3_key=$( { "$PYTHON" --version; echo "$S3_RECIPE"; cat requirements/s3/*.txt; } | sha256sum | cut -c1-16)
+s3_extra=$CACHE/venvs/s3-extra-$s3_key
+s3_server=$CACHE/venvs/s3-server-$s3_key
+if [ ! -f "$s3_extra/.complete" ] || [ ! -f "$s3_server/.complete" ]; then
+  log "creating $s3_extra and $s3_server (first run only)"
+  rm -rf "$s3_extra" "$s3_server"
+  "$PYTHON" -m venv --without-pip "$s3_extra"
+  "$deps/bin/python" -m pip --python "$s3_extra/bin/python" install --quiet --disable-pip-version-check \
+    --no-deps -r requirements/s3/extra.txt
+  "$PYTHON" -m venv "$s3_server"
+  "$s3_server/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+    -r requirements/s3/local-server.txt
+  "$s3_server/bin/python" -m pip check --disable-pip-version-check >/dev/null
+  touch "$s3_extra/.complete" "$s3_server/.complete"
+fi
+image_marker="$PWD $s3_extra $deps $(sha256sum < server/pyproject.toml | cut -c1-16)"
+if [ "$(cat .venv/server-image/.grok-image 2>/dev/null)" != "$image_marker" ]; then
+  log "linking .venv/server-image to $s3_extra and $deps"
+  rm -rf .venv/server-image
+  "$PYTHON" -m venv --without-pip .venv/server-image
+  purelib() { "$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
+  # One .pth, in this order: the image's additions shadow the dependency environment's packages.
+  printf '%s\n%s\n' "$(purelib "$s3_extra")" "$(purelib "$deps")" \
+    > "$(purelib .venv/server-image)/_grok_image.pth"
+  .venv/server-image/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+    --no-build-isolation -e ./server
+  .venv/server-image/bin/python -c \
+    'import boto3, dateutil, grok_server.fetch; assert dateutil.__version__ < "3", dateutil.__version__'
+  echo "$image_marker" > .venv/server-image/.grok-image
+fi
+ln -sfn "$s3_server" .venv/s3-server
+log "ready: .venv/server-image (the server image's stand-in), .venv/s3-server (moto_server)"
 log "ready: .venv (dependencies in $deps)"

@@ -184,7 +184,7 @@ def test_scales_on_load_holds_at_target_and_on_missing_data(
         },
     }
     assert apply(devcluster, ns, grokd).returncode == 0
-    selector = "serving.grok.dev/deployment=auto"
+    selector = "app.kubernetes.io/name=grok-server,serving.grok.dev/deployment=auto"
 
     def ready_pods() -> list[dict]:
         return [p for p in devcluster.get_json("pods", "-n", ns, "-l", selector)["items"] if is_ready(p)]

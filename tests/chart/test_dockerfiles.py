@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import tomllib
 
 import yaml
@@ -13,6 +15,7 @@ from tests.chart.conftest import CHART, CRDS, ROOT
 
 OPERATOR_DOCKERFILE = ROOT / "operator" / "Dockerfile"
 SERVER_DOCKERFILE = ROOT / "server" / "Dockerfile"
+ROUTER_DOCKERFILE = ROOT / "server" / "router.Dockerfile"
 
 
 def instructions(path) -> list[tuple[str, str]]:
@@ -63,6 +66,17 @@ def test_server_image_is_the_official_vllm_image_at_the_tested_version():
     assert "== '${VLLM_VERSION}'" in text
 
 
+def test_server_image_installs_the_s3_extra_at_the_tested_versions():
+    # The CRD offers s3:// models; the fetch Job runs grok-fetch from this image, which needs boto3.
+    (boto3,) = pyproject("server")["project"]["optional-dependencies"]["s3"]
+    tested = (ROOT / "requirements" / "s3" / "extra.txt").read_text()
+    assert re.search(rf"^{re.escape(boto3)}$", tested, re.M), "the extra's pin is the version tested"
+    runs = " ".join(rest for k, rest in instructions(SERVER_DOCKERFILE) if k == "RUN")
+    assert "requirements/s3/extra.txt >> /wheels/pins.txt" in runs
+    assert '"${wheel[0]}[s3]"' in runs and "-c /tmp/wheels/pins.txt" in runs
+    assert "import boto3, grok_server.fetch" in runs
+
+
 def test_server_image_generates_the_stubs_from_protos():
     build = " ".join(rest for k, rest in instructions(SERVER_DOCKERFILE) if k in ("RUN", "COPY"))
     assert "grpc_tools.protoc -Iprotos" in build
@@ -76,7 +90,7 @@ def test_server_image_generates_the_stubs_from_protos():
 
 def test_both_images_run_as_the_non_root_user_the_chart_expects():
     chart_uid = re.search(r"runAsUser: (\d+)", (CHART / "templates" / "deployment.yaml").read_text()).group(1)
-    for path in (OPERATOR_DOCKERFILE, SERVER_DOCKERFILE):
+    for path in (OPERATOR_DOCKERFILE, SERVER_DOCKERFILE, ROUTER_DOCKERFILE):
         users = [rest for k, rest in final_stage(path) if k == "USER"]
         assert users, f"{path} sets no USER"
         uid = users[-1].split(":")[0]
@@ -88,6 +102,7 @@ def test_entrypoints_are_the_distributions_console_scripts():
     expected = {
         OPERATOR_DOCKERFILE: ("operator", "grok-operator"),
         SERVER_DOCKERFILE: ("server", "grok-server"),
+        ROUTER_DOCKERFILE: ("server", "grok-router"),
     }
     for path, (part, script) in expected.items():
         (entrypoint,) = [rest for k, rest in final_stage(path) if k == "ENTRYPOINT"]
@@ -110,6 +125,24 @@ def test_operator_image_is_small_and_pinned():
     assert "compileall" in runs and "PYTHONDONTWRITEBYTECODE=1" in runs
 
 
+def test_router_image_has_no_engine_and_is_pinned():
+    runs = " ".join(rest for k, rest in instructions(ROUTER_DOCKERFILE) if k in ("RUN", "ENV", "FROM", "ARG"))
+    assert '"./server[router]"' in runs and "PIP_CONSTRAINT=/src/requirements/constraints.txt" in runs
+    assert not re.search(r"vllm/|\[cuda\]|\[cpu\]|pip install[^&]*torch", runs, re.I)
+    assert '! /opt/grok-router/bin/python -c "import vllm"' in runs  # the build proves it
+    assert arg_default(ROUTER_DOCKERFILE, "PYTHON_IMAGE").startswith("python:3.11-slim")
+    constraints = (ROOT / "requirements" / "constraints.txt").read_text().lower()
+    for requirement in pyproject("server")["project"]["optional-dependencies"]["router"]:
+        assert requirement.lower() in constraints
+
+
+def test_router_package_imports_neither_vllm_nor_torch():
+    code = ("import sys, grok_server.router.main, grok_server.router.http; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('vllm', 'torch')))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_image_names_agree_with_the_chart_and_the_crd():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
@@ -121,6 +154,10 @@ def test_image_names_agree_with_the_chart_and_the_crd():
     server = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
         "server"
     ]
+    router = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "router"
+    ]
+    assert f"-t {router['properties']['image']['default']} ." in ROUTER_DOCKERFILE.read_text()
     default_image = server["properties"]["image"]["default"]
     assert f"-t {default_image} ." in SERVER_DOCKERFILE.read_text()
     assert default_image.endswith(":" + pyproject("server")["project"]["version"])
@@ -137,7 +174,7 @@ def test_dockerignore_keeps_what_the_builds_copy():
     ]
     assert {".venv", "server/src/grok", "**/__pycache__"} <= set(ignored)
     copied = set()
-    for path in (OPERATOR_DOCKERFILE, SERVER_DOCKERFILE):
+    for path in (OPERATOR_DOCKERFILE, SERVER_DOCKERFILE, ROUTER_DOCKERFILE):
         for keyword, rest in instructions(path):
             if keyword == "COPY" and "--from" not in rest:
                 copied.add(rest.split()[0].rstrip("/").split("/")[0])

@@ -205,7 +205,8 @@ def test_operator_with_the_charts_rbac_serves_the_tiny_example(
     assert status["plan"]["tensorParallelSize"] == 1
     assert status["readyReplicas"] == 1
     assert status["endpoint"] == f"grok-1-tiny.{ns}.svc:50051"
-    (pod,) = devcluster.get_json("pods", "-n", ns, "-l", "serving.grok.dev/deployment=grok-1-tiny")["items"]
+    (pod,) = devcluster.get_json("pods", "-n", ns, "-l",
+                                 "app.kubernetes.io/name=grok-server,serving.grok.dev/deployment=grok-1-tiny")["items"]
     node = devcluster.get_json("node", pod["spec"]["nodeName"])
     assert node["metadata"]["labels"]["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}

@@ -34,7 +34,8 @@ from tests.operatorlib import OperatorProcess, bind_weights, wait_for
 pytestmark = pytest.mark.cluster
 
 NAME = "tiny"
-SELECTOR = f"serving.grok.dev/deployment={NAME}"
+SERVERS = "app.kubernetes.io/name=grok-server"
+SELECTOR = f"{SERVERS},serving.grok.dev/deployment={NAME}"
 DRAIN_SECONDS = 60  # generous: the stream in flight at deletion must finish inside it on a slow machine
 ENGINE_ARGS = ["--enforce-eager", "--kv-cache-memory-bytes", str(256 * 1024 * 1024), "--dtype", "float32",
                "--max-num-seqs", "4"]
@@ -215,7 +216,7 @@ def test_a_bad_engine_argument_crash_loops_and_the_deployment_says_so(
 
     def looping() -> dict | None:
         # Restarted more than once (the first restart is immediate, the next ones back off), and waiting.
-        for p in pods(devcluster, namespace, "serving.grok.dev/deployment=broken"):
+        for p in pods(devcluster, namespace, SERVERS + ",serving.grok.dev/deployment=broken"):
             status = (p["status"].get("containerStatuses") or [{}])[0]
             waiting = status.get("state", {}).get("waiting", {})
             if status.get("restartCount", 0) >= 2 and waiting.get("reason") == "CrashLoopBackOff":
@@ -289,7 +290,7 @@ def test_an_unknown_image_of_ours_waits_with_err_image_pull(
     devcluster: DevCluster, k8s_namespace: str
 ) -> None:
     pod = plain_pod("unknown", ["true"])
-    pod["spec"]["containers"][0]["image"] = "grok-serve/router:0.0.1"
+    pod["spec"]["containers"][0]["image"] = "grok-serve/tokenizer:0.0.1"
     devcluster.kubectl("apply", "-n", k8s_namespace, "-f", "-", input=yaml.safe_dump(pod))
 
     def waiting() -> dict | None:
@@ -298,7 +299,7 @@ def test_an_unknown_image_of_ours_waits_with_err_image_pull(
         return statuses[0]["state"].get("waiting") if statuses else None
 
     state = wait_for(waiting, 60, message="a waiting state")
-    assert state["reason"] == "ErrImagePull" and "grok-serve/router:0.0.1" in state["message"]
+    assert state["reason"] == "ErrImagePull" and "grok-serve/tokenizer:0.0.1" in state["message"]
 
 
 def test_binding_all_interfaces_is_refused(devcluster: DevCluster, k8s_namespace: str) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,7 +27,8 @@ def no_lookup(kind: str, namespace: str, name: str) -> dict[str, str]:
         ("grok-serve/server:0.1.0", True, True),
         ("ghcr.io/acme/grok-serve/server:1.2.3", True, True),
         ("grok-serve/server@sha256:" + "a" * 64, True, True),
-        ("grok-serve/router:0.1.0", True, False),  # ours, not runnable here yet: ErrImagePull, not KWOK
+        ("grok-serve/router:0.1.0", True, True),
+        ("grok-serve/tokenizer:0.1.0", True, False),  # ours, not runnable here: ErrImagePull, not KWOK
         ("grok-serve/operator:0.1.0", False, False),  # the chart's operator pods stay simulated
         ("busybox", False, False),
         ("example.com/not-grok-serve/server:1", False, False),
@@ -165,3 +169,18 @@ def test_kwok_pod_stages_skip_the_runners_pods_only_when_it_runs() -> None:
     assert all(key in keys for keys in pod_stage_keys(True))
     assert not any(key in keys for keys in pod_stage_keys(False))
     assert {s["spec"]["resourceRef"]["kind"] for s in stages.stages()} == {"Node", "Pod"}
+
+
+def test_pod_addresses_are_unique_across_runners_on_one_machine(tmp_path: Path) -> None:
+    from grok_devcluster.podrunner import AddressPool
+
+    first, second = AddressPool(registry=tmp_path), AddressPool(registry=tmp_path)  # two clusters' runners
+    taken = [first.take(), second.take(), first.take()]
+    assert len(set(taken)) == 3 and all(ip.startswith("127.65.") for ip in taken)
+    first.give_back(taken[0])
+    assert second.take() == taken[0]  # given back: free for anyone
+    # An address whose runner died (its file names a pid that is gone) is taken over.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (tmp_path / "127.65.0.97").write_text(str(gone.pid))
+    assert AddressPool("127.65.0.96/29", registry=tmp_path).take() == "127.65.0.97"

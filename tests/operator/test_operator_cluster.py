@@ -18,11 +18,14 @@ pytestmark = pytest.mark.cluster
 # which cannot run here: their pods use an image the pod runner leaves to KWOK (Running and Ready, status
 # only). Pods that really run are tested in tests/devcluster/test_pods_run.py.
 STATUS_ONLY_IMAGE = "sim.local/grok-server:status-only"
+STATUS_ONLY_ROUTER_IMAGE = "sim.local/grok-router:status-only"
+SERVERS = "app.kubernetes.io/name=grok-server"
 
 
 def grokd(name: str, **spec) -> dict:
     spec.setdefault("model", {"uri": "pvc://weights/grok-1", "quantization": "fp8"})
     spec["server"] = {"image": STATUS_ONLY_IMAGE, **(spec.get("server") or {})}
+    spec["router"] = {"image": STATUS_ONLY_ROUTER_IMAGE, **(spec.get("router") or {})}
     return {
         "apiVersion": "serving.grok.dev/v1alpha1",
         "kind": "GrokDeployment",
@@ -80,7 +83,7 @@ def container_image(deployment: dict | None) -> str | None:
 
 
 def server_pods(cluster: DevCluster, ns: str, name: str) -> list[dict]:
-    return cluster.get_json("pods", "-n", ns, "-l", f"serving.grok.dev/deployment={name}")["items"]
+    return cluster.get_json("pods", "-n", ns, "-l", f"{SERVERS},serving.grok.dev/deployment={name}")["items"]
 
 
 def test_apply_places_tensor_parallel_pods_on_the_requested_gpus(devcluster, k8s_namespace, grok_operator):
@@ -99,10 +102,29 @@ def test_apply_places_tensor_parallel_pods_on_the_requested_gpus(devcluster, k8s
         node = devcluster.get_json("node", pod["spec"]["nodeName"])
         assert node["metadata"]["labels"]["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
         assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
-    for kind in ("service", "poddisruptionbudget"):
-        child = get(devcluster, ns, kind, "grok")
-        assert child is not None
+    children = [("service", "grok"), ("poddisruptionbudget", "grok"), ("service", "grok-servers"),
+                *((kind, "grok-router") for kind in ("deployment", "serviceaccount", "role", "rolebinding"))]
+    for kind, name in children:
+        child = get(devcluster, ns, kind, name)
+        assert child is not None, f"{kind} {name}"
         assert child["metadata"]["ownerReferences"][0]["kind"] == "GrokDeployment"
+    # The GrokDeployment's address is its router; the servers' own Service is headless (clients that bypass
+    # the router balance over its pods themselves).
+    front = get(devcluster, ns, "service", "grok")["spec"]
+    assert front["selector"]["app.kubernetes.io/name"] == "grok-router"
+    servers = get(devcluster, ns, "service", "grok-servers")["spec"]
+    assert servers["clusterIP"] == "None" and servers["selector"]["app.kubernetes.io/name"] == "grok-server"
+    assert status["httpEndpoint"] == f"http://grok.{ns}.svc:8080/v1"
+    router = get(devcluster, ns, "deployment", "grok-router")["spec"]["template"]["spec"]
+    assert router["serviceAccountName"] == "grok-router"
+    assert f"{SERVERS},serving.grok.dev/deployment=grok" in router["containers"][0]["args"]
+    # Least privilege: the router may read pods in its namespace, and nothing else.
+    account = f"system:serviceaccount:{ns}:grok-router"
+    for verb, what, where, allowed in (("watch", "pods", ns, "yes"), ("list", "pods", ns, "yes"),
+                                       ("list", "pods", "default", "no"), ("get", "secrets", ns, "no"),
+                                       ("delete", "pods", ns, "no")):
+        answer = devcluster.kubectl("auth", "can-i", verb, what, "-n", where, "--as", account, check=False)
+        assert answer.stdout.strip() == allowed, (verb, what, where, answer.stdout, answer.stderr)
     printed = devcluster.kubectl("get", "grokd", "grok", "-n", ns).stdout
     assert printed.split("\n")[0].split() == ["NAME", "REPLICAS", "READY", "TP", "MODEL", "PHASE", "AGE"]
     assert printed.split("\n")[1].split()[:6] == ["grok", "2", "2", "8", "pvc://weights/grok-1", "Ready"]

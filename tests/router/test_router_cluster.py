@@ -8,8 +8,11 @@ at a moment is held there by the test (a replica's engine core SIGSTOPped), neve
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +28,7 @@ from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grok_devcluster.cluster import DevCluster, is_ready
+from grok_server.client import GrokClient
 from grok_server.local import parse_metrics
 from grok_server.server.placement import descendants, process_title
 from tests.operatorlib import OperatorProcess, bind_weights, wait_for
@@ -222,6 +226,39 @@ def test_openai_completions_with_the_openai_package(fleet: Fleet) -> None:
     assert "chat template" in bad.value.body["message"]
 
 
+def test_vllms_own_benchmark_client_runs_against_the_router(fleet: Fleet, tiny_grok_checkpoint: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "tests.router.vllm_bench", "--backend", "openai", "--base-url", fleet.http,
+         "--model", NAME, "--tokenizer", str(tiny_grok_checkpoint), "--dataset-name", "random",
+         "--random-input-len", "32", "--random-output-len", "8", "--num-prompts", "16",
+         "--max-concurrency", "4", "--ignore-eos", "--disable-tqdm"],
+        check=False, capture_output=True, text=True, timeout=900, cwd=Path(__file__).parents[2])
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.split("RESULT ", 1)[1])
+    assert result["completed"] == 16 and result["failed"] == 0, result
+    assert result["total_output_tokens"] == 16 * 8
+
+
+def test_clients_that_bypass_the_router_balance_over_the_servers_themselves(fleet: Fleet) -> None:
+    """What `dns:///<name>-servers.<ns>.svc:50051` gives on a cluster (every Ready server pod's address), as
+    an explicit address list here: there is no cluster DNS in the simulated cluster."""
+    servers = fleet.ready_servers()
+    target = "ipv4:" + ",".join(f"{p['status']['podIP']}:50051" for p in servers)
+
+    def served() -> list[float]:
+        return [parse_metrics(urllib.request.urlopen(f"http://{p['status']['podIP']}:9090/metrics",
+                                                     timeout=30).read().decode()).get(
+            'grok_requests_total{code="OK",method="Generate"}', 0.0) for p in servers]
+
+    before = served()
+    with GrokClient(target, timeout=300) as client:
+        for i in range(8):
+            assert client.generate(f"direct {i}", max_tokens=2, ignore_eos=True).usage.generated_tokens == 2
+    # Each server counts a call just after answering it: polled.
+    wait_for(lambda: sum(served()) - sum(before) == 8, 60, message="the servers to count the calls")
+    assert all(after - was >= 2 for after, was in zip(served(), before, strict=True)), (before, served())
+
+
 def test_a_replica_added_by_kubectl_scale_takes_traffic(fleet: Fleet) -> None:
     fleet.cluster.kubectl("scale", "grokd", NAME, "-n", fleet.ns, "--replicas", "3")
     wait_for(lambda: len(fleet.ready_servers()) == 3, 900, interval=2, message="a third Ready replica")
@@ -242,13 +279,13 @@ def test_a_deleted_replica_leaves_the_router_before_its_drain_ends(fleet: Fleet)
     with grpc.insecure_channel(f"{victim['status']['podIP']}:50051") as direct, \
             EngineHold(pids=engine_pids(victim)) as hold, ThreadPoolExecutor(1) as pool:
         # A stream in flight on the victim, held there: its drain cannot end before the test lets it.
+        hold.hold()
         stub = pb_grpc.GenerationServiceStub(direct)
         held = pool.submit(lambda: list(stub.GenerateStream(pb.GenerateRequest(
             text="draining", stopping=pb.StoppingCriteria(max_new_tokens=4, ignore_eos=True)), timeout=300)))
         wait_for(lambda: parse_metrics(urllib.request.urlopen(
             f"http://{victim['status']['podIP']}:9090/metrics", timeout=30).read().decode()).get(
             "grok_requests_in_flight") == 1, 60, message="the stream to be admitted")
-        hold.hold()
         fleet.cluster.kubectl("delete", "pod", name, "-n", fleet.ns, "--wait=false")
         wait_for(lambda: fleet.known_ready() == 2, 60, message="the router to drop the deleted replica")
         assert not held.done(), "the victim's drain is still under way (its stream is held)"

@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 # v1 and v1alpha reflection messages are the same on the wire: one set of classes asks both.
 from grpc_reflection.v1alpha import reflection_pb2
 
@@ -58,10 +59,11 @@ def reflect(channel: grpc.Channel, version: str, symbol: str) -> tuple[set[str],
     """Server reflection asked in `version` (v1 or v1alpha, by its own method path): the services listed, and
     the names of the files describing `symbol` (and its dependencies)."""
     method = f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo"
-    call = channel.stream_stream(method, request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
-                                 response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
-    answers = list(call(iter([reflection_pb2.ServerReflectionRequest(list_services=""),
-                              reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)]), timeout=30))
+    request, response = reflection_pb2.ServerReflectionRequest, reflection_pb2.ServerReflectionResponse
+    call = channel.stream_stream(method, request_serializer=request.SerializeToString,
+                                 response_deserializer=response.FromString)
+    asks = [request(list_services=""), request(file_containing_symbol=symbol)]
+    answers = list(call(iter(asks), timeout=30))
     names = {s.name for a in answers for s in a.list_services_response.service}
     files = {descriptor_pb2.FileDescriptorProto.FromString(f).name
              for a in answers for f in a.file_descriptor_response.file_descriptor_proto}
@@ -111,8 +113,8 @@ class EngineHold:
     released on exit, so that the server can shut its engine down.
     """
 
-    def __init__(self, server: ServerProcess) -> None:
-        self.pids = server.engine_core_pids()
+    def __init__(self, server: ServerProcess | None = None, pids: list[int] | None = None) -> None:
+        self.pids = server.engine_core_pids() if server is not None else list(pids or [])
         if not self.pids:
             raise RuntimeError("the server has no engine-core process to hold")
         self.held = False

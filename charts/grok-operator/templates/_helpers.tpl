@@ -49,6 +49,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
+# Each GrokDeployment's router gets a ServiceAccount and a Role to watch its servers' pods; granting that Role
+# needs the operator to hold the same pod permissions (above): nothing wider.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get, create, patch]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [get, create, patch]
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, patch]

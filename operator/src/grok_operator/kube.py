@@ -21,6 +21,9 @@ PLURALS = {
     "PersistentVolumeClaim": "persistentvolumeclaims",
     "Job": "jobs",
     "Pod": "pods",
+    "ServiceAccount": "serviceaccounts",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
     "GrokDeployment": PLURAL,
 }
 

@@ -30,6 +30,8 @@ POD_SECURITY = {
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 STARTUP_PROBE_PERIOD = 10
+MAX_CONNECTION_AGE_GRACE_SECONDS = 3600
+ROUTER_GRPC_PORT = 50051
 
 
 def labels(spec: GrokDeploymentSpec, component: str = "server") -> dict[str, str]:
@@ -109,6 +111,12 @@ def server_args(spec: GrokDeploymentSpec, plan: Plan) -> list[str]:
         str(s.get("gpuMemoryUtilization", 0.9)),
         "--drain-grace-seconds",
         str(s.get("drainSeconds", 120)),
+        # Clients that bypass the router (headless Service, dns:/// round_robin) reconnect now and then and
+        # so find replicas added since; a connection's calls finish first (the grace outlasts generations).
+        "--max-connection-age-seconds",
+        str(s.get("maxConnectionAgeSeconds", 300)),
+        "--max-connection-age-grace-seconds",
+        str(MAX_CONNECTION_AGE_GRACE_SECONDS),
     ]
     if spec.quantization != "none":
         args += ["--quantization", spec.quantization]
@@ -241,22 +249,51 @@ def deployment(spec: GrokDeploymentSpec, plan: Plan, scrape_annotations: bool = 
     }
 
 
+def _grpc_service_port(port: int) -> dict[str, Any]:
+    return {"name": "grpc", "port": port, "targetPort": "grpc", "protocol": "TCP",
+            "appProtocol": "kubernetes.io/h2c"}
+
+
 def service(spec: GrokDeploymentSpec) -> dict[str, Any]:
-    s = spec.server
+    """The GrokDeployment's address (status.endpoint): its router, or its servers when the router is off."""
+    if not spec.router_enabled:
+        return _server_service(spec, spec.name, headless=False)
+    http_port = int(spec.router.get("httpPort", 8080))
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(spec, spec.name),
+        "metadata": _metadata(spec, spec.name, "router"),
+        "spec": {
+            "selector": spec.router_selector_labels,
+            "ports": [
+                _grpc_service_port(int(spec.server.get("grpcPort", 50051))),
+                {"name": "http", "port": http_port, "targetPort": "http", "protocol": "TCP",
+                 "appProtocol": "http"},
+            ],
+        },
+    }
+
+
+def servers_service_name(spec: GrokDeploymentSpec) -> str:
+    return f"{spec.name}-servers"
+
+
+def servers_service(spec: GrokDeploymentSpec) -> dict[str, Any]:
+    """Headless: DNS answers with every Ready server pod, for clients that balance calls themselves
+    (`dns:///<name>-servers.<namespace>.svc:50051` with round_robin) and bypass the router."""
+    return _server_service(spec, servers_service_name(spec), headless=True)
+
+
+def _server_service(spec: GrokDeploymentSpec, name: str, headless: bool) -> dict[str, Any]:
+    s = spec.server
+    body = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(spec, name),
         "spec": {
             "selector": spec.selector_labels,
             "ports": [
-                {
-                    "name": "grpc",
-                    "port": int(s.get("grpcPort", 50051)),
-                    "targetPort": "grpc",
-                    "protocol": "TCP",
-                    "appProtocol": "kubernetes.io/h2c",
-                },
+                _grpc_service_port(int(s.get("grpcPort", 50051))),
                 {
                     "name": "metrics",
                     "port": int(s.get("metricsPort", 9090)),
@@ -266,6 +303,121 @@ def service(spec: GrokDeploymentSpec) -> dict[str, Any]:
             ],
         },
     }
+    if headless:
+        body["spec"]["clusterIP"] = "None"
+    return body
+
+
+def router_name(spec: GrokDeploymentSpec) -> str:
+    return f"{spec.name}-router"
+
+
+def router_service_account(spec: GrokDeploymentSpec) -> dict[str, Any]:
+    meta = _metadata(spec, router_name(spec), "router")
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta}
+
+
+def router_role(spec: GrokDeploymentSpec) -> dict[str, Any]:
+    """The router watches its servers' pods (Ready, deleted) in its namespace: read-only, nothing else."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _metadata(spec, router_name(spec), "router"),
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}],
+    }
+
+
+def router_role_binding(spec: GrokDeploymentSpec) -> dict[str, Any]:
+    name = router_name(spec)
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(spec, name, "router"),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": spec.namespace}],
+    }
+
+
+def router_args(spec: GrokDeploymentSpec) -> list[str]:
+    r = spec.router
+    return [
+        "--host", "$(POD_IP)",
+        "--port", str(int(spec.server.get("grpcPort", 50051))),
+        "--http-port", str(int(r.get("httpPort", 8080))),
+        "--model-name", spec.name,  # the servers' --served-model-name
+        "--namespace", spec.namespace,
+        "--selector", spec.selector,
+        "--prefix-blocks", str(int(r.get("prefixBlocks", 8))),
+        "--balance", str(r.get("balance", 0.5)),
+        "--max-attempts", str(int(r.get("maxAttempts", 3))),
+        # Calls in flight through a router that stops go on for as long as the servers would let them.
+        "--drain-grace-seconds", str(int(spec.server.get("drainSeconds", 120))),
+    ]
+
+
+def router_deployment(spec: GrokDeploymentSpec) -> dict[str, Any]:
+    r = spec.router
+    grpc_port, http_port = int(spec.server.get("grpcPort", 50051)), int(r.get("httpPort", 8080))
+    name = router_name(spec)
+    pod_labels = {**labels(spec, "router"), **spec.router_selector_labels}
+    drain = int(spec.server.get("drainSeconds", 120))
+    probe = {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "failureThreshold": 2,
+             "timeoutSeconds": 5}
+    pod_spec: dict[str, Any] = {
+        "serviceAccountName": name,
+        "terminationGracePeriodSeconds": drain + 15,
+        "containers": [{
+            "name": "router",
+            "image": r.get("image", "grok-serve/router:0.1.0"),
+            "imagePullPolicy": r.get("imagePullPolicy", "IfNotPresent"),
+            "args": router_args(spec),
+            "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+            "ports": [
+                {"name": "grpc", "containerPort": grpc_port, "protocol": "TCP"},
+                {"name": "http", "containerPort": http_port, "protocol": "TCP"},
+            ],
+            "resources": r.get("resources") or {"requests": {"cpu": "500m", "memory": "256Mi"},
+                                                "limits": {"memory": "1Gi"}},
+            "readinessProbe": probe,
+            "livenessProbe": {**probe, "httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10,
+                              "failureThreshold": 6},
+            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                "readOnlyRootFilesystem": True},
+        }],
+        "securityContext": dict(POD_SECURITY),
+        # Router replicas on different nodes: losing a node must not take the front door with it.
+        "topologySpreadConstraints": [{
+            "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": spec.router_selector_labels},
+        }],
+    }
+    for key in ("nodeSelector", "tolerations"):
+        if r.get(key):
+            pod_spec[key] = r[key]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(spec, name, "router"),
+        "spec": {
+            "replicas": int(r.get("replicas", 1)),
+            "selector": {"matchLabels": spec.router_selector_labels},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "revisionHistoryLimit": 3,
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": {
+                    "prometheus.io/scrape": "true", "prometheus.io/port": str(http_port),
+                    "prometheus.io/path": "/metrics"}},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def router_children(spec: GrokDeploymentSpec) -> list[dict[str, Any]]:
+    if not spec.router_enabled:
+        return []
+    return [router_service_account(spec), router_role(spec), router_role_binding(spec),
+            router_deployment(spec)]
 
 
 def pod_disruption_budget(spec: GrokDeploymentSpec) -> dict[str, Any]:

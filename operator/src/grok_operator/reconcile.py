@@ -54,6 +54,7 @@ class ReconcileResult:
                 updated_replicas=int(dstatus.get("updatedReplicas", 0)),
                 selector=old_status.get("selector", ""),
                 endpoint=old_status.get("endpoint", ""),
+                http_endpoint=old_status.get("httpEndpoint", ""),
             )
             return status_patch(invalid, old_status, generation)
         live = newest(self.deployment, deployment)
@@ -157,7 +158,9 @@ def desired_children(
     children = [
         manifests.deployment(spec, the_plan, scrape_annotations=monitor_labels is None),
         manifests.service(spec),
+        manifests.servers_service(spec),
         manifests.pod_disruption_budget(spec),
+        *manifests.router_children(spec),
     ]
     if monitor_labels is not None:
         children.append(manifests.service_monitor(spec, monitor_labels))
@@ -229,6 +232,8 @@ def observe(
         failing_pods=failing_pod_messages(pods),
         stalled=stalled_message(deployment),
         endpoint=f"{spec.name}.{spec.namespace}.svc:{port}",
+        http_endpoint=(f"http://{spec.name}.{spec.namespace}.svc:{spec.router.get('httpPort', 8080)}/v1"
+                       if spec.router_enabled else ""),
         selector=spec.selector,
     )
 

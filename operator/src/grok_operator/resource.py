@@ -79,6 +79,7 @@ class GrokDeploymentSpec:
     rollout: dict[str, Any]
     model_spec: dict[str, Any]
     autoscaling: dict[str, Any] | None = None
+    router: dict[str, Any] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -114,6 +115,7 @@ class GrokDeploymentSpec:
             rollout=spec.get("rollout") or {},
             model_spec=model,
             autoscaling=spec.get("autoscaling"),
+            router=spec.get("router") or {},
             labels=dict(meta.get("labels") or {}),
         )
 
@@ -143,6 +145,14 @@ class GrokDeploymentSpec:
     @property
     def selector_labels(self) -> dict[str, str]:
         return {INSTANCE_LABEL: self.name, "app.kubernetes.io/name": "grok-server"}
+
+    @property
+    def router_enabled(self) -> bool:
+        return bool(self.router.get("enabled", True))
+
+    @property
+    def router_selector_labels(self) -> dict[str, str]:
+        return {INSTANCE_LABEL: self.name, "app.kubernetes.io/name": "grok-router"}
 
     @property
     def selector(self) -> str:

@@ -25,6 +25,7 @@ class Observed:
     failing_pods: list[str] = field(default_factory=list)  # crash loops, image pulls: the kubelet's reasons
     stalled: str = ""  # the Deployment's ProgressDeadlineExceeded message
     endpoint: str = ""
+    http_endpoint: str = ""
     selector: str = ""
 
 
@@ -178,6 +179,7 @@ def status_patch(o: Observed, old_status: dict[str, Any], generation: int) -> di
         "updatedReplicas": o.updated_replicas,
         "selector": o.selector,
         "endpoint": o.endpoint,
+        "httpEndpoint": o.http_endpoint,
     }
     if o.plan is not None:
         status["plan"] = o.plan.to_status()

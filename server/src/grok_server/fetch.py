@@ -1,10 +1,10 @@
 """grok-fetch: puts a model's weights into `DIR/model` once (the operator's model-cache Job runs it).
 
-hf://org/name (Hugging Face Hub, HF_TOKEN from the environment) and s3://bucket/prefix (AWS credentials
-from the environment; needs boto3 in the image) are downloaded; `--format xai` checkpoints (xAI's
-original int8 ckpt-0) are then converted with grok-convert. Every step resumes after an interruption,
-and a marker records a finished fetch so that a re-run (a retried Job, a second GrokDeployment of the
-same model) returns at once.
+hf://org/name (Hugging Face Hub, HF_TOKEN from the environment) and s3://bucket/prefix (AWS_* credentials,
+region and endpoint from the environment; boto3 comes with the `s3` extra, which the server image installs)
+are downloaded; `--format xai` checkpoints (xAI's original int8 ckpt-0) are then converted with grok-convert.
+Every step resumes after an interruption, and a marker records a finished fetch so that a re-run (a retried
+Job, a second GrokDeployment of the same model) returns at once.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def download(scheme: str, location: str, revision: str, destination: Path) -> No
     try:
         import boto3
     except ImportError as err:
-        raise FetchError("s3:// models need boto3 in the server image (pip install boto3)") from err
+        raise FetchError("s3:// models need boto3 in the server image (the grok-server[s3] extra)") from err
     bucket, _, prefix = location.partition("/")
     # The prefix is a folder: "grok-1" must not also take "grok-1-fp8/...".
     folder = f"{prefix}/" if prefix else ""

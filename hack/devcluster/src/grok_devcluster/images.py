@@ -1,9 +1,13 @@
 """Which container images the pod runner runs, and with what local environment (pure).
 
-No image can be pulled here, so the runner maps each image it owns to a local stand-in: the repository's
-virtualenv plays the image, and the image's ENTRYPOINT and ENV come from this table. The table is small and
-explicit on purpose: an image the runner owns but does not know is refused (ErrImagePull), never run with a
-guess.
+No image can be pulled here, so the runner maps each image it owns to a local stand-in: a virtualenv plays
+the image, and the image's ENTRYPOINT and ENV come from this table. The table is small and explicit on
+purpose: an image the runner owns but does not know is refused (ErrImagePull), never run with a guess.
+
+The server image's stand-in is `.venv/server-image` (made by hack/setup-python.sh): the repository's
+environment plus what server/Dockerfile adds to vLLM's, the `s3` extra (boto3, with the python-dateutil 2.x
+botocore needs shadowing the development tools' 4.x), so that grok-server pods and grok-fetch Jobs run with
+what the real image has.
 """
 
 from __future__ import annotations
@@ -13,9 +17,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# hack/setup-python.sh makes it inside the repository's .venv (the environment the runner itself runs in).
+SERVER_IMAGE_ENV = Path(sys.prefix) / "server-image"
+
 # The images of this project's serving pods, whatever the registry or tag: the runner owns their pods, KWOK
 # simulates the others (the chart's operator pods included: the tests run the operator as a local process).
-OWNED_IMAGE_RE = r"(^|/)grok-serve/(server|router)([:@]|$)"
+# Every image of ours but the operator's, so that one the table lacks is refused rather than faked. (Two plain
+# patterns, no look-ahead: KWOK evaluates them with Go's regexp, which has none.)
+OWNED_IMAGE_RE = r"(^|/)grok-serve/[a-z0-9][a-z0-9._-]*([:@]|$)"
+SIMULATED_IMAGE_RE = r"(^|/)grok-serve/operator([:@]|$)"
 
 
 @dataclass(frozen=True)
@@ -41,18 +51,32 @@ _SERVER = LocalImage(
         # starve one another; unpinned, the scheduler shares the cores out.
         "VLLM_CPU_OMP_THREADS_BIND": "nobind",
     },
+    bin_dir=SERVER_IMAGE_ENV / "bin",
     listen_flags=("--host", "--metrics-host"),
+)
+
+_ROUTER = LocalImage(
+    name="grok-serve/router",
+    entrypoint=("grok-router",),
+    env={
+        "PYTHONUNBUFFERED": "1",
+        # Simulation: a pod's service-account volume is a folder of its own, not the standard path the
+        # Kubernetes client reads in a pod; the runner rewrites this value to where the volume really is.
+        "GROK_SERVICE_ACCOUNT_DIR": "/var/run/secrets/kubernetes.io/serviceaccount",
+    },
+    listen_flags=("--host",),
 )
 
 # (pattern on the image reference, local image). Patterns are matched against the whole reference.
 TABLE: tuple[tuple[str, LocalImage], ...] = (
     (r"(.+/)?grok-serve/server(:[\w.-]+)?(@sha256:[0-9a-f]+)?", _SERVER),
+    (r"(.+/)?grok-serve/router(:[\w.-]+)?(@sha256:[0-9a-f]+)?", _ROUTER),
 )
 
 
 def owned(image: str) -> bool:
     """Whether the runner (rather than KWOK's status-only simulation) is responsible for this image."""
-    return re.search(OWNED_IMAGE_RE, image) is not None
+    return re.search(OWNED_IMAGE_RE, image) is not None and re.search(SIMULATED_IMAGE_RE, image) is None
 
 
 def resolve(image: str) -> LocalImage | None:
@@ -64,4 +88,5 @@ def resolve(image: str) -> LocalImage | None:
 
 def kwok_exclusion_key() -> str:
     """A KWOK stage selector key (a jq program) that is true for pods with any container the runner owns."""
-    return f'[(.spec.containers[]?, .spec.initContainers[]?) | .image | test("{OWNED_IMAGE_RE}")] | any'
+    return (f'[(.spec.containers[]?, .spec.initContainers[]?) | .image '
+            f'| test("{OWNED_IMAGE_RE}") and (test("{SIMULATED_IMAGE_RE}") | not)] | any')

@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,20 +58,57 @@ def now_rfc3339() -> str:
 
 
 class AddressPool:
-    """Loopback addresses for pods: Linux answers on all of 127.0.0.0/8 without configuring anything."""
+    """Loopback addresses for pods: Linux answers on all of 127.0.0.0/8 without configuring anything.
 
-    def __init__(self, cidr: str = RUNNER_POD_CIDR) -> None:
-        self._free = (str(ip) for ip in ipaddress.ip_network(cidr).hosts() if int(ip) & 0xFF > 1)
-        self._returned: list[str] = []
+    Machine-wide: clusters running side by side (two test sessions, the demo beside the tests) must never give
+    two pods one address, or a probe or a client of one cluster reaches the other's pod. An address is held
+    by a file named after it in `registry`, created exclusively and holding the runner's pid; a file whose
+    runner is gone is taken over."""
+
+    def __init__(self, cidr: str = RUNNER_POD_CIDR, registry: Path | None = None) -> None:
+        self._candidates = [str(ip) for ip in ipaddress.ip_network(cidr).hosts() if int(ip) & 0xFF > 1]
+        # A fixed place (not $TMPDIR, which differs between sessions): every runner of this user sees it.
+        self._registry = registry or Path("/tmp") / f"grok-pod-addresses-{os.getuid()}"
+        self._registry.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+
+    def _claim(self, ip: str) -> bool:
+        path = self._registry / ip
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = int(path.read_text() or "0")
+            except (OSError, ValueError):
+                return False
+            if owner == os.getpid() or _alive(owner):
+                return False
+            path.unlink(missing_ok=True)  # its runner is gone: free (a racing runner may win it: fine)
+            return self._claim(ip)
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
 
     def take(self) -> str:
         with self._lock:
-            return self._returned.pop(0) if self._returned else next(self._free)
+            for ip in self._candidates:
+                if self._claim(ip):
+                    return ip
+        raise RuntimeError(f"no free pod address left in {RUNNER_POD_CIDR}")
 
     def give_back(self, ip: str) -> None:
         with self._lock:
-            self._returned.append(ip)
+            (self._registry / ip).unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # Pods run at a lower CPU priority than the control plane, which on a cluster has machines of its own: on a
@@ -397,10 +435,16 @@ class PodWorker(threading.Thread):
                 f"image {image_ref!r} is not one the simulated cluster can run: its pod runner maps only "
                 f"{', '.join(p for p, _ in images.TABLE)} to local environments"))
             return
+        if not image.bin_dir.is_dir():
+            self._cannot_start(c, "ErrImagePull", (
+                f"the local stand-in of image {image_ref!r} ({image.bin_dir.parent}) is missing: "
+                "run hack/setup-python.sh"))
+            return
         try:
             mounts = self.runner.volume_mounts(self.pod, c.spec, self.dir)
             base = {"PATH": f"{image.bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
-                    "HOME": str(self.dir / "home"), "HOSTNAME": self.pod_name, "LANG": "C.UTF-8"}
+                    "HOME": str(self.dir / "home"), "HOSTNAME": self.pod_name, "LANG": "C.UTF-8",
+                    **self.runner.service_env}
             env = podspec.container_env(c.spec, self._facts(), image, self.runner.lookup, base)
             env = {k: podspec.rewrite_paths(v, mounts) for k, v in env.items()}
             argv = [podspec.rewrite_paths(a, mounts) for a in podspec.command_line(c.spec, image, env)]
@@ -607,6 +651,11 @@ class Runner:
     def __init__(self, kubeconfig: Path, state: Path) -> None:
         config.load_kube_config(str(kubeconfig))
         self.api = client.CoreV1Api()
+        # What a kubelet gives every container for the `kubernetes` Service. There is no kube-proxy here to
+        # route its ClusterIP, so pods are given the API server's own (loopback) address instead.
+        api_server = urllib.parse.urlsplit(client.Configuration.get_default_copy().host)
+        self.service_env = {"KUBERNETES_SERVICE_HOST": api_server.hostname or "127.0.0.1",
+                            "KUBERNETES_SERVICE_PORT": str(api_server.port or 443)}
         self.custom = client.CustomObjectsApi()
         self.state = state
         self.addresses = AddressPool()

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,9 +124,16 @@ class Credentials:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+# Calls go round-robin over every address the target resolves to (one address: as pick_first). With a
+# headless Service, `dns:///<name>-servers.<namespace>.svc:50051` reaches every Ready server pod, bypassing
+# the router; the servers' --max-connection-age makes the client re-resolve and find replicas added since.
+ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
 def open_channel(target: str, creds: Credentials | None = None) -> grpc.Channel:
     creds = creds or Credentials()
-    options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", -1)]
+    options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", -1),
+                                      ("grpc.service_config", ROUND_ROBIN)]
     if creds.server_name:
         options.append(("grpc.ssl_target_name_override", creds.server_name))
     if not (creds.tls or creds.ca_cert or creds.client_cert):

@@ -25,7 +25,9 @@ DEFAULT_TARGET = os.environ.get("GROK_TARGET", "localhost:50051")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", default=DEFAULT_TARGET, help="HOST:PORT (env GROK_TARGET)")
+    p.add_argument("--target", default=DEFAULT_TARGET,
+                   help="HOST:PORT, or any gRPC target such as dns:///name:port (calls go round-robin over "
+                        "the addresses it resolves to; env GROK_TARGET)")
     p.add_argument("--timeout", type=float, help="deadline in seconds")
     p.add_argument("--tls", action="store_true", help="use TLS with the system's roots")
     p.add_argument("--ca-cert", type=Path, help="CA certificate for the server (implies --tls)")

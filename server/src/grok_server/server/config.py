@@ -34,6 +34,8 @@ class ServerConfig:
     max_stop_string_length: int = 256
     max_request_bytes: int = 4 * 1024 * 1024
     drain_grace_seconds: float = 25.0
+    max_connection_age_seconds: float = 0.0  # 0: connections live as long as their clients keep them
+    max_connection_age_grace_seconds: float = 3600.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
@@ -137,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="larger requests get INVALID_ARGUMENT")
     s.add_argument("--drain-grace-seconds", type=_non_negative_seconds, default=25.0,
                    help="on SIGTERM, how long in-flight requests may run before they are aborted")
+    s.add_argument("--max-connection-age-seconds", type=_non_negative_seconds, default=0.0,
+                   help="close client connections older than this (GOAWAY; 0: never), so that clients "
+                        "balancing over a headless Service re-resolve and find new replicas")
+    s.add_argument("--max-connection-age-grace-seconds", type=_non_negative_seconds, default=3600.0,
+                   help="how long calls on an aged connection may still run (longer than any generation)")
     s.add_argument("--stream-interval", type=_stream_interval, default=0, metavar="auto|N",
                    help="tokens per GenerateStream message after the first (always sent at once); auto: "
                         "1, then half the recent peak of requests in flight, up to 16 (saves CPU under load)")

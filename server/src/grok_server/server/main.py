@@ -54,7 +54,11 @@ def _grpc_options(cfg: ServerConfig) -> list[tuple[str, int]]:
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
-    ]
+    ] + ([
+        # Aged connections get GOAWAY; their calls run on for the grace (grpc's own connection-age options).
+        ("grpc.max_connection_age_ms", int(cfg.max_connection_age_seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(cfg.max_connection_age_grace_seconds * 1000)),
+    ] if cfg.max_connection_age_seconds > 0 else [])
 
 
 class Server:
