@@ -320,3 +320,42 @@ def test_server_service_monitors_carry_the_labels_prometheus_selects_on():
     assert monitor["metadata"]["labels"]["release"] == "kps"
     assert monitor["metadata"]["labels"]["serving.grok.dev/deployment"] == "grok"  # ours stay
     assert "ServiceMonitor" not in {c["kind"] for c in desired_children(spec, p, monitor_labels=None)}
+
+
+def test_the_router_fronts_the_deployment_with_least_privilege():
+    spec, the_plan = built(router={"holdTimeoutSeconds": 600, "prefixBlocks": 4})
+    kinds = [(c["kind"], c["metadata"]["name"]) for c in desired_children(spec, the_plan, None)]
+    assert {("Deployment", "grok-router"), ("ServiceAccount", "grok-router"), ("Role", "grok-router"),
+            ("RoleBinding", "grok-router"), ("Service", "grok"), ("Service", "grok-servers")} <= set(kinds)
+    (rule,) = manifests.router_role(spec)["rules"]
+    assert rule == {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
+    router = manifests.router_deployment(spec)
+    pod = router["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "grok-router" and "nvidia.com/gpu" not in str(pod)
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--selector") + 1] == spec.selector  # the server pods, not the routers
+    assert args[args.index("--namespace") + 1] == "ml"
+    assert args[args.index("--host") + 1] == "$(POD_IP)"
+    assert args[args.index("--hold-timeout-seconds") + 1] == "600"
+    assert args[args.index("--prefix-blocks") + 1] == "4"
+    assert args[args.index("--model-name") + 1] == "grok"  # the servers' --served-model-name
+    front = manifests.service(spec)["spec"]
+    assert front["selector"] == spec.router_selector_labels
+    assert [p["name"] for p in front["ports"]] == ["grpc", "http"]
+    servers = manifests.servers_service(spec)["spec"]
+    assert servers["clusterIP"] == "None" and servers["selector"] == spec.selector_labels
+
+
+def test_without_the_router_the_service_selects_the_servers():
+    spec, the_plan = built(router={"enabled": False})
+    kinds = {c["kind"] for c in desired_children(spec, the_plan, None)}
+    assert not kinds & {"Role", "RoleBinding", "ServiceAccount"}
+    front = manifests.service(spec)["spec"]
+    assert front["selector"] == spec.selector_labels and "clusterIP" not in front
+
+
+def test_servers_age_their_connections_for_clients_that_bypass_the_router():
+    spec, the_plan = built(server={"maxConnectionAgeSeconds": 120})
+    args = manifests.server_args(spec, the_plan)
+    assert args[args.index("--max-connection-age-seconds") + 1] == "120"
+    assert int(args[args.index("--max-connection-age-grace-seconds") + 1]) >= 3600

@@ -42,6 +42,7 @@ SERVERS = f"app.kubernetes.io/name=grok-server,serving.grok.dev/deployment={NAME
 ROUTERS = f"app.kubernetes.io/name=grok-router,serving.grok.dev/deployment={NAME}"
 ENGINE_ARGS = ["--enforce-eager", "--kv-cache-memory-bytes", str(128 * 1024 * 1024), "--dtype", "float32",
                "--max-num-seqs", "8"]
+MAX_HELD = 12
 # A prefix of more than the router's 8 affinity blocks of text (8 x 64 bytes).
 SHARED_PREFIX = "You are a careful assistant. " * 24
 
@@ -56,6 +57,7 @@ def grokd(replicas: int) -> dict:
             "gpu": {"product": "NVIDIA-H100-80GB-HBM3"},
             "replicas": replicas,
             "server": {"drainSeconds": 120, "engineArgs": ENGINE_ARGS},
+            "router": {"maxHeldRequests": MAX_HELD},
         },
     }
 
@@ -299,45 +301,160 @@ def test_a_deleted_replica_leaves_the_router_before_its_drain_ends(fleet: Fleet)
         assert held.result(timeout=300)[-1].usage.generated_tokens == 4  # the drain let it finish
 
 
+class Load:
+    """Clients streaming through the router without pause, each call's outcome recorded; every call has a
+    generous deadline, so a hang shows as DEADLINE_EXCEEDED, never as a stuck test."""
+
+    def __init__(self, fleet: Fleet, workers: int) -> None:
+        self.fleet = fleet
+        self.outcomes: list[tuple[str, str]] = []  # (code name, details)
+        self.stop = threading.Event()
+        self.pool = ThreadPoolExecutor(workers)
+        self.workers = [self.pool.submit(self._run, w) for w in range(workers)]
+
+    def _run(self, worker: int) -> None:
+        with grpc.insecure_channel(self.fleet.target) as channel:
+            stub = pb_grpc.GenerationServiceStub(channel)
+            i = 0
+            while not self.stop.is_set():
+                i += 1
+                request = pb.GenerateRequest(text=f"load {worker}-{i}", stopping=pb.StoppingCriteria(
+                    max_new_tokens=8, ignore_eos=True))
+                try:
+                    messages = list(stub.GenerateStream(request, timeout=300))
+                    assert messages[-1].usage.generated_tokens == 8
+                    self.outcomes.append(("OK", ""))
+                except grpc.RpcError as err:
+                    self.outcomes.append((err.code().name, err.details() or ""))
+
+    def wait_more(self, count: int, message: str) -> None:
+        reached = len(self.outcomes) + count
+        wait_for(lambda: len(self.outcomes) >= reached, 600, message=message)
+
+    def finish(self) -> list[tuple[str, str]]:
+        self.stop.set()
+        for worker in self.workers:
+            worker.result(timeout=600)  # nothing hangs
+        self.pool.shutdown()
+        return self.outcomes
+
+
+def test_under_load_a_scale_down_and_a_rolling_update_lose_no_request(fleet: Fleet) -> None:
+    """Replicas leave gracefully (not Ready at once, then drained): the router stops sending them calls, the
+    calls on them finish, and a call a draining server refuses is retried elsewhere. Nothing fails."""
+    load = Load(fleet, 3)
+    try:
+        load.wait_more(6, "the load to run")
+        fleet.cluster.kubectl("scale", "grokd", NAME, "-n", fleet.ns, "--replicas", "1")
+        wait_for(lambda: len(fleet.cluster.get_json("pods", "-n", fleet.ns, "-l", SERVERS)["items"]) == 1,
+                 600, interval=2, message="the scale-down to 1 to finish (pods drained and gone)")
+        load.wait_more(6, "the load to go on with one replica")
+        old = {p["metadata"]["name"] for p in fleet.ready_servers()}
+        patch = {"spec": {"server": {"engineArgs": [*ENGINE_ARGS, "--max-num-seqs", "6"]}}}
+        fleet.cluster.kubectl("patch", "grokd", NAME, "-n", fleet.ns, "--type", "merge",
+                              "-p", json.dumps(patch))
+
+        def rolled() -> bool:
+            pods = fleet.cluster.get_json("pods", "-n", fleet.ns, "-l", SERVERS)["items"]
+            return len(pods) == 1 and is_ready(pods[0]) and pods[0]["metadata"]["name"] not in old
+
+        wait_for(rolled, 900, interval=2, message="the rolling update to replace the replica")
+        load.wait_more(6, "the load to go on after the update")
+    finally:
+        outcomes = load.finish()
+    failed = [o for o in outcomes if o[0] != "OK"]
+    assert not failed, failed
+    assert len(outcomes) >= 18
+
+
 def test_a_killed_replica_fails_only_its_own_streams_and_nothing_hangs(fleet: Fleet) -> None:
-    wait_for(lambda: len(fleet.ready_servers()) >= 2 and fleet.known_ready() >= 2, 900, interval=2,
+    fleet.cluster.kubectl("scale", "grokd", NAME, "-n", fleet.ns, "--replicas", "2")
+    wait_for(lambda: len(fleet.ready_servers()) == 2 and fleet.known_ready() == 2, 900, interval=2,
              message="two Ready replicas")
     victim = fleet.ready_servers()[0]
     name = victim["metadata"]["name"]
     main = int(victim["status"]["containerStatuses"][0]["containerID"].rsplit("/", 1)[1])
-    outcomes: list[tuple[str, str]] = []  # (code, replica it ran on when known)
-    stop = threading.Event()
-
-    def load(worker: int) -> None:
-        with grpc.insecure_channel(fleet.target) as channel:
-            stub = pb_grpc.GenerationServiceStub(channel)
-            i = 0
-            while not stop.is_set():
-                i += 1
-                try:
-                    request = pb.GenerateRequest(text=f"load {worker}-{i}", stopping=pb.StoppingCriteria(
-                        max_new_tokens=8, ignore_eos=True))
-                    messages = list(stub.GenerateStream(request, timeout=300))
-                    assert messages[-1].usage.generated_tokens == 8
-                    outcomes.append(("OK", ""))
-                except grpc.RpcError as err:
-                    outcomes.append((err.code().name, err.details() or ""))
-
-    with ThreadPoolExecutor(4) as pool:
-        workers = [pool.submit(load, w) for w in range(4)]
-        wait_for(lambda: len(outcomes) >= 8, 300, message="the load to run")
+    load = Load(fleet, 4)
+    try:
+        load.wait_more(8, "the load to run")
         with EngineHold(pids=engine_pids(victim)) as hold:
             hold.hold()  # streams pile up on the victim, in flight, when it dies
             on_victim = f'grok_router_replica_in_flight{{replica="{name}"}}'
             wait_for(lambda: fleet.router_metrics().get(on_victim, 0) >= 1, 120,
                      message="a stream in flight on the victim")
             os.killpg(main, signal.SIGKILL)
-        count = len(outcomes)
-        wait_for(lambda: len(outcomes) >= count + 8, 300, message="the load to go on after the kill")
-        stop.set()
-        for worker in workers:
-            worker.result(timeout=600)  # nothing hangs
+        # Calls sent to the dead replica before its pod turns not-Ready find no server: retried elsewhere.
+        load.wait_more(8, "the load to go on after the kill")
+    finally:
+        outcomes = load.finish()
     failed = [o for o in outcomes if o[0] != "OK"]
     assert failed, "the victim's in-flight streams cannot have completed"
     assert all(code == "UNAVAILABLE" for code, _ in failed), failed
     assert len(failed) <= 4, failed  # only what was in flight on the victim (one per worker at most)
+
+
+def test_at_zero_replicas_calls_are_held_until_a_replica_is_ready(fleet: Fleet) -> None:
+    """Scaled to zero: calls wait in the router (none fails, none is lost or duplicated), beyond the bound
+    they are refused at once, a caller's own deadline still wins; one replica starting serves them all."""
+    fleet.cluster.kubectl("scale", "grokd", NAME, "-n", fleet.ns, "--replicas", "0")
+    wait_for(lambda: not fleet.cluster.get_json("pods", "-n", fleet.ns, "-l", SERVERS)["items"]
+             and fleet.known_ready() == 0, 600, interval=2, message="zero replicas")
+    held_key = "grok_router_requests_held"
+    prompts = [f"held {i}" for i in range(10)]
+    with grpc.insecure_channel(fleet.target) as channel, ThreadPoolExecutor(16) as pool:
+        stub = pb_grpc.GenerationServiceStub(channel)
+
+        def stream(text: str, timeout: float) -> list[pb.GenerateResponse]:
+            return list(stub.GenerateStream(pb.GenerateRequest(text=text, sampling=pb.SamplingParams(
+                temperature=0), stopping=pb.StoppingCriteria(max_new_tokens=8, ignore_eos=True)),
+                timeout=timeout))
+
+        calls = [pool.submit(stream, text, 900) for text in prompts]
+        wait_for(lambda: fleet.router_metrics().get(held_key) == 10, 120, message="ten calls held")
+        # A caller whose deadline passes while held gets DEADLINE_EXCEEDED (no replica is started until
+        # it has: the test holds the scale-up).
+        with pytest.raises(grpc.RpcError) as short:
+            stream("impatient", 3)
+        assert short.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # Beyond the bound: refused at once, with a retry hint; the ones within it wait with the others.
+        extra = [pool.submit(stream, f"extra {i}", 900) for i in range(MAX_HELD - 10)]
+        wait_for(lambda: fleet.router_metrics().get(held_key) == MAX_HELD, 120, message="the bound reached")
+        with pytest.raises(grpc.RpcError) as refused:
+            stream("one too many", 900)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert ("retry-after-ms", "10000") in (refused.value.trailing_metadata() or ())
+        assert not any(c.done() for c in calls + extra), "held calls wait, whatever the machine's speed"
+        assert fleet.router_metrics().get("grok_router_oldest_held_seconds", 0) > 0
+
+        fleet.cluster.kubectl("scale", "grokd", NAME, "-n", fleet.ns, "--replicas", "1")
+        answers = [c.result(timeout=900) for c in calls + extra]
+    assert all(a[-1].usage.generated_tokens == 8 for a in answers)
+    assert fleet.router_metrics().get(held_key) == 0
+    # The right tokens: what the replica answers now for the same prompt (greedy), once each.
+    with grpc.insecure_channel(fleet.target) as channel:
+        stub = pb_grpc.GenerationServiceStub(channel)
+        for text, answer in zip(prompts, answers, strict=False):
+            request = pb.GenerateRequest(text=text, sampling=pb.SamplingParams(temperature=0),
+                                         stopping=pb.StoppingCriteria(max_new_tokens=8, ignore_eos=True))
+            again = stub.Generate(request, timeout=300)
+            assert [t for m in answer for t in m.token_ids] == list(again.token_ids)
+
+
+def test_a_router_stopping_while_calls_are_held_fails_them_retryably(fleet: Fleet) -> None:
+    fleet.cluster.kubectl("scale", "grokd", NAME, "-n", fleet.ns, "--replicas", "0")
+    wait_for(lambda: not fleet.cluster.get_json("pods", "-n", fleet.ns, "-l", SERVERS)["items"]
+             and fleet.known_ready() == 0, 600, interval=2, message="zero replicas")
+    router = next(p for p in fleet.cluster.get_json("pods", "-n", fleet.ns, "-l", ROUTERS)["items"]
+                  if p["status"].get("podIP") == fleet.router_ip)
+    with grpc.insecure_channel(fleet.target) as channel, ThreadPoolExecutor(3) as pool:
+        stub = pb_grpc.GenerationServiceStub(channel)
+        calls = [pool.submit(lambda i=i: list(stub.GenerateStream(pb.GenerateRequest(
+            text=f"held {i}", stopping=pb.StoppingCriteria(max_new_tokens=4)), timeout=900)))
+            for i in range(3)]
+        wait_for(lambda: fleet.router_metrics().get("grok_router_requests_held") == 3, 120,
+                 message="three calls held")
+        fleet.cluster.kubectl("delete", "pod", router["metadata"]["name"], "-n", fleet.ns, "--wait=false")
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as ended:
+                call.result(timeout=300)  # never a hang
+            assert ended.value.code() == grpc.StatusCode.UNAVAILABLE, ended.value

@@ -350,6 +350,8 @@ def router_args(spec: GrokDeploymentSpec) -> list[str]:
         "--prefix-blocks", str(int(r.get("prefixBlocks", 8))),
         "--balance", str(r.get("balance", 0.5)),
         "--max-attempts", str(int(r.get("maxAttempts", 3))),
+        "--hold-timeout-seconds", str(int(r.get("holdTimeoutSeconds", 1800))),
+        "--max-held", str(int(r.get("maxHeldRequests", 1024))),
         # Calls in flight through a router that stops go on for as long as the servers would let them.
         "--drain-grace-seconds", str(int(spec.server.get("drainSeconds", 120))),
     ]

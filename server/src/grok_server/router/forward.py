@@ -59,17 +59,48 @@ def request_key(request: pb.GenerateRequest, prefix_blocks: int) -> bytes | None
 
 
 class Forwarder:
-    def __init__(self, replicas: ReplicaSet, metrics: RouterMetrics, max_attempts: int) -> None:
+    """`hold_timeout`: how long a call waits for a replica while none is Ready (scaled to zero, or all
+    restarting), 0 for not at all; `max_held`: how many calls may wait so, beyond which they are refused at
+    once (RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, replicas: ReplicaSet, metrics: RouterMetrics, max_attempts: int,
+                 hold_timeout: float = 0.0, max_held: int = 0) -> None:
         self.replicas = replicas
         self.metrics = metrics
         self.max_attempts = max_attempts
+        self.hold_timeout = hold_timeout
+        self.max_held = max_held
 
-    def _choose(self, key: bytes | None, tried: set[str], last: RouteError | None) -> Replica:
-        chosen = self.replicas.pick(key, tried)
-        if chosen is None:
-            if last is not None:
-                raise last
+    async def _hold(self, deadline: float | None) -> None:
+        """Waits for a Ready replica, within the hold timeout and the caller's deadline."""
+        if self.replicas.closing:
+            raise RouteError(grpc.StatusCode.UNAVAILABLE, "the router is shutting down: retry")
+        if self.hold_timeout <= 0:
             raise RouteError(grpc.StatusCode.UNAVAILABLE, "no Ready replica to serve the request")
+        if len(self.replicas.held) >= self.max_held:
+            raise RouteError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"no Ready replica, and {self.max_held} requests already wait for one: "
+                             "retry later",
+                             (("retry-after-ms", "10000"),))
+        limit = self.hold_timeout
+        if deadline is not None:
+            limit = min(limit, max(0.0, deadline - time.monotonic()))
+        self.metrics.held.inc()
+        if not await self.replicas.hold(seconds=limit):
+            if deadline is not None and deadline <= time.monotonic() + 0.001:
+                raise RouteError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                 "deadline exceeded while waiting for a replica to become Ready")
+            raise RouteError(grpc.StatusCode.UNAVAILABLE,
+                             f"no replica became Ready within the hold timeout ({self.hold_timeout:g} s)")
+
+    async def _choose(self, key: bytes | None, tried: set[str], last: RouteError | None,
+                      deadline: float | None) -> Replica:
+        chosen = self.replicas.pick(key, tried)
+        while chosen is None:
+            if last is not None:  # every replica tried: its failure is the answer
+                raise last
+            await self._hold(deadline)
+            chosen = self.replicas.pick(key, tried)
         replica, reason = chosen
         self.metrics.decisions.labels(reason).inc()
         return replica
@@ -103,7 +134,7 @@ class Forwarder:
         last: RouteError | None = None
         arrived = time.monotonic()
         for attempt in range(self.max_attempts):
-            replica = self._choose(key, tried, last)
+            replica = await self._choose(key, tried, last, deadline)
             tried.add(replica.name)
             timeout = self._timeout(deadline)
             if attempt == 0:
@@ -138,7 +169,7 @@ class Forwarder:
         last: RouteError | None = None
         arrived = time.monotonic()
         for attempt in range(self.max_attempts):
-            replica = self._choose(key, tried, last)
+            replica = await self._choose(key, tried, last, deadline)
             tried.add(replica.name)
             timeout = self._timeout(deadline)
             if attempt == 0:

@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from grok_server import reflection
-from grok_server.router.forward import Forwarder
+from grok_server.router.forward import Forwarder, RouteError
 from grok_server.router.http import RouterHTTP
 from grok_server.router.metrics import RouterMetrics
 from grok_server.router.replicas import Endpoint, PodWatcher, ReplicaSet, scrape_forever
@@ -99,6 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     r.add_argument(
         "--scrape-interval", type=float, default=1.0, help="seconds between reads of replicas' gauges"
     )
+    h = p.add_argument_group("holding (no Ready replica: scaled to zero, or all restarting)")
+    h.add_argument("--hold-timeout-seconds", type=float, default=1800.0,
+                   help="how long a call waits for a replica to turn Ready (a cold start of Grok-1 takes "
+                        "minutes); 0: refuse at once with UNAVAILABLE")
+    h.add_argument("--max-held", type=_positive, default=1024,
+                   help="calls that may wait at once; more are refused at once with RESOURCE_EXHAUSTED")
     p.add_argument("--drain-grace-seconds", type=float, default=30.0)
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
@@ -112,7 +118,8 @@ class Router:
         self.args = args
         self.replicas = ReplicaSet(args.balance, args.prefix_blocks)
         self.metrics = RouterMetrics(self.replicas)
-        self.forwarder = Forwarder(self.replicas, self.metrics, args.max_attempts)
+        self.forwarder = Forwarder(self.replicas, self.metrics, args.max_attempts, args.hold_timeout_seconds,
+                                   args.max_held)
         self.health = health_aio.HealthServicer()
         self.stop = asyncio.Event()
         self.draining = False
@@ -170,6 +177,8 @@ class Router:
         await self.stop.wait()
         log.info("draining: grace period %.1f s", a.drain_grace_seconds)
         self.draining = True
+        # Held calls cannot be handed to another router replica from here: they end now, retryable.
+        self.replicas.fail_held(RouteError(grpc.StatusCode.UNAVAILABLE, "the router is shutting down: retry"))
         for service in (SERVICE_NAME, ""):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.stop(grace=a.drain_grace_seconds)

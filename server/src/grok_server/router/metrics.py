@@ -23,6 +23,9 @@ METRIC_NAMES = (
     "grok_router_replicas",
     "grok_router_replica_in_flight",
     "grok_router_replica_load",
+    "grok_router_held_total",
+    "grok_router_requests_held",
+    "grok_router_oldest_held_seconds",
 )
 
 
@@ -50,6 +53,11 @@ class _ReplicaCollector(Collector):
             load.add_metric([replica.name], replica.load)
         yield in_flight
         yield load
+        yield GaugeMetricFamily("grok_router_requests_held", "Calls waiting now for a replica to turn Ready.",
+                                value=len(self._replicas.held))
+        yield GaugeMetricFamily("grok_router_oldest_held_seconds",
+                                "How long the oldest call waiting for a replica has waited.",
+                                value=self._replicas.oldest_held_seconds())
 
 
 class RouterMetrics:
@@ -94,6 +102,9 @@ class RouterMetrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+        self.held = Counter(
+            "grok_router_held", "Calls that had to wait for a Ready replica (none was Ready on arrival).",
+            registry=r)
         r.register(_ReplicaCollector(replicas))
 
     def exposition(self) -> bytes:

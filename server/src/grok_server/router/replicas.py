@@ -10,6 +10,7 @@ the simulated cluster they cannot carry loopback pod addresses.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -138,6 +139,8 @@ class ReplicaSet:
         self.changed = asyncio.Event()  # set on every change (waiters clear it)
         self._turn = 0
         self._listeners: list[Callable[[], None]] = []
+        self.held: collections.deque[tuple[float, asyncio.Future[None]]] = collections.deque()
+        self.closing = False
 
     def on_change(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
@@ -158,8 +161,44 @@ class ReplicaSet:
                 log.info("replica %s (%s) joined", name, endpoint.grpc_address)
         self.synced.set()
         self.changed.set()
+        if self.replicas:
+            self._release_held()
         for listener in self._listeners:
             listener()
+
+    def _release_held(self, error: BaseException | None = None) -> None:
+        # Oldest first: futures resolved in order wake their waiters in order on the event loop.
+        while self.held:
+            _, waiter = self.held.popleft()
+            if not waiter.done():
+                if error is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(error)
+
+    async def hold(self, seconds: float | None) -> bool:
+        """Waits until a replica is Ready (True) or `seconds` pass (False); raises what `fail_held` gives."""
+        if self.replicas:
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (time.monotonic(), waiter)
+        self.held.append(entry)
+        try:
+            await asyncio.wait_for(waiter, seconds)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            with contextlib.suppress(ValueError):
+                self.held.remove(entry)
+
+    def oldest_held_seconds(self) -> float:
+        return time.monotonic() - self.held[0][0] if self.held else 0.0
+
+    def fail_held(self, error: BaseException) -> None:
+        """The router is stopping: held calls end now, with `error`, rather than wait for a replica."""
+        self.closing = True
+        self._release_held(error)
 
     def pick(self, key: bytes | None, exclude: set[str]) -> tuple[Replica, str] | None:
         candidates = [
