@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -16,6 +17,15 @@ from grok_server.router.replicas import Endpoint, ReplicaSet
 def forwarder(hold: float, max_held: int) -> Forwarder:
     replicas = ReplicaSet(balance=0.5, prefix_blocks=8)
     return Forwarder(replicas, RouterMetrics(replicas), max_attempts=3, hold_timeout=hold, max_held=max_held)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Lets the other tasks run until `condition` holds (each step is the loop's own turn, not a timer)."""
+    for _ in range(100_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
 
 
 def test_held_calls_go_out_oldest_first_when_a_replica_turns_ready() -> None:
@@ -32,8 +42,7 @@ def test_held_calls_go_out_oldest_first_when_a_replica_turns_ready() -> None:
         for i in range(5):
             tasks.append(asyncio.create_task(call(i)))
             await asyncio.sleep(0)  # arrive in this order
-        while len(f.replicas.held) < 5:
-            await asyncio.sleep(0.01)
+        await until(lambda: len(f.replicas.held) == 5)
         assert f.replicas.oldest_held_seconds() > 0
         f.replicas.update({"pod-a": Endpoint("pod-a", "127.0.0.1:1")}, 1)
         await asyncio.gather(*tasks)
@@ -48,8 +57,7 @@ def test_beyond_the_bound_refused_at_once_and_the_deadline_wins_over_the_hold() 
     async def scenario() -> None:
         f = forwarder(hold=600, max_held=2)
         waiting = [asyncio.create_task(f._choose(None, set(), None, None)) for _ in range(2)]
-        while len(f.replicas.held) < 2:
-            await asyncio.sleep(0.01)
+        await until(lambda: len(f.replicas.held) == 2)
         with pytest.raises(RouteError) as refused:
             await f._choose(None, set(), None, None)
         assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -73,8 +81,7 @@ def test_the_hold_timeout_and_a_stopping_router_end_held_calls_retryably() -> No
         assert expired.value.code == grpc.StatusCode.UNAVAILABLE and "hold timeout" in expired.value.details
         f.hold_timeout = 600
         waiting = asyncio.create_task(f._choose(None, set(), None, None))
-        while not f.replicas.held:
-            await asyncio.sleep(0.01)
+        await until(lambda: bool(f.replicas.held))
         f.replicas.fail_held(RouteError(grpc.StatusCode.UNAVAILABLE, "the router is shutting down: retry"))
         with pytest.raises(RouteError) as stopped:
             await waiting
