@@ -192,3 +192,44 @@ def test_a_step_just_inside_the_window_does_not_count_as_the_whole_window():
         d = decide(policy, Observation(time=t, replicas=1, ready=1, metric_total=total), history)
         assert d.replicas == 1, (t, d.reason)  # at t=9 the window [3, 9] began with the low reading of t=2..4
     assert decide(policy, Observation(time=11.5, replicas=1, ready=1, metric_total=40), history).replicas == 3
+
+
+ZERO = dataclasses.replace(POLICY, min_replicas=0, scale_to_zero_after=600)
+
+
+def test_a_held_request_starts_a_replica_at_the_next_evaluation():
+    quiet = Observation(time=0, replicas=0, ready=0, metric_total=None, held=0, recent_requests=0)
+    idle = decide(ZERO, quiet, History())
+    assert idle.replicas == 0 and "first request" in idle.reason
+    # No stabilization window: the request already waits in the router through the whole cold start.
+    woken = decide(ZERO, Observation(time=15, replicas=0, ready=0, metric_total=None, held=3,
+                                     recent_requests=3), History())
+    assert woken.replicas == 1 and "held" in woken.reason
+
+
+def test_scale_to_zero_after_a_whole_window_without_requests_as_seen_by_the_autoscaler():
+    history = History()
+
+    def at(t, recent, held=0, ready=1, starting=()):
+        return decide(ZERO, Observation(time=t, replicas=1, ready=ready, metric_total=0.0, held=held,
+                                        recent_requests=recent, starting_ages=starting), history).replicas
+
+    # Quiet from t=0 (the router's counters say nothing of the time before the autoscaler saw them).
+    assert [at(t, 0) for t in range(0, 600, 15)] == [1] * 40
+    assert at(600, 0) == 0
+    history.idle_since = None
+    assert at(0, 0) == 1 and at(300, 2) == 1  # a request restarts the count
+    assert at(400, 0) == 1 and at(999, 0) == 1 and at(1000, 0) == 0
+    history.idle_since = None
+    assert at(0, 0) == 1 and at(700, 0, held=1) == 1  # something held: never to zero
+    assert at(700, 0, ready=0, starting=(30.0,)) == 1  # a replica still starting: not now
+
+
+def test_no_router_series_never_scales_to_zero_and_a_warm_floor_stays():
+    history = History()
+    for t in range(0, 3600, 15):
+        assert decide(ZERO, Observation(time=t, replicas=1, ready=1, metric_total=0.0), history).replicas == 1
+    floor = History()
+    for t in range(0, 3600, 15):
+        obs = Observation(time=t, replicas=1, ready=1, metric_total=0.0, held=0, recent_requests=0)
+        assert decide(POLICY, obs, floor).replicas == 1  # minReplicas 1: a warm floor, whatever the idle

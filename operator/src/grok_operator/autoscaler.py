@@ -26,6 +26,17 @@ QUERIES = {
 }
 
 
+def router_queries(namespace: str, name: str, window: float,
+                   label: str = DEFAULT_DEPLOYMENT_LABEL) -> tuple[str, str]:
+    """PromQL for scale to zero, over the deployment's router pods: the calls held now, and the calls seen
+    over the window (finished, plus in flight and held now)."""
+    match = f'namespace="{namespace}",{label}="{name}"'
+    held = f"sum(grok_router_requests_held{{{match}}})"
+    recent = (f"sum(increase(grok_router_requests_total{{{match}}}[{int(window)}s])) "
+              f"+ sum(grok_router_replica_in_flight{{{match}}} or vector(0)) + {held}")
+    return held, recent
+
+
 class MetricsUnavailable(Exception):
     """Why there is no usable metric value; `reason` becomes the condition's reason."""
 

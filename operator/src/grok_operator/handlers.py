@@ -30,6 +30,7 @@ from grok_operator.autoscaler import (
     Prometheus,
     metric_query,
     replica_startup,
+    router_queries,
 )
 from grok_operator.kube import Kube, load_config
 from grok_operator.reconcile import (
@@ -483,6 +484,16 @@ def autoscaler(
         stopped.wait(State.autoscale_interval)
 
 
+def _router_activity(prometheus: Prometheus, ns: str, name: str, window: float) -> tuple[float | None,
+                                                                                     float | None]:
+    """The router's held calls now, and its calls over the window; None for what has no series (no router
+    scraped: never scale to zero on that)."""
+    held_query, recent_query = router_queries(ns, name, window, State.deployment_label)
+    held = prometheus.instant(held_query)
+    recent = prometheus.instant(recent_query)
+    return (held[0] if held else None), (recent[0] if recent else None)
+
+
 def _autoscale_once(owner: dict[str, Any], views: Views, history: History) -> None:
     meta, spec = owner["metadata"], owner["spec"]
     ns, name = meta["namespace"], meta["name"]
@@ -492,17 +503,24 @@ def _autoscale_once(owner: dict[str, Any], views: Views, history: History) -> No
     ready = int((deployment.get("status") or {}).get("readyReplicas", 0))
     moment = time.time()
     starting, startup = replica_startup(views.pods(ns, name), moment)
+    held = recent = None
     try:
         if not State.prometheus_url:
             raise MetricsUnavailable(
                 "PrometheusNotConfigured", "the operator has no --prometheus-url (chart value prometheusURL)"
             )
-        query = metric_query(policy.metric, ns, name, State.deployment_label)
-        value: float | None = Prometheus(State.prometheus_url).metric(query, State.metrics_stale_after)
+        prometheus = Prometheus(State.prometheus_url)
+        if policy.min_replicas == 0:
+            held, recent = _router_activity(prometheus, ns, name, policy.scale_to_zero_after)
+        value: float | None = None
         problem = None
+        if replicas > 0:  # at zero there is no server to measure: the router's held calls decide
+            query = metric_query(policy.metric, ns, name, State.deployment_label)
+            value = prometheus.metric(query, State.metrics_stale_after)
     except MetricsUnavailable as err:
         value, problem = None, err
-    decision = decide(policy, Observation(moment, replicas, ready, value, starting, startup), history)
+    observation = Observation(moment, replicas, ready, value, starting, startup, held, recent)
+    decision = decide(policy, observation, history)
     summary = (problem.reason if problem else decision.reason.split(":")[-1].strip(), ready, len(starting))
     if State.last_decisions.get(meta["uid"]) != summary:  # log when what the autoscaler thinks changes
         State.last_decisions[meta["uid"]] = summary
@@ -516,8 +534,10 @@ def _autoscale_once(owner: dict[str, Any], views: Views, history: History) -> No
             len(starting),
         )
 
-    if replicas == 0:
+    if replicas == 0 and policy.min_replicas > 0:
         active = condition("AutoscalingActive", False, "ScalingDisabled", decision.reason)
+    elif replicas == 0 and problem is None:
+        active = condition("AutoscalingActive", True, "ScaledToZero", decision.reason)
     elif problem is not None:
         what = decision.reason if decision.changes(replicas) else (
             f"holding {replicas} replicas (never scaling on missing data)")

@@ -38,6 +38,7 @@ class Policy:
     down_window: float = 300.0
     max_up_step: int = 2
     max_down_step: int = 1
+    scale_to_zero_after: float = 900.0  # with min_replicas 0: seconds without requests before going to zero
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Policy:
@@ -51,6 +52,7 @@ class Policy:
             down_window=float(spec.get("scaleDownStabilizationSeconds", 300)),
             max_up_step=int(spec.get("maxScaleUpStep", 2)),
             max_down_step=int(spec.get("maxScaleDownStep", 1)),
+            scale_to_zero_after=float(spec.get("scaleToZeroAfterSeconds", 900)),
         )
 
 
@@ -66,6 +68,10 @@ class Observation:
     )  # sum over replicas ("sum" metrics) or the average ("average" metrics); None: no data
     starting_ages: tuple[float, ...] = ()  # seconds since each not-yet-ready replica was created
     startup_seconds: float = DEFAULT_STARTUP_SECONDS  # measured on recent replicas
+    # From the router (scale to zero): calls waiting for a replica now, and calls seen over the last
+    # scale_to_zero_after seconds (finished, in flight or held). None: no router series (never to zero).
+    held: float | None = None
+    recent_requests: float | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,8 @@ class History:
     """Recent recommendations (time, replicas), trimmed to the longest window."""
 
     entries: list[tuple[float, int]] = field(default_factory=list)
+    # Since when every evaluation has seen no request (scale to zero); None while requests come.
+    idle_since: float | None = None
 
     def add(self, when: float, replicas: int, keep: float) -> None:
         self.entries.append((when, replicas))
@@ -122,10 +130,29 @@ def raw_recommendation(policy: Policy, ready: int, metric_total: float) -> tuple
 def decide(policy: Policy, obs: Observation, history: History) -> Decision:
     """The replicas to have now. Records the raw recommendation in `history`."""
     current = obs.replicas
-    clamp = lambda n: max(policy.min_replicas, min(policy.max_replicas, n))  # noqa: E731
+    # The metric never takes the last replica away: only a whole window without requests does (below).
+    clamp = lambda n: max(policy.min_replicas, 1, min(policy.max_replicas, n))  # noqa: E731
     if current == 0:
-        # As with HPA, zero set by hand switches autoscaling off (without pods there is nothing to measure).
-        return Decision(0, None, None, "scaled to zero by hand: paused until replicas are above 0")
+        if policy.min_replicas > 0:
+            # As with HPA, zero set by hand switches autoscaling off (no pods, nothing to measure).
+            return Decision(0, None, None, "scaled to zero by hand: paused until replicas are above 0")
+        if obs.held:
+            # Not after a window: the request waits in the router through the whole cold start already.
+            return Decision(1, None, None, f"{obs.held:g} request(s) held at zero: starting a replica")
+        return Decision(0, None, None, "scaled to zero: the first request starts a replica")
+    if policy.min_replicas == 0:
+        idle = obs.recent_requests == 0 and not obs.held
+        if not idle:
+            history.idle_since = None
+        elif history.idle_since is None:
+            history.idle_since = obs.time
+        # Idle for a whole window as this autoscaler saw it (a young router's counters say nothing about the
+        # time before it), with every replica serving (not one just started for a request).
+        if (idle and history.idle_since is not None
+                and obs.time - history.idle_since >= policy.scale_to_zero_after
+                and current == obs.ready and not obs.starting_ages):
+            return Decision(0, None, None,
+                            f"no request for {policy.scale_to_zero_after:g}s: scaling {current} -> 0")
     # The bounds hold before any data: below minReplicas there may be no pod, hence no series, to wait for.
     low, high = policy.min_replicas, policy.max_replicas
     if current < low:
