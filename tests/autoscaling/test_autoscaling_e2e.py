@@ -22,6 +22,7 @@ from grok_devcluster import is_ready
 from grok_devcluster.podrunner import lower_priority
 from grok_devcluster.prometheus import PrometheusServer
 from grok_operator.autoscaler import metric_query
+from grok_server.client import GrokClient
 from tests.operator.test_operator_cluster import apply, conditions, get
 from tests.operator.test_operator_cluster import events as read_events
 from tests.operatorlib import OperatorProcess, bind_weights, wait_for
@@ -299,3 +300,61 @@ def test_scales_on_load_holds_at_target_and_on_missing_data(
     assert wait_for(lambda: max(replicas(devcluster, ns), 0), message="replicas") == held
     time.sleep(DOWN_WINDOW + 2 * INTERVAL)  # a whole down window and more: nothing may move meanwhile
     assert wait_for(lambda: max(replicas(devcluster, ns), 0), message="replicas") == held
+
+
+def test_scales_to_zero_when_idle_and_a_held_request_brings_a_replica_back(
+    devcluster, k8s_namespace, tiny_grok_checkpoint, prometheus, autoscaling_operator
+):
+    """minReplicas 0: idle for scaleToZeroAfterSeconds (as the autoscaler saw the router's counters) goes to
+    zero, ScaledToZero and not Degraded; a request at zero waits in the router, the next evaluation starts a
+    replica, and the request completes: a slow first answer, not an error."""
+    ns = k8s_namespace
+    bind_weights(devcluster, ns, "weights", tiny_grok_checkpoint)
+    grokd = {
+        "apiVersion": "serving.grok.dev/v1alpha1",
+        "kind": "GrokDeployment",
+        "metadata": {"name": "zero"},
+        "spec": {
+            "model": {"uri": "pvc://weights/tiny", "profile": "grok-1-tiny", "maxModelLen": 1024},
+            "gpu": {"product": "NVIDIA-H100-80GB-HBM3"},
+            "replicas": 1,
+            "autoscaling": {"minReplicas": 0, "maxReplicas": 1, "scaleToZeroAfterSeconds": 60},
+            "server": {"drainSeconds": 10, "engineArgs": ENGINE_ARGS},
+        },
+    }
+    assert apply(devcluster, ns, grokd).returncode == 0
+    servers = "app.kubernetes.io/name=grok-server,serving.grok.dev/deployment=zero"
+    routers = "app.kubernetes.io/name=grok-router,serving.grok.dev/deployment=zero"
+
+    def ready(selector: str) -> list[dict]:
+        return [p for p in devcluster.get_json("pods", "-n", ns, "-l", selector)["items"] if is_ready(p)]
+
+    wait_for(lambda: ready(servers), 600, interval=1, message="the first replica to turn Ready")
+    router = wait_for(lambda: ready(routers), 300, interval=1, message="the router to turn Ready")[0]
+    target = f"{router['status']['podIP']}:50051"
+
+    with GrokClient(target, timeout=600) as client:
+        assert client.generate("before", max_tokens=4, ignore_eos=True).usage.generated_tokens == 4
+
+    def status() -> dict:
+        return (get(devcluster, ns, "grokdeployment", "zero") or {}).get("status") or {}
+
+    wait_for(lambda: replicas_of(devcluster, ns, "zero") == 0, 900, interval=2, message="the scale to zero")
+    wait_for(lambda: not devcluster.get_json("pods", "-n", ns, "-l", servers)["items"], 300, interval=2,
+             message="the replica to go")
+    wait_for(lambda: status().get("phase") == "ScaledToZero", 120, message="phase ScaledToZero")
+    found = conditions(devcluster, ns, "zero")
+    assert found["Ready"]["reason"] == "ScaledToZero" and found.get("Degraded", {}).get("status") != "True"
+    assert found["AutoscalingActive"]["status"] == "True"
+    assert "no request for 60s" in status()["lastScale"]["reason"]
+
+    with GrokClient(target, timeout=900) as client:  # held by the router through the cold start
+        answer = client.generate("after", max_tokens=4, ignore_eos=True)
+    assert answer.usage.generated_tokens == 4
+    assert replicas_of(devcluster, ns, "zero") == 1
+    assert "held at zero" in status()["lastScale"]["reason"]
+
+
+def replicas_of(devcluster, ns, name) -> int:
+    body = get(devcluster, ns, "grokdeployment", name)
+    return int(body["spec"]["replicas"]) if body else -1

@@ -228,7 +228,8 @@ def test_scale_to_zero_after_a_whole_window_without_requests_as_seen_by_the_auto
 def test_no_router_series_never_scales_to_zero_and_a_warm_floor_stays():
     history = History()
     for t in range(0, 3600, 15):
-        assert decide(ZERO, Observation(time=t, replicas=1, ready=1, metric_total=0.0), history).replicas == 1
+        obs = Observation(time=t, replicas=1, ready=1, metric_total=0.0, held=None, recent_requests=0)
+        assert decide(ZERO, obs, history).replicas == 1
     floor = History()
     for t in range(0, 3600, 15):
         obs = Observation(time=t, replicas=1, ready=1, metric_total=0.0, held=0, recent_requests=0)

@@ -32,8 +32,9 @@ def router_queries(namespace: str, name: str, window: float,
     over the window (finished, plus in flight and held now)."""
     match = f'namespace="{namespace}",{label}="{name}"'
     held = f"sum(grok_router_requests_held{{{match}}})"
-    recent = (f"sum(increase(grok_router_requests_total{{{match}}}[{int(window)}s])) "
-              f"+ sum(grok_router_replica_in_flight{{{match}}} or vector(0)) + {held}")
+    # A router that has served nothing yet has no request series: counted as 0 (its held gauge is there).
+    recent = (f"(sum(increase(grok_router_requests_total{{{match}}}[{int(window)}s])) or vector(0)) "
+              f"+ (sum(grok_router_replica_in_flight{{{match}}}) or vector(0)) + {held}")
     return held, recent
 
 

@@ -141,7 +141,8 @@ def decide(policy: Policy, obs: Observation, history: History) -> Decision:
             return Decision(1, None, None, f"{obs.held:g} request(s) held at zero: starting a replica")
         return Decision(0, None, None, "scaled to zero: the first request starts a replica")
     if policy.min_replicas == 0:
-        idle = obs.recent_requests == 0 and not obs.held
+        # No router series (held is None): nothing says the deployment is idle, so it never goes to zero.
+        idle = obs.held == 0 and obs.recent_requests == 0
         if not idle:
             history.idle_since = None
         elif history.idle_since is None:
