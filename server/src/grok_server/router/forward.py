@@ -114,13 +114,33 @@ class Forwarder:
             raise RouteError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before a replica answered")
         return left
 
-    def _give_up(
-        self, err: grpc.aio.AioRpcError, started: bool, attempt: int, deadline: float | None
-    ) -> bool:
+    def _failed(self, err: grpc.aio.AioRpcError, started: bool, attempt: int,
+                deadline: float | None) -> RouteError:
+        """The failed attempt as the call's error: raised when the call ends with it (output began, not a
+        retryable code, no attempt or time left), else returned as the last error before a retry."""
         code = err.code()
-        if started or code not in RETRYABLE or attempt + 1 >= self.max_attempts:
-            return True
-        return deadline is not None and deadline <= time.monotonic()
+        last = RouteError(code, err.details() or "", _trailers(err))
+        if (started or code not in RETRYABLE or attempt + 1 >= self.max_attempts
+                or (deadline is not None and deadline <= time.monotonic())):
+            raise last from None
+        self.metrics.retries.labels(code.name).inc()
+        return last
+
+    async def _begin(self, key: bytes | None, tried: set[str], last: RouteError | None,
+                     deadline: float | None, attempt: int, arrived: float) -> tuple[Replica, float | None]:
+        """The replica for the next attempt (one not tried yet) and the attempt's timeout; the replica counts
+        the call until `_finish`."""
+        replica = await self._choose(key, tried, last, deadline)
+        tried.add(replica.name)
+        timeout = self._timeout(deadline)
+        if attempt == 0:
+            self.metrics.overhead.observe(time.monotonic() - arrived)
+        replica.acquire()
+        return replica, timeout
+
+    def _finish(self, replica: Replica, outcome: str) -> None:
+        replica.release()
+        self.metrics.upstream.labels(replica.name, outcome).inc()
 
     async def unary(
         self,
@@ -130,16 +150,11 @@ class Forwarder:
         deadline: float | None,
         metadata: tuple[tuple[str, Any], ...],
     ) -> Any:
-        tried: set[str] = set()
         last: RouteError | None = None
+        tried: set[str] = set()
         arrived = time.monotonic()
         for attempt in range(self.max_attempts):
-            replica = await self._choose(key, tried, last, deadline)
-            tried.add(replica.name)
-            timeout = self._timeout(deadline)
-            if attempt == 0:
-                self.metrics.overhead.observe(time.monotonic() - arrived)
-            replica.acquire()
+            replica, timeout = await self._begin(key, tried, last, deadline, attempt, arrived)
             outcome = "CANCELLED"  # unless the attempt ends otherwise: the caller went away
             try:
                 answer = await getattr(replica.stub, method)(request, timeout=timeout, metadata=metadata)
@@ -147,13 +162,9 @@ class Forwarder:
                 return answer
             except grpc.aio.AioRpcError as err:
                 outcome = err.code().name
-                last = RouteError(err.code(), err.details() or "", _trailers(err))
-                if self._give_up(err, False, attempt, deadline):
-                    raise last from None
-                self.metrics.retries.labels(err.code().name).inc()
+                last = self._failed(err, False, attempt, deadline)
             finally:
-                replica.release()
-                self.metrics.upstream.labels(replica.name, outcome).inc()
+                self._finish(replica, outcome)
         assert last is not None
         raise last
 
@@ -165,16 +176,11 @@ class Forwarder:
         metadata: tuple[tuple[str, Any], ...],
     ) -> AsyncIterator[pb.GenerateResponse]:
         """The replica's stream, message by message (close it with aclosing: closing cancels the attempt)."""
-        tried: set[str] = set()
         last: RouteError | None = None
+        tried: set[str] = set()
         arrived = time.monotonic()
         for attempt in range(self.max_attempts):
-            replica = await self._choose(key, tried, last, deadline)
-            tried.add(replica.name)
-            timeout = self._timeout(deadline)
-            if attempt == 0:
-                self.metrics.overhead.observe(time.monotonic() - arrived)
-            replica.acquire()
+            replica, timeout = await self._begin(key, tried, last, deadline, attempt, arrived)
             call = replica.stub.GenerateStream(request, timeout=timeout, metadata=metadata)
             started = False
             outcome = "CANCELLED"
@@ -186,13 +192,9 @@ class Forwarder:
                 return
             except grpc.aio.AioRpcError as err:
                 outcome = err.code().name
-                last = RouteError(err.code(), err.details() or "", _trailers(err))
-                if self._give_up(err, started, attempt, deadline):
-                    raise last from None
-                self.metrics.retries.labels(err.code().name).inc()
+                last = self._failed(err, started, attempt, deadline)
             finally:
-                replica.release()
-                self.metrics.upstream.labels(replica.name, outcome).inc()
+                self._finish(replica, outcome)
                 call.cancel()  # a no-op once finished; else the caller's cancel or close reaches the replica
         assert last is not None
         raise last
