@@ -31,9 +31,13 @@ def test_demo_runs_end_to_end_and_cleans_up():
         "ScaledUp",  # the autoscaler acted on the real server's queue
         "autoscaled 1 -> ",
         "both replicas Ready and scraped",  # the new replica's pod ran a second real server
+        '"object": "text_completion"',  # OpenAI's completions, through the router
     ):
         assert milestone in out, f"{milestone!r} missing from the demo's output:\n{out[-4000:]}"
     assert "refused 0" in out
+    # The router spread the load generator's requests (one client) over both replicas.
+    spread = [line.split() for line in out.splitlines() if "requests through the router" in line]
+    assert len(spread) >= 2 and all(int(s[1]) > 0 for s in spread), spread
     # The summary: every replica's pod at a loopback address of its own, Ready and scraped by Prometheus.
     pods = [line.split() for line in out.splitlines() if line.startswith("  pod grok-1-tiny-")]
     assert len(pods) >= 2, out[-3000:]

@@ -14,7 +14,9 @@ from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
 
 class ClosedLoopLoad:
-    def __init__(self, target: str, prompt: str = "the quick brown fox", max_new_tokens: int = 96) -> None:
+    def __init__(self, target: str, prompt: str = "the quick brown fox", max_new_tokens: int = 96,
+                 timeout: float = 600.0) -> None:
+        self.timeout = timeout  # per request: generous, a queue behind the admission limit can be long
         self.channel = grpc.insecure_channel(target)
         self.stub = pb_grpc.GenerationServiceStub(self.channel)
         self.request = pb.GenerateRequest(
@@ -29,11 +31,13 @@ class ClosedLoopLoad:
     def _client(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
-                for _ in self.stub.GenerateStream(self.request, timeout=120):
+                for _ in self.stub.GenerateStream(self.request, timeout=self.timeout):
                     pass
                 with self._lock:
                     self.completed += 1
             except grpc.RpcError:
+                if stop.is_set():
+                    return  # cancelled by close(): not a failure of the server
                 with self._lock:
                     self.failed += 1
                 stop.wait(0.2)  # a refused request (admission limit, draining) backs off a little
@@ -51,9 +55,12 @@ class ClosedLoopLoad:
             t.start()
 
     def close(self) -> None:
-        self.clients(0)
+        """Stops at once: requests still running are cancelled (closing the channel), not waited for."""
+        self._stop.set()
         with contextlib.suppress(Exception):
             self.channel.close()
+        for t in self._threads:
+            t.join(30)
 
 
 def main(argv: list[str] | None = None) -> int:
