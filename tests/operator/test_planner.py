@@ -26,14 +26,48 @@ def test_fp8_on_h100_needs_tensor_parallel_8():
     assert p.max_concurrent_sequences >= 100  # 8K-token sequences
 
 
-def test_bf16_on_h100_is_refused_with_the_reason_and_the_way_out():
+def test_bf16_on_h100_spans_two_nodes_tensor_8_by_pipeline_2():
+    p = plan(PlanRequest(GROK_1, H100))
+    assert (p.tensor_parallel_size, p.pipeline_parallel_size, p.nodes_per_replica) == (8, 2, 2)
+    assert p.gpus_per_replica == 16 and p.multi_node
+    assert 36 < p.weight_gib_per_gpu < 38  # half the layers, split 8 ways
+    assert p.max_concurrent_sequences >= 100  # each GPU holds KV for its stage's 32 layers only
+    status = p.to_status()
+    assert status["pipelineParallelSize"] == 2 and status["nodesPerReplica"] == 2
+
+
+def test_bf16_on_h100_on_one_node_only_is_refused_with_the_reason_and_the_way_out():
     with pytest.raises(PlanError) as err:
-        plan(PlanRequest(GROK_1, H100))
+        plan(PlanRequest(GROK_1, H100, pipeline=1))
     assert err.value.reason == "InsufficientGPUMemory"
     message = str(err.value)
     assert "631 GB" in message or "633 GB" in message
-    assert "needs 16 GPUs per replica" in message
+    assert "needs 16 GPUs per replica (2 nodes of 8" in message
     assert "fp8" in message
+
+
+@pytest.mark.parametrize(("product", "quantization", "nodes", "tensor"), [
+    ("NVIDIA-A100-SXM4-40GB", "none", 3, 8),  # 22 of 64 layers on the largest stage: 25 GiB per GPU
+    ("NVIDIA-A100-SXM4-40GB", "fp8", 2, 8),
+    ("NVIDIA-L40S", "none", 3, 8),
+    ("NVIDIA-L40S", "fp8", 2, 8),
+    ("NVIDIA-A100-SXM4-80GB", "none", 2, 8),
+    ("NVIDIA-H200", "none", 1, 8),
+])
+def test_multi_node_rows_of_the_sizing_table(product, quantization, nodes, tensor):
+    p = plan(PlanRequest(GROK_1, gpu_product(product), quantization=quantization))
+    assert (p.nodes_per_replica, p.tensor_parallel_size) == (nodes, tensor)
+
+
+def test_more_nodes_than_allowed_is_refused_with_the_figure():
+    with pytest.raises(PlanError) as err:
+        plan(PlanRequest(GROK_1, gpu_product("NVIDIA-A100-SXM4-40GB"), max_nodes_per_replica=2))
+    assert err.value.reason == "TooManyNodesPerReplica"
+    assert "needs 3 nodes" in str(err.value) and "maxNodesPerReplica 2" in str(err.value)
+    fixed = plan(PlanRequest(GROK_1, H100, tensor_parallel=8, pipeline=4))
+    assert fixed.nodes_per_replica == 4 and fixed.gpus_per_replica == 32
+    with pytest.raises(PlanError, match="exceeds the model's 64 layers"):
+        plan(PlanRequest(GROK_1, H100, pipeline=65))
 
 
 def test_bf16_on_h200_fits_on_eight():
@@ -53,7 +87,7 @@ def test_explicit_tensor_parallel_is_checked_not_chosen():
     ):
         plan(PlanRequest(GROK_1, H200, tensor_parallel=3))
     with pytest.raises(PlanError, match="at tensor parallel 4 the weights take") as err:
-        plan(PlanRequest(GROK_1, H100, quantization="fp8", tensor_parallel=4))
+        plan(PlanRequest(GROK_1, H100, quantization="fp8", tensor_parallel=4, pipeline=1))
     assert err.value.reason == "InsufficientGPUMemory"
     with pytest.raises(PlanError, match="needs 16 GPUs on one node, but nodes have 8"):
         plan(PlanRequest(GROK_1, H200, tensor_parallel=16))
@@ -113,15 +147,21 @@ def test_a_chosen_plan_always_fits_and_is_the_smallest(product, quantization, ma
     try:
         p = plan(req)
     except PlanError as err:
-        assert err.reason == "InsufficientGPUMemory"
+        assert err.reason in ("InsufficientGPUMemory", "TooManyNodesPerReplica")
         return
     usable = p.gpu_memory_gib * utilization - 4.0
     assert GROK_1.valid_tensor_parallel(p.tensor_parallel_size)
+    assert p.tensor_parallel_size <= 8 and 1 <= p.nodes_per_replica <= 4
     assert p.weight_gib_per_gpu + p.kv_cache_gib_per_gpu == pytest.approx(usable)
     assert p.max_concurrent_sequences >= 4
+    # The smallest: no fewer nodes would do, and on its number of nodes no smaller tensor size.
+    for fewer in range(1, p.nodes_per_replica):
+        for tp in (1, 2, 4, 8):
+            with pytest.raises(PlanError):
+                plan(PlanRequest(**{**req.__dict__, "tensor_parallel": tp, "pipeline": fewer}))
     for smaller in (t for t in (1, 2, 4) if t < p.tensor_parallel_size):
         with pytest.raises(PlanError):
-            plan(PlanRequest(**{**req.__dict__, "tensor_parallel": smaller}))
+            plan(PlanRequest(**{**req.__dict__, "tensor_parallel": smaller, "pipeline": p.nodes_per_replica}))
 
 
 def test_the_tiny_profiles_are_the_shapes_the_generator_writes():

@@ -5,6 +5,10 @@ Per GPU, vLLM may use `gpu_memory_utilization` of the device's memory. From that
 and whatever is left is KV cache. A tensor-parallel size is acceptable when the KV cache holds at least
 `min_sequences` sequences of `max_model_len` tokens. `auto` picks the smallest acceptable size: fewer
 GPUs per replica means more replicas for the same GPUs, and less communication per token.
+
+When no tensor-parallel size on one node holds a replica, the replica spans nodes: tensor parallel within a
+node, pipeline parallel across nodes (one stage per node, the layers split as vLLM splits them: the first
+stages take the remainder), up to `max_nodes_per_replica`. The largest stage decides what a GPU must hold.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ class PlanRequest:
     gpu_memory_utilization: float = 0.90
     gpu_memory_gib: float | None = None  # overrides the product's memory (e.g. MIG slices)
     min_sequences: int = DEFAULT_MIN_SEQUENCES
+    pipeline: int | None = None  # pipeline stages (nodes per replica); None: 1 if one node fits, else choose
+    max_nodes_per_replica: int = 4
 
 
 @dataclass(frozen=True)
@@ -47,12 +53,23 @@ class Plan:
     max_concurrent_sequences: int  # sequences of max_model_len tokens the KV cache holds
     gpu_product: str
     gpu_memory_gib: float
+    pipeline_parallel_size: int = 1  # pipeline stages; each on a node of its own when more than one
+
+    @property
+    def nodes_per_replica(self) -> int:
+        return self.pipeline_parallel_size
+
+    @property
+    def multi_node(self) -> bool:
+        return self.pipeline_parallel_size > 1
 
     def to_status(self) -> dict[str, Any]:
         """camelCase for the resource's status.plan."""
         d = asdict(self)
         return {
             "tensorParallelSize": d["tensor_parallel_size"],
+            "pipelineParallelSize": d["pipeline_parallel_size"],
+            "nodesPerReplica": self.nodes_per_replica,
             "gpusPerReplica": d["gpus_per_replica"],
             "weightGiBPerGPU": round(d["weight_gib_per_gpu"], 2),
             "kvCacheGiBPerGPU": round(d["kv_cache_gib_per_gpu"], 2),
@@ -79,26 +96,76 @@ def weight_bytes(shape: ModelShape, quantization: str, dtype: str) -> float:
     ] + shape.embedding_parameters * 2
 
 
-def _evaluate(req: PlanRequest, tp: int) -> tuple[Plan | None, str]:
-    """The plan at one tensor-parallel size, or why it does not fit."""
+def largest_stage_fraction(layers: int, pp: int) -> float:
+    """The share of the layers on the largest pipeline stage (vLLM gives the remainder to the first ones)."""
+    return math.ceil(layers / pp) / layers
+
+
+def _evaluate(req: PlanRequest, tp: int, pp: int = 1) -> tuple[Plan | None, str]:
+    """The plan at one tensor x pipeline size, or why it does not fit."""
     memory_gib = req.gpu_memory_gib or req.gpu.memory_gib
     usable_gib = memory_gib * req.gpu_memory_utilization - ACTIVATION_RESERVE_GIB
-    weights_gib = weight_bytes(req.shape, req.quantization, req.dtype) / tp / GIB
+    stage = largest_stage_fraction(req.shape.layers, pp)
+    weights_gib = weight_bytes(req.shape, req.quantization, req.dtype) * stage / tp / GIB
     kv_gib = usable_gib - weights_gib
-    per_sequence = req.shape.kv_bytes_per_token(KV_CACHE_BYTES, tp) * req.max_model_len / GIB
+    per_sequence = req.shape.kv_bytes_per_token(KV_CACHE_BYTES, tp) * stage * req.max_model_len / GIB
     sequences = int(kv_gib / per_sequence) if kv_gib > 0 else 0
+    at = f"tensor parallel {tp}" + (f" x pipeline {pp}" if pp > 1 else "")
     if weights_gib > usable_gib:
         return None, (
-            f"at tensor parallel {tp} the weights take {weights_gib:.1f} GiB per GPU, more than the "
+            f"at {at} the weights take {weights_gib:.1f} GiB per GPU, more than the "
             f"{usable_gib:.1f} GiB usable on a {memory_gib:.0f} GiB {req.gpu.product}"
         )
     if sequences < req.min_sequences:
         return None, (
-            f"at tensor parallel {tp} only {max(kv_gib, 0):.1f} GiB per GPU is left for the KV cache: "
+            f"at {at} only {max(kv_gib, 0):.1f} GiB per GPU is left for the KV cache: "
             f"{sequences} sequences of {req.max_model_len} tokens, fewer than {req.min_sequences}"
         )
-    plan = Plan(tp, tp, weights_gib, kv_gib, sequences, req.gpu.product, memory_gib)
+    plan = Plan(tp, tp * pp, weights_gib, kv_gib, sequences, req.gpu.product, memory_gib, pp)
     return plan, ""
+
+
+def _multi_node(req: PlanRequest, reasons: list[str]) -> Plan:
+    """Tensor within a node x pipeline across nodes: the fewest nodes (then the fewest GPUs per node) that
+    hold a replica, within max_nodes_per_replica; else why not, with the figure that would fit."""
+    shape = req.shape
+    tensors = ([req.tensor_parallel] if req.tensor_parallel is not None else
+               [t for t in range(1, req.gpus_per_node + 1) if shape.valid_tensor_parallel(t)])
+    stages = [req.pipeline] if req.pipeline is not None else range(2, shape.layers + 1)
+    for pp in stages:
+        for tp in tensors:
+            result, why = _evaluate(req, tp, pp)
+            if result is not None:
+                if pp > req.max_nodes_per_replica:
+                    raise PlanError(
+                        "TooManyNodesPerReplica",
+                        f"a replica needs {pp} nodes (tensor parallel {tp} x pipeline {pp}, {tp * pp} "
+                        f"{req.gpu.product} GPUs), more than maxNodesPerReplica {req.max_nodes_per_replica}: "
+                        "raise parallelism.maxNodesPerReplica, use fp8, or GPUs with more memory")
+                return result
+            reasons.append(why)
+    raise PlanError(
+        "InsufficientGPUMemory",
+        f"the model does not fit even with {max(stages)} pipeline stages: {reasons[-1]}")
+
+
+def _check_tensor(req: PlanRequest) -> int:
+    shape, tp = req.shape, req.tensor_parallel
+    assert tp is not None
+    if not shape.valid_tensor_parallel(tp):
+        valid = [t for t in range(1, req.gpus_per_node + 1) if shape.valid_tensor_parallel(t)]
+        raise PlanError(
+            "InvalidTensorParallel",
+            f"tensor parallel size {tp} does not divide the model's "
+            f"{shape.heads} query heads and {shape.kv_heads} KV heads; valid sizes: {valid}",
+        )
+    if tp > req.gpus_per_node:
+        raise PlanError(
+            "TooManyGPUsPerReplica",
+            f"tensor parallel size {tp} needs {tp} GPUs on one node, but nodes have {req.gpus_per_node}: "
+            "a replica spans nodes by pipeline stages (parallelism.pipeline); tensor parallel stays in one",
+        )
+    return tp
 
 
 def plan(req: PlanRequest) -> Plan:
@@ -109,24 +176,21 @@ def plan(req: PlanRequest) -> Plan:
             "ContextTooLong",
             f"maxModelLen {req.max_model_len} exceeds the model's context of {shape.max_context} tokens",
         )
+    if req.pipeline is not None and req.pipeline > 1:
+        if req.pipeline > shape.layers:
+            raise PlanError("InvalidPipelineParallel",
+                            f"pipeline size {req.pipeline} exceeds the model's {shape.layers} layers")
+        if req.tensor_parallel is not None:
+            _check_tensor(req)
+        return _multi_node(req, [])
     if req.tensor_parallel is not None:
-        tp = req.tensor_parallel
-        if not shape.valid_tensor_parallel(tp):
-            valid = [t for t in range(1, req.gpus_per_node + 1) if shape.valid_tensor_parallel(t)]
-            raise PlanError(
-                "InvalidTensorParallel",
-                f"tensor parallel size {tp} does not divide the model's "
-                f"{shape.heads} query heads and {shape.kv_heads} KV heads; valid sizes: {valid}",
-            )
-        if tp > req.gpus_per_node:
-            raise PlanError(
-                "TooManyGPUsPerReplica",
-                f"tensor parallel size {tp} needs {tp} GPUs on one node, but nodes have {req.gpus_per_node}",
-            )
+        tp = _check_tensor(req)
         result, why = _evaluate(req, tp)
-        if result is None:
+        if result is not None:
+            return result
+        if req.pipeline == 1:
             raise PlanError("InsufficientGPUMemory", why)
-        return result
+        return _multi_node(req, [why])
 
     candidates = [t for t in range(1, req.gpus_per_node + 1) if shape.valid_tensor_parallel(t)]
     reasons = []
@@ -135,6 +199,8 @@ def plan(req: PlanRequest) -> Plan:
         if result is not None:
             return result
         reasons.append(why)
+    if req.pipeline is None:  # auto: across nodes
+        return _multi_node(req, reasons)
     total_gib = weight_bytes(shape, req.quantization, req.dtype) / GIB
     # The smallest valid tensor-parallel size that would fit if a replica could span nodes.
     wider = PlanRequest(**{**req.__dict__, "gpus_per_node": 64})
@@ -149,8 +215,7 @@ def plan(req: PlanRequest) -> Plan:
     need = (
         (
             f"it needs {needed} GPUs per replica ({math.ceil(needed / req.gpus_per_node)} nodes of "
-            f"{req.gpus_per_node}; "
-            "multi-node replicas are not supported yet)"
+            f"{req.gpus_per_node}: set parallelism.pipeline to auto to span nodes)"
         )
         if needed
         else "it does not fit even across 64 GPUs"

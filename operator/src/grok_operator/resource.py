@@ -80,6 +80,7 @@ class GrokDeploymentSpec:
     model_spec: dict[str, Any]
     autoscaling: dict[str, Any] | None = None
     router: dict[str, Any] = field(default_factory=dict)
+    parallelism: dict[str, Any] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -116,10 +117,12 @@ class GrokDeploymentSpec:
             model_spec=model,
             autoscaling=spec.get("autoscaling"),
             router=spec.get("router") or {},
+            parallelism=spec.get("parallelism") or {},
             labels=dict(meta.get("labels") or {}),
         )
 
     def plan_request(self) -> PlanRequest:
+        pipeline = self.parallelism.get("pipeline", "auto")
         gpu = self.gpu
         if gpu is None:
             if self.gpu_memory_gib is None:
@@ -140,6 +143,8 @@ class GrokDeploymentSpec:
             gpu_memory_utilization=float(self.server.get("gpuMemoryUtilization", 0.9)),
             gpu_memory_gib=self.gpu_memory_gib,
             min_sequences=int(self.server.get("minConcurrentSequences", 4)),
+            pipeline=None if pipeline == "auto" else int(pipeline),
+            max_nodes_per_replica=int(self.parallelism.get("maxNodesPerReplica", 4)),
         )
 
     @property
