@@ -260,15 +260,16 @@ def test_planner_refuses_what_cannot_fit_with_a_condition_and_an_event(
 ):
     ns = k8s_namespace
     apply(
-        devcluster, ns, weights_claim(), grokd("grok", model={"uri": "pvc://weights/grok-1"})
-    )  # bf16 on H100
+        devcluster, ns, weights_claim(), grokd("grok", model={"uri": "pvc://weights/grok-1"},
+                                              parallelism={"maxNodesPerReplica": 1})
+    )  # bf16 on H100 needs two nodes a replica
     body = wait_phase(devcluster, ns, "grok", "Invalid")
     cond = {c["type"]: c for c in body["status"]["conditions"]}
     assert cond["PlanValid"]["status"] == "False"
-    assert cond["PlanValid"]["reason"] == "InsufficientGPUMemory"
-    assert "needs 16 GPUs per replica" in cond["PlanValid"]["message"]
+    assert cond["PlanValid"]["reason"] == "TooManyNodesPerReplica"
+    assert "needs 2 nodes" in cond["PlanValid"]["message"]
     warned = wait_for(
-        lambda: [e for e in events(devcluster, ns, "grok") if e["reason"] == "InsufficientGPUMemory"],
+        lambda: [e for e in events(devcluster, ns, "grok") if e["reason"] == "TooManyNodesPerReplica"],
         message="planner event",
     )
     assert warned[0]["type"] == "Warning"
