@@ -359,3 +359,59 @@ def test_servers_age_their_connections_for_clients_that_bypass_the_router():
     args = manifests.server_args(spec, the_plan)
     assert args[args.index("--max-connection-age-seconds") + 1] == "120"
     assert int(args[args.index("--max-connection-age-grace-seconds") + 1]) >= 3600
+
+
+def test_a_multi_node_plan_is_a_leader_worker_set_of_whole_groups():
+    spec, the_plan = built(model={"uri": "pvc://weights/grok-1"}, replicas=2,
+                           parallelism={"topologyKey": "cloud.example/rack"})  # bf16 on H100: 8 x 2
+    assert the_plan.multi_node and the_plan.nodes_per_replica == 2
+    children = {c["kind"]: c for c in desired_children(spec, the_plan, None)}
+    assert "Deployment" not in children or children["Deployment"]["metadata"]["name"] != "grok"
+    lws = children["LeaderWorkerSet"]
+    assert lws["apiVersion"] == "leaderworkerset.x-k8s.io/v1" and lws["spec"]["replicas"] == 2
+    exclusive = "leaderworkerset.sigs.k8s.io/exclusive-topology"
+    assert lws["metadata"]["annotations"] == {exclusive: "cloud.example/rack"}
+    group = lws["spec"]["leaderWorkerTemplate"]
+    assert group["size"] == 2 and group["restartPolicy"] == "RecreateGroupAfterStart"
+    rolling = lws["spec"]["rolloutStrategy"]["rollingUpdateConfiguration"]
+    assert rolling == {"maxSurge": 1, "maxUnavailable": 0}
+    leader, worker = group["leaderTemplate"], group["workerTemplate"]
+    # The Services, the router and the scale subresource select leaders only.
+    assert leader["metadata"]["labels"]["app.kubernetes.io/name"] == "grok-server"
+    assert worker["metadata"]["labels"]["app.kubernetes.io/name"] != "grok-server"
+    assert worker["metadata"]["labels"]["app.kubernetes.io/component"] == "server"  # in status and Degraded
+    for template in (leader, worker):
+        pod = template["spec"]
+        (c,) = pod["containers"]
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == "8"  # every pod: one node's worth, same product
+        assert pod["nodeSelector"]["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
+    lead = leader["spec"]["containers"][0]
+    args = lead["args"]
+    assert args[args.index("--nnodes") + 1] == "2" and args[args.index("--node-rank") + 1] == "0"
+    assert args[args.index("--master-addr") + 1] == "$(LWS_LEADER_ADDRESS)"
+    assert args[args.index("--pipeline-parallel-size") + 1] == "2"
+    assert args[args.index("--tensor-parallel-size") + 1] == "8"
+    assert "readinessProbe" in lead and {p["name"] for p in lead["ports"]} == {"grpc", "metrics"}
+    work = worker["spec"]["containers"][0]
+    assert work["args"][work["args"].index("--node-rank") + 1] == "$(LWS_WORKER_INDEX)"
+    assert "ports" not in work and "readinessProbe" not in work and "livenessProbe" not in work
+    (wait,) = worker["spec"]["initContainers"]
+    assert "LWS_LEADER_ADDRESS" in wait["command"][-1]
+
+
+def test_a_single_node_plan_stays_a_deployment():
+    spec, the_plan = built()
+    kinds = {c["kind"] for c in desired_children(spec, the_plan, None)}
+    assert "Deployment" in kinds and "LeaderWorkerSet" not in kinds
+
+
+def test_without_the_leader_worker_set_api_nothing_is_half_made():
+    _, the_plan = built(model={"uri": "pvc://weights/grok-1"})
+    blocked = ("LeaderWorkerSetMissing", "the plan needs 2 nodes ...: install it")
+    observed = Observed(desired_replicas=1, plan=the_plan, blocked=blocked)
+    conditions, phase = conditions_and_phase(observed)
+    found = {c["type"]: c for c in conditions}
+    assert phase == "Failed"
+    assert found["Degraded"]["status"] == "True" and found["Degraded"]["reason"] == "LeaderWorkerSetMissing"
+    assert found["Progressing"]["status"] == "False" and "install it" in found["Degraded"]["message"]
+    assert found["PlanValid"]["status"] == "True"  # the plan is fine; the cluster lacks an API

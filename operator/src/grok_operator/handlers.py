@@ -127,6 +127,12 @@ def deployments(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[An
     return {(namespace, name): _plain(body)}
 
 
+# Multi-node replicas' workload (kopf starts watching it once the LeaderWorkerSet CRD exists).
+@kopf.index("leaderworkerset.x-k8s.io", "v1", "leaderworkersets", labels=MANAGED)
+def groups(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, name): {**_plain(body), "kind": "LeaderWorkerSet"}}
+
+
 def _one(index: kopf.Index, key: Any) -> dict[str, Any] | None:
     store = index.get(key)
     return next(iter(store), None) if store else None
@@ -135,8 +141,10 @@ def _one(index: kopf.Index, key: Any) -> dict[str, Any] | None:
 class Views:
     """The indexes a handler was given, read at the moment a status is computed."""
 
-    def __init__(self, grokds: kopf.Index, server_pods: kopf.Index, deployments: kopf.Index) -> None:
+    def __init__(self, grokds: kopf.Index, server_pods: kopf.Index, deployments: kopf.Index,
+                 groups: kopf.Index | None = None) -> None:
         self.grokds, self.server_pods, self.deployments = grokds, server_pods, deployments
+        self.groups = groups
 
     def owner(self, namespace: str, name: str | None) -> dict[str, Any] | None:
         body = _one(self.grokds, (namespace, name)) if name else None
@@ -146,7 +154,11 @@ class Views:
         return list(self.server_pods.get((namespace, name), []))
 
     def deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return _one(self.deployments, (namespace, name))
+        """The replicas' workload: the Deployment, or the LeaderWorkerSet of a multi-node plan."""
+        found = _one(self.deployments, (namespace, name))
+        if found is None and self.groups is not None:
+            found = _one(self.groups, (namespace, name))
+        return found
 
 
 # -- status and events ------------------------------------------------------------------------------------
@@ -317,7 +329,8 @@ def grokdeployment_event(
     generation = int(body["metadata"].get("generation", 1))
     if State.handled.get(uid) == generation:
         return  # our own status writes, or a generation already handled
-    if _reconcile_and_report(_plain(body), Views(grokds, server_pods, deployments), trigger="spec"):
+    views = Views(grokds, server_pods, deployments, _.get("groups"))
+    if _reconcile_and_report(_plain(body), views, trigger="spec"):
         State.handled[uid] = generation
 
 
@@ -329,7 +342,7 @@ def retry_unhandled(
     retries): tries again every two minutes; without any API call once the generation is handled."""
     generation = int(body["metadata"].get("generation", 1))
     if State.handled.get(uid) != generation and _reconcile_and_report(
-        _plain(body), Views(grokds, server_pods, deployments), trigger="retry"
+        _plain(body), Views(grokds, server_pods, deployments, _.get("groups")), trigger="retry"
     ):
         State.handled[uid] = generation
 
@@ -338,6 +351,7 @@ def retry_unhandled(
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+@kopf.on.event("leaderworkerset.x-k8s.io", "v1", "leaderworkersets", labels=MANAGED)
 @kopf.on.event("", "v1", "services", labels=MANAGED)
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED)
 def child_event(
@@ -351,7 +365,7 @@ def child_event(
     deployments: kopf.Index,
     **_: Any,
 ) -> None:
-    views = Views(grokds, server_pods, deployments)
+    views = Views(grokds, server_pods, deployments, _.get("groups"))
     owner = views.owner(namespace, labels.get(INSTANCE_LABEL))
     if owner is None:
         return
@@ -383,7 +397,7 @@ def child_event(
         )
         metrics.DRIFT_REPAIRS.labels(child["kind"]).inc()
         _reconcile_and_report(owner, views, trigger="drift")
-    elif child["kind"] == "Deployment":
+    elif child["kind"] in ("Deployment", "LeaderWorkerSet"):
         _refresh_status(owner, views)
 
 
@@ -398,7 +412,7 @@ def fetch_job_event(
     **_: Any,
 ) -> None:
     """The model is fetched (or failed): start or report on every GrokDeployment that waits for it."""
-    views = Views(grokds, server_pods, deployments)
+    views = Views(grokds, server_pods, deployments, _.get("groups"))
     for ref in body["metadata"].get("ownerReferences") or []:
         owner = views.owner(namespace, ref.get("name"))
         spec = read_spec(owner) if owner else None
@@ -424,7 +438,7 @@ def claim_event(
     """A claim named by a pvc:// model appeared or went: reconcile the deployments that use it."""
     if event.get("type") not in ("ADDED", "DELETED"):
         return
-    views = Views(grokds, server_pods, deployments)
+    views = Views(grokds, server_pods, deployments, _.get("groups"))
     for (ns, gd_name), _store in list(grokds.items()):
         owner = views.owner(ns, gd_name) if ns == namespace else None
         spec = read_spec(owner) if owner else None
@@ -447,7 +461,7 @@ def server_pod_event(
     deployments: kopf.Index,
     **_: Any,
 ) -> None:
-    views = Views(grokds, server_pods, deployments)
+    views = Views(grokds, server_pods, deployments, _.get("groups"))
     owner = views.owner(namespace, labels.get(INSTANCE_LABEL))
     if owner is not None:
         _refresh_status(owner, views)
@@ -472,7 +486,7 @@ def autoscaler(
 ) -> None:
     """One loop per autoscaled GrokDeployment (kopf stops it when spec.autoscaling goes away, and the
     built-in autoscaler stands aside: HPA or KEDA can then drive the scale subresource)."""
-    views = Views(grokds, server_pods, deployments)
+    views = Views(grokds, server_pods, deployments, _.get("groups"))
     history = History()  # in memory: after a restart, a full window passes before any change
     while not stopped:
         owner = views.owner(namespace, name)

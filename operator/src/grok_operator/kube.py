@@ -21,6 +21,7 @@ PLURALS = {
     "PersistentVolumeClaim": "persistentvolumeclaims",
     "Job": "jobs",
     "Pod": "pods",
+    "LeaderWorkerSet": "leaderworkersets",
     "ServiceAccount": "serviceaccounts",
     "Role": "roles",
     "RoleBinding": "rolebindings",

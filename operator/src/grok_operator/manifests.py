@@ -6,6 +6,7 @@ and nothing else: fields it leaves out are not fought over.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -150,7 +151,9 @@ def _http_probe(path: str, period: int, failures: int) -> dict[str, Any]:
     }
 
 
-def deployment(spec: GrokDeploymentSpec, plan: Plan, scrape_annotations: bool = True) -> dict[str, Any]:
+def server_pod_template(spec: GrokDeploymentSpec, plan: Plan, scrape_annotations: bool = True,
+                        args: list[str] | None = None) -> dict[str, Any]:
+    """The server pod (one replica's, or a multi-node group's leader): the planned GPUs, probes, drain."""
     s = spec.server
     grpc_port, metrics_port = int(s.get("grpcPort", 50051)), int(s.get("metricsPort", 9090))
     tp = plan.tensor_parallel_size
@@ -191,7 +194,7 @@ def deployment(spec: GrokDeploymentSpec, plan: Plan, scrape_annotations: bool = 
                 "name": "server",
                 "image": s.get("image", "grok-serve/server:0.1.0"),
                 "imagePullPolicy": s.get("imagePullPolicy", "IfNotPresent"),
-                "args": server_args(spec, plan),
+                "args": args if args is not None else server_args(spec, plan),
                 "env": [
                     {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
                     {"name": "HF_HUB_OFFLINE", "value": "1"},
@@ -226,6 +229,11 @@ def deployment(spec: GrokDeploymentSpec, plan: Plan, scrape_annotations: bool = 
     for key in ("affinity", "priorityClassName", "serviceAccountName"):
         if s.get(key):
             pod_spec[key] = s[key]
+    return {"metadata": {"labels": pod_labels, "annotations": annotations}, "spec": pod_spec}
+
+
+def deployment(spec: GrokDeploymentSpec, plan: Plan, scrape_annotations: bool = True) -> dict[str, Any]:
+    startup_timeout = int(spec.server.get("startupTimeoutSeconds", 1800))
     rollout = spec.rollout
     return {
         "apiVersion": "apps/v1",
@@ -244,7 +252,116 @@ def deployment(spec: GrokDeploymentSpec, plan: Plan, scrape_annotations: bool = 
             },
             "progressDeadlineSeconds": startup_timeout + 600,
             "revisionHistoryLimit": 3,
-            "template": {"metadata": {"labels": pod_labels, "annotations": annotations}, "spec": pod_spec},
+            "template": server_pod_template(spec, plan, scrape_annotations),
+        },
+    }
+
+
+# -- multi-node replicas: one LeaderWorkerSet group per replica -------------------------------------------
+
+LWS_API_VERSION = "leaderworkerset.x-k8s.io/v1"
+LWS_CRD = "leaderworkersets.leaderworkerset.x-k8s.io"
+MASTER_PORT = 29501  # vLLM's rendezvous on the leader (torch.distributed TCP store)
+WORKER_NAME = "grok-server-worker"
+
+
+def _group_flags(plan: Plan, node_rank: str) -> list[str]:
+    return [
+        "--pipeline-parallel-size", str(plan.pipeline_parallel_size),
+        "--nnodes", str(plan.nodes_per_replica),
+        "--node-rank", node_rank,
+        # LeaderWorkerSet's webhook gives every pod of a group the leader's address and its own index.
+        "--master-addr", "$(LWS_LEADER_ADDRESS)",
+        "--master-port", str(MASTER_PORT),
+    ]
+
+
+def leader_args(spec: GrokDeploymentSpec, plan: Plan) -> list[str]:
+    """The group's leader: grok-server as node rank 0 (gRPC, metrics, probes), the first pipeline stage."""
+    base = server_args(spec, plan)
+    extra = list(spec.server.get("engineArgs") or [])
+    own = base[: len(base) - len(extra)] if extra else base
+    return own + _group_flags(plan, "0") + extra
+
+
+def worker_args(spec: GrokDeploymentSpec, plan: Plan) -> list[str]:
+    """A worker: the engine's ranks of one node, headless (no API), joining the leader's rendezvous."""
+    args = ["--model", model_path(spec), "--tensor-parallel-size", str(plan.tensor_parallel_size),
+            "--max-model-len", str(spec.max_model_len)]
+    if spec.quantization != "none":
+        args += ["--quantization", spec.quantization]
+    if spec.dtype != "auto":
+        args += ["--dtype", spec.dtype]
+    return args + _group_flags(plan, "$(LWS_WORKER_INDEX)") + list(spec.server.get("workerArgs") or [])
+
+
+def _worker_template(spec: GrokDeploymentSpec, plan: Plan) -> dict[str, Any]:
+    template = copy.deepcopy(server_pod_template(spec, plan, scrape_annotations=False))
+    template["metadata"]["labels"]["app.kubernetes.io/name"] = WORKER_NAME  # not selected by the Services
+    container = template["spec"]["containers"][0]
+    container["name"] = "worker"
+    container["command"] = [WORKER_NAME]
+    container["args"] = worker_args(spec, plan)
+    for key in ("ports", "startupProbe", "readinessProbe", "livenessProbe"):
+        container.pop(key, None)  # the leader speaks for the group: API, metrics and probes are its
+    # vLLM's workers join the leader's rendezvous: wait for its port rather than crash-loop meanwhile.
+    template["spec"]["initContainers"] = [{
+        "name": "wait-for-leader",
+        "image": container["image"],
+        "imagePullPolicy": container["imagePullPolicy"],
+        "command": ["python3", "-c", WAIT_FOR_LEADER],
+        "env": [{"name": "MASTER_PORT", "value": str(MASTER_PORT)}],
+        "securityContext": container["securityContext"],
+    }]
+    return template
+
+
+WAIT_FOR_LEADER = (
+    "import os, socket, time\n"
+    "address, port = os.environ['LWS_LEADER_ADDRESS'], int(os.environ['MASTER_PORT'])\n"
+    "while True:\n"
+    "    try:\n"
+    "        socket.create_connection((address, port), timeout=5).close()\n"
+    "        break\n"
+    "    except OSError as err:\n"
+    "        print(f'waiting for the leader {address}:{port}: {err}', flush=True)\n"
+    "        time.sleep(2)\n"
+)
+
+
+def leader_worker_set(spec: GrokDeploymentSpec, plan: Plan,
+                      scrape_annotations: bool = True) -> dict[str, Any]:
+    """A replica that spans nodes: a LeaderWorkerSet group of `nodes_per_replica` pods (the leader is node
+    rank 0 and serves; the workers are the other stages), failing and restarting as a whole, replaced
+    group by group on rollouts."""
+    meta = _metadata(spec, spec.name)
+    topology = spec.parallelism.get("topologyKey")
+    if topology:
+        meta["annotations"] = {"leaderworkerset.sigs.k8s.io/exclusive-topology": topology}
+    rollout = spec.rollout
+    return {
+        "apiVersion": LWS_API_VERSION,
+        "kind": "LeaderWorkerSet",
+        "metadata": meta,
+        "spec": {
+            "replicas": spec.replicas,
+            "startupPolicy": "LeaderCreated",
+            "rolloutStrategy": {
+                "type": "RollingUpdate",
+                "rollingUpdateConfiguration": {
+                    "maxSurge": rollout.get("maxSurge", 1),
+                    "maxUnavailable": rollout.get("maxUnavailable", 0),
+                },
+            },
+            "leaderWorkerTemplate": {
+                "size": plan.nodes_per_replica,
+                # A group whose pod fails is recreated whole (vLLM cannot re-admit one rank), but not while
+                # it is still starting: a slow first load must not loop the group.
+                "restartPolicy": "RecreateGroupAfterStart",
+                "leaderTemplate": server_pod_template(spec, plan, scrape_annotations,
+                                                      leader_args(spec, plan)),
+                "workerTemplate": _worker_template(spec, plan),
+            },
         },
     }
 

@@ -6,6 +6,7 @@ operator restarted mid-way, two events at once) converges on the same objects an
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ class ReconcileResult:
     model: tuple[str, str] = ("Ready", "")
     deployment: dict[str, Any] | None = None  # as the API server returned it when applied
     applied: list[str] = field(default_factory=list)
+    blocked: tuple[str, str] | None = None  # (reason, message): what the cluster lacks to run the plan
 
     def status(
         self,
@@ -58,7 +60,9 @@ class ReconcileResult:
             )
             return status_patch(invalid, old_status, generation)
         live = newest(self.deployment, deployment)
-        return status_patch(observe(self.spec, self.plan, live, pods, self.model), old_status, generation)
+        observed = dataclasses.replace(observe(self.spec, self.plan, live, pods, self.model),
+                                       blocked=self.blocked)
+        return status_patch(observed, old_status, generation)
 
 
 def newest(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -155,8 +159,9 @@ def desired_children(
 ) -> list[dict[str, Any]]:
     """`monitor_labels`: None where the ServiceMonitor CRD is missing (the pods get scrape annotations
     instead), else the extra labels the ServiceMonitor needs for Prometheus to select it."""
+    workload = manifests.leader_worker_set if the_plan.multi_node else manifests.deployment
     children = [
-        manifests.deployment(spec, the_plan, scrape_annotations=monitor_labels is None),
+        workload(spec, the_plan, scrape_annotations=monitor_labels is None),
         manifests.service(spec),
         manifests.servers_service(spec),
         manifests.pod_disruption_budget(spec),
@@ -216,9 +221,10 @@ def observe(
     model: tuple[str, str],
 ) -> Observed:
     dstatus = (deployment or {}).get("status") or {}
-    current = deployment is not None and dstatus.get("observedGeneration") == deployment["metadata"].get(
-        "generation"
-    )
+    # A LeaderWorkerSet's status has no observedGeneration: its counts are of groups, current when read.
+    current = deployment is not None and (
+        deployment.get("kind") == "LeaderWorkerSet"
+        or dstatus.get("observedGeneration") == deployment["metadata"].get("generation"))
     port = spec.server.get("grpcPort", 50051)
     return Observed(
         desired_replicas=spec.replicas,
@@ -253,6 +259,14 @@ def ensure_shared(kube: Kube, manifest: dict[str, Any], manager: str) -> dict[st
     return kube.add_owner(live, mine)
 
 
+LWS_MISSING = (
+    "the plan needs {nodes} nodes per replica, run as LeaderWorkerSet groups, but the LeaderWorkerSet API "
+    "(leaderworkerset.x-k8s.io/v1) is not installed: install it (kubectl apply --server-side -f "
+    "https://github.com/kubernetes-sigs/lws/releases/download/v0.9.0/manifests.yaml), or plan for one node "
+    "(fp8, or GPUs with more memory)"
+)
+
+
 def reconcile(kube: Kube, body: dict[str, Any], service_monitors: ServiceMonitorProbe) -> ReconcileResult:
     """Brings the children in line with the spec; the caller writes the status from the result."""
     spec = read_spec(body)
@@ -280,10 +294,14 @@ def reconcile(kube: Kube, body: dict[str, Any], service_monitors: ServiceMonitor
         model = model_state(job)
 
     deployment = None
+    if the_plan.multi_node and not kube.crd_exists(manifests.LWS_CRD):
+        # Nothing half-made: without the LeaderWorkerSet API no group can exist, so no Service either.
+        return ReconcileResult(spec, the_plan, None, model, None, applied, blocked=(
+            "LeaderWorkerSetMissing", LWS_MISSING.format(nodes=the_plan.nodes_per_replica)))
     if model[0] == "Ready":
         for child in desired_children(spec, the_plan, service_monitors.monitor_labels()):
             live = kube.apply(child, manager)
             applied.append(child["kind"])
-            if child["kind"] == "Deployment":
+            if child["kind"] in ("Deployment", "LeaderWorkerSet"):
                 deployment = live
     return ReconcileResult(spec, the_plan, None, model, deployment, applied)

@@ -26,6 +26,7 @@ class Observed:
     stalled: str = ""  # the Deployment's ProgressDeadlineExceeded message
     endpoint: str = ""
     http_endpoint: str = ""
+    blocked: tuple[str, str] | None = None  # (reason, message): an API the plan needs is not installed
     selector: str = ""
 
 
@@ -106,7 +107,9 @@ def conditions_and_phase(o: Observed) -> tuple[list[dict[str, Any]], str]:
             ),
         )
     )
-    if not model_ok:
+    if o.blocked:
+        progress = condition("Progressing", False, o.blocked[0], "nothing is made until " + o.blocked[1])
+    elif not model_ok:
         progress = condition(
             "Progressing",
             o.model_state == "Fetching",
@@ -133,7 +136,9 @@ def conditions_and_phase(o: Observed) -> tuple[list[dict[str, Any]], str]:
     conditions.append(ready_cond)
 
     degraded_reason = ""
-    if o.model_state in ("FetchFailed", "ClaimNotFound"):
+    if o.blocked:
+        degraded_reason, degraded_message = o.blocked
+    elif o.model_state in ("FetchFailed", "ClaimNotFound"):
         degraded_reason, degraded_message = o.model_state, o.model_message
     elif unschedulable:
         degraded_reason, degraded_message = unschedulable_reason, conditions[2]["message"]
@@ -151,7 +156,7 @@ def conditions_and_phase(o: Observed) -> tuple[list[dict[str, Any]], str]:
         )
     )
 
-    if o.model_state in ("FetchFailed", "ClaimNotFound"):
+    if o.model_state in ("FetchFailed", "ClaimNotFound") or o.blocked:
         phase = "Failed"
     elif o.model_state == "Fetching":
         phase = "Fetching"
