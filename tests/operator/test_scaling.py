@@ -234,3 +234,17 @@ def test_no_router_series_never_scales_to_zero_and_a_warm_floor_stays():
     for t in range(0, 3600, 15):
         obs = Observation(time=t, replicas=1, ready=1, metric_total=0.0, held=0, recent_requests=0)
         assert decide(POLICY, obs, floor).replicas == 1  # minReplicas 1: a warm floor, whatever the idle
+
+
+def test_the_last_start_up_is_the_newest_replica_to_turn_ready():
+    from grok_operator.autoscaler import last_startup_seconds
+
+    def pod(created, ready_at=None):
+        conditions = [{"type": "Ready", "status": "True", "lastTransitionTime": ready_at}] if ready_at else []
+        return {"created": created, "status": {"conditions": conditions}}
+
+    assert last_startup_seconds([pod("2026-12-01T10:00:00Z")]) is None  # still starting
+    pods = [pod("2026-12-01T10:00:00Z", "2026-12-01T10:05:00Z"),  # 300 s, Ready first
+            pod("2026-12-01T10:10:00Z", "2026-12-01T10:12:30Z"),  # 150 s, Ready last
+            pod("2026-12-01T10:20:00Z")]
+    assert last_startup_seconds(pods) == 150

@@ -109,6 +109,20 @@ def _time(stamp: str | None) -> float | None:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else None
 
 
+def last_startup_seconds(pods: list[dict[str, Any]]) -> float | None:
+    """Creation to Ready of the replica that turned Ready last (its cold start: scheduling, process start,
+    model load), or None before any did."""
+    newest: tuple[float, float] | None = None
+    for pod in pods:
+        created = _time(pod.get("created") or (pod.get("metadata") or {}).get("creationTimestamp"))
+        ready = next((c for c in (pod.get("status") or {}).get("conditions") or []
+                      if c.get("type") == "Ready" and c.get("status") == "True"), None)
+        became = _time(ready.get("lastTransitionTime")) if ready else None
+        if created is not None and became is not None and (newest is None or became > newest[0]):
+            newest = (became, max(0.0, became - created))
+    return None if newest is None else newest[1]
+
+
 def replica_startup(pods: list[dict[str, Any]], now: float) -> tuple[tuple[float, ...], float]:
     """Ages of the replicas still starting, and the start-up time measured on those that became ready
     (creation to Ready; median of what is there, a default before any was seen)."""

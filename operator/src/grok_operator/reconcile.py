@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grok_operator import manifests
+from grok_operator.autoscaler import last_startup_seconds
 from grok_operator.kube import Kube
 from grok_operator.planner import Plan, PlanError, plan
 from grok_operator.resource import MANAGED_BY, GrokDeploymentSpec
@@ -237,6 +238,7 @@ def observe(
         unschedulable=unschedulable_messages(pods),
         failing_pods=failing_pod_messages(pods),
         stalled=stalled_message(deployment),
+        last_startup_seconds=last_startup_seconds(pods),
         endpoint=f"{spec.name}.{spec.namespace}.svc:{port}",
         http_endpoint=(f"http://{spec.name}.{spec.namespace}.svc:{spec.router.get('httpPort', 8080)}/v1"
                        if spec.router_enabled else ""),

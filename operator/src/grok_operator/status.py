@@ -27,6 +27,7 @@ class Observed:
     endpoint: str = ""
     http_endpoint: str = ""
     blocked: tuple[str, str] | None = None  # (reason, message): an API the plan needs is not installed
+    last_startup_seconds: float | None = None  # creation to Ready of the replica that turned Ready last
     selector: str = ""
 
 
@@ -188,4 +189,6 @@ def status_patch(o: Observed, old_status: dict[str, Any], generation: int) -> di
     }
     if o.plan is not None:
         status["plan"] = o.plan.to_status()
+    if o.last_startup_seconds is not None:
+        status["lastStartupSeconds"] = round(o.last_startup_seconds)
     return status
