@@ -184,3 +184,61 @@ def test_pod_addresses_are_unique_across_runners_on_one_machine(tmp_path: Path) 
     gone.wait()
     (tmp_path / "127.65.0.97").write_text(str(gone.pid))
     assert AddressPool("127.65.0.96/29", registry=tmp_path).take() == "127.65.0.97"
+
+
+# ---- LeaderWorkerSet groups: the leader address without cluster DNS -------------------------------------
+
+LWS_LABELS = {podspec.LWS_NAME_LABEL: "grok", podspec.LWS_GROUP_LABEL: "1", podspec.LWS_WORKER_LABEL: "2"}
+# As LWS's pod webhook writes it: the leader address first, then the pod's own variables.
+LWS_CONTAINER = {"name": "worker", "env": [
+    {"name": "LWS_LEADER_ADDRESS", "value": "grok-1.grok.ns"},
+    {"name": "LWS_GROUP_SIZE", "value": "3"},
+    {"name": "LWS_WORKER_INDEX", "value": "2"},
+    {"name": "MASTER", "value": "$(LWS_LEADER_ADDRESS):29500"},
+]}
+
+
+def lws_pod(name: str, worker: str, ip: str | None, group: str = "1", deleting: bool = False) -> dict:
+    labels = {**LWS_LABELS, podspec.LWS_GROUP_LABEL: group, podspec.LWS_WORKER_LABEL: worker}
+    meta: dict = {"name": name, "labels": labels}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return {"metadata": meta, "status": {"podIP": ip} if ip else {}}
+
+
+def test_a_group_pods_leader_is_the_same_set_and_group_at_worker_index_0() -> None:
+    selector = podspec.leader_selector(LWS_LABELS)
+    assert selector == {podspec.LWS_NAME_LABEL: "grok", podspec.LWS_GROUP_LABEL: "1",
+                        podspec.LWS_WORKER_LABEL: "0"}
+    assert podspec.leader_selector({"app": "grok"}) is None
+    assert podspec.leader_selector({podspec.LWS_NAME_LABEL: "grok"}) is None  # no group: not a group's pod
+    assert podspec.is_leader({**LWS_LABELS, podspec.LWS_WORKER_LABEL: "0"})
+    assert not podspec.is_leader(LWS_LABELS)
+    assert not podspec.is_leader({podspec.LWS_WORKER_LABEL: "0"})
+
+
+def test_the_leader_address_resolves_to_the_live_leaders_ip_once_it_has_one() -> None:
+    selector = podspec.leader_selector(LWS_LABELS)
+    assert selector is not None
+    assert podspec.leader_ip([], selector) is None
+    assert podspec.leader_ip([lws_pod("grok-1", "0", None)], selector) is None  # not scheduled/started yet
+    old = lws_pod("grok-1", "0", "127.65.0.9", deleting=True)  # its group is being recreated
+    assert podspec.leader_ip([old], selector) is None
+    others = [lws_pod("grok-0", "0", "127.65.0.3", group="0"), lws_pod("grok-1-1", "1", "127.65.0.5")]
+    assert podspec.leader_ip([*others, old, lws_pod("grok-1", "0", "127.65.0.8")], selector) == "127.65.0.8"
+
+
+def test_the_leader_address_is_the_ip_from_its_definition_on_and_the_name_is_kept() -> None:
+    assert SERVER is not None
+    assert podspec.wants_leader_address(LWS_CONTAINER)
+    assert not podspec.wants_leader_address({"name": "c", "env": [{"name": "OTHER", "value": "x"}]})
+    env = podspec.container_env(LWS_CONTAINER, FACTS, SERVER, no_lookup, {}, leader_ip="127.65.0.8")
+    assert env["LWS_LEADER_ADDRESS"] == "127.65.0.8"
+    assert env["MASTER"] == "127.65.0.8:29500"  # built from it after its definition
+    assert env[podspec.LEADER_NAME] == "grok-1.grok.ns"
+    assert env["LWS_WORKER_INDEX"] == "2" and env["LWS_GROUP_SIZE"] == "3"
+    argv = podspec.command_line({"command": ["python", "-c", "x", "$(LWS_LEADER_ADDRESS)"]}, SERVER, env)
+    assert argv[-1] == "127.65.0.8"
+    # Without an address to resolve to (not a group's pod), the variables are as written.
+    plain = podspec.container_env(LWS_CONTAINER, FACTS, SERVER, no_lookup, {})
+    assert plain["LWS_LEADER_ADDRESS"] == "grok-1.grok.ns" and podspec.LEADER_NAME not in plain

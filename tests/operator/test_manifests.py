@@ -395,8 +395,17 @@ def test_a_multi_node_plan_is_a_leader_worker_set_of_whole_groups():
     work = worker["spec"]["containers"][0]
     assert work["args"][work["args"].index("--node-rank") + 1] == "$(LWS_WORKER_INDEX)"
     assert "ports" not in work and "readinessProbe" not in work and "livenessProbe" not in work
-    (wait,) = worker["spec"]["initContainers"]
-    assert "LWS_LEADER_ADDRESS" in wait["command"][-1]
+    assert work["command"] == ["grok-server-worker"] and "--leader-wait-seconds" in work["args"]
+    assert {"name": "VLLM_HOST_IP", "value": "$(POD_IP)"} in work["env"]
+
+
+def test_workers_get_the_engine_flags_of_engine_args_and_never_the_serving_ones():
+    args = ["--enforce-eager", "--host", "0.0.0.0", "--kv-cache-memory-bytes", "268435456",
+            "--max-concurrent-requests", "8", "--engine-arg", "enable_prefix_caching=true",
+            "--max-num-seqs=4", "--no-warmup", "--tokenizer", "/t"]
+    assert manifests.engine_flags(args) == ["--enforce-eager", "--kv-cache-memory-bytes", "268435456",
+                                            "--engine-arg", "enable_prefix_caching=true", "--max-num-seqs=4",
+                                            "--tokenizer", "/t"]
 
 
 def test_a_single_node_plan_stays_a_deployment():

@@ -4,6 +4,8 @@ where the LeaderWorkerSet API is missing. Full-size Grok-1 cannot run here: the 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from grok_devcluster.cluster import DevCluster, NodePool, is_ready
@@ -20,6 +22,7 @@ from tests.operatorlib import CRDS, OperatorProcess, wait_for
 pytestmark = pytest.mark.cluster
 
 GROUP = "leaderworkerset.sigs.k8s.io"
+HOLD = "grok-test.dev/hold"  # a finalizer of the test's own
 
 
 def bf16_on_h100(**spec) -> dict:
@@ -77,7 +80,16 @@ def test_a_two_node_replica_is_a_leader_worker_set_group(devcluster, k8s_namespa
     leader_uid = next(p["metadata"]["uid"] for p in pods
                       if p["metadata"]["labels"][f"{GROUP}/worker-index"] == "0")
     worker = next(p for p in pods if p["metadata"]["labels"][f"{GROUP}/worker-index"] == "1")
-    devcluster.kubectl("delete", "pod", worker["metadata"]["name"], "-n", ns, "--wait=false")
+    # LWS acts on a worker it sees Terminating; KWOK removes a status-only pod at once (a kubelet keeps it
+    # Terminating while it stops it): a finalizer of the test's holds it that long.
+    name = worker["metadata"]["name"]
+    devcluster.kubectl("patch", "pod", name, "-n", ns, "--type=merge",
+                       "-p", json.dumps({"metadata": {"finalizers": [HOLD]}}))
+    devcluster.kubectl("delete", "pod", name, "-n", ns, "--wait=false")
+    wait_for(lambda: not any(p["metadata"]["uid"] == leader_uid and not p["metadata"].get("deletionTimestamp")
+                             for p in group_pods(devcluster, ns)), 120, message="LWS to take the leader down")
+    devcluster.kubectl("patch", "pod", name, "-n", ns, "--type=json",
+                       "-p", json.dumps([{"op": "remove", "path": "/metadata/finalizers"}]))
 
     def recreated() -> bool:
         pods = running_group() or []

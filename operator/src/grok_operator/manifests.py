@@ -198,6 +198,8 @@ def server_pod_template(spec: GrokDeploymentSpec, plan: Plan, scrape_annotations
                 "env": [
                     {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
                     {"name": "HF_HUB_OFFLINE", "value": "1"},
+                    # Across nodes, vLLM's ranks announce this address to the others (not a guess).
+                    *([{"name": "VLLM_HOST_IP", "value": "$(POD_IP)"}] if plan.multi_node else []),
                     *(s.get("env") or []),
                 ],
                 "ports": [
@@ -284,15 +286,41 @@ def leader_args(spec: GrokDeploymentSpec, plan: Plan) -> list[str]:
     return own + _group_flags(plan, "0") + extra
 
 
+# grok-server-worker's engine flags (it refuses serving ones): the part of engineArgs workers share.
+WORKER_VALUE_FLAGS = frozenset({"--tokenizer", "--kv-cache-memory-bytes", "--gpu-memory-utilization",
+                                "--max-num-seqs", "--engine-arg", "--served-model-name"})
+WORKER_SWITCHES = frozenset({"--enforce-eager"})
+
+
+def engine_flags(args: list[str]) -> list[str]:
+    """The engine flags among grok-server arguments (each with its value), for the workers."""
+    kept: list[str] = []
+    i = 0
+    while i < len(args):
+        flag = args[i]
+        name = flag.split("=", 1)[0]
+        takes_value = "=" not in flag and i + 1 < len(args) and not args[i + 1].startswith("--")
+        if name in WORKER_SWITCHES or (name in WORKER_VALUE_FLAGS and "=" in flag):
+            kept.append(flag)
+        elif name in WORKER_VALUE_FLAGS and takes_value:
+            kept += [flag, args[i + 1]]
+        i += 2 if takes_value and name not in WORKER_SWITCHES else 1
+    return kept
+
+
 def worker_args(spec: GrokDeploymentSpec, plan: Plan) -> list[str]:
-    """A worker: the engine's ranks of one node, headless (no API), joining the leader's rendezvous."""
+    """A worker: the engine's ranks of one node, headless (no API), joining the leader's rendezvous; the
+    same engine flags as the leader (the serving ones are the leader's alone)."""
     args = ["--model", model_path(spec), "--tensor-parallel-size", str(plan.tensor_parallel_size),
-            "--max-model-len", str(spec.max_model_len)]
+            "--max-model-len", str(spec.max_model_len),
+            "--gpu-memory-utilization", str(spec.server.get("gpuMemoryUtilization", 0.9))]
     if spec.quantization != "none":
         args += ["--quantization", spec.quantization]
     if spec.dtype != "auto":
         args += ["--dtype", spec.dtype]
-    return args + _group_flags(plan, "$(LWS_WORKER_INDEX)") + list(spec.server.get("workerArgs") or [])
+    startup = int(spec.server.get("startupTimeoutSeconds", 1800))
+    return (args + _group_flags(plan, "$(LWS_WORKER_INDEX)") + ["--leader-wait-seconds", str(startup)]
+            + engine_flags(list(spec.server.get("engineArgs") or [])))
 
 
 def _worker_template(spec: GrokDeploymentSpec, plan: Plan) -> dict[str, Any]:
@@ -304,29 +332,8 @@ def _worker_template(spec: GrokDeploymentSpec, plan: Plan) -> dict[str, Any]:
     container["args"] = worker_args(spec, plan)
     for key in ("ports", "startupProbe", "readinessProbe", "livenessProbe"):
         container.pop(key, None)  # the leader speaks for the group: API, metrics and probes are its
-    # vLLM's workers join the leader's rendezvous: wait for its port rather than crash-loop meanwhile.
-    template["spec"]["initContainers"] = [{
-        "name": "wait-for-leader",
-        "image": container["image"],
-        "imagePullPolicy": container["imagePullPolicy"],
-        "command": ["python3", "-c", WAIT_FOR_LEADER],
-        "env": [{"name": "MASTER_PORT", "value": str(MASTER_PORT)}],
-        "securityContext": container["securityContext"],
-    }]
+    # (The worker waits for the leader's rendezvous itself, up to --leader-wait-seconds: no init container.)
     return template
-
-
-WAIT_FOR_LEADER = (
-    "import os, socket, time\n"
-    "address, port = os.environ['LWS_LEADER_ADDRESS'], int(os.environ['MASTER_PORT'])\n"
-    "while True:\n"
-    "    try:\n"
-    "        socket.create_connection((address, port), timeout=5).close()\n"
-    "        break\n"
-    "    except OSError as err:\n"
-    "        print(f'waiting for the leader {address}:{port}: {err}', flush=True)\n"
-    "        time.sleep(2)\n"
-)
 
 
 def leader_worker_set(spec: GrokDeploymentSpec, plan: Plan,

@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="no pod runner: every pod is simulated by KWOK (Running and Ready, nothing runs)",
     )
+    up.add_argument(
+        "--no-lws",
+        dest="lws",
+        action="store_false",
+        help="no LeaderWorkerSet manager (nor its CRDs and webhooks)",
+    )
 
     for name, text in (
         ("down", "stop a cluster and remove its state"),
@@ -84,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.nodes < 0 or args.gpus_per_node < 1 or args.cpu_nodes < 0:
                 raise ClusterError("--nodes and --cpu-nodes must be ≥ 0 and --gpus-per-node ≥ 1")
             start = time.monotonic()
-            cluster = DevCluster(args.name, run_pods=args.run_pods)
+            cluster = DevCluster(args.name, run_pods=args.run_pods, lws=args.lws)
             cluster.up(
                 [NodePool(args.nodes, args.gpus_per_node, args.gpu_product)],
                 cpu_nodes=args.cpu_nodes,
@@ -93,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cluster {cluster.name!r} up in {time.monotonic() - start:.1f}s")
             print(cluster.kubectl("get", "nodes", "-o", NODE_COLUMNS).stdout, end="")
             print(f"\nexport KUBECONFIG={cluster.kubeconfig}\nexport PATH={cluster.bin_dir}:$PATH")
+            if cluster.lws:
+                print(f"LeaderWorkerSet controller: log in {cluster.lws_dir / 'manager.log'}")
             print(f"stop it with: grok-devcluster down --name {cluster.name}")
         elif args.command == "down":
             names = _running() if args.all else [_existing(args.name).name]

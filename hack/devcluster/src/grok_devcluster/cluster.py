@@ -2,9 +2,10 @@
 
 kwokctl generates certificates and a kubeconfig, picks free ports and runs etcd, kube-apiserver,
 kube-controller-manager, kube-scheduler and the KWOK controller as local processes; `down` stops all of
-them. The pod runner (`podrunner`, on by default) runs the pods of this project's images for real. Each
-cluster keeps its state in a folder of its own under the system's temporary directory, so several can run
-side by side.
+them. The pod runner (`podrunner`, on by default) runs the pods of this project's images for real, and the
+LeaderWorkerSet manager (`lws`, on by default) serves LeaderWorkerSets (multi-node replicas). Each cluster
+keeps its state in a folder of its own under the system's temporary directory, so several can run side by
+side.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import Any
 import yaml
 
 from grok_devcluster import nodes, stages
+from grok_devcluster.lws import CRDS as lws_crds
+from grok_devcluster.lws import LwsError, LwsManager
 from grok_devcluster.tools import tools_dir
 from grok_operator.gpus import gpu_product
 
@@ -89,11 +92,13 @@ def state_root() -> Path:
 class DevCluster:
     """One local control plane. Use as a context manager, or call `up()` and `down()`."""
 
-    def __init__(self, name: str | None = None, bin_dir: Path | None = None, run_pods: bool = True) -> None:
+    def __init__(self, name: str | None = None, bin_dir: Path | None = None, run_pods: bool = True,
+                 lws: bool = True) -> None:
         self.name = name or f"grok-{secrets.token_hex(3)}"
         self.workdir = state_root() / self.name
         self._bin_dir = bin_dir
         self.run_pods = run_pods
+        self.lws = lws  # the LeaderWorkerSet manager and its CRDs and webhooks
 
     # -- paths ----------------------------------------------------------------------------------------
 
@@ -114,6 +119,11 @@ class DevCluster:
     def runner_dir(self) -> Path:
         """The pod runner's state: pod logs, volumes of emptyDirs, process groups."""
         return self.workdir / "podrunner"
+
+    @property
+    def lws_dir(self) -> Path:
+        """The LeaderWorkerSet manager's state: its configuration, serving certificates and log."""
+        return self.workdir / "lws"
 
     @property
     def volumes_dir(self) -> Path:
@@ -148,14 +158,25 @@ class DevCluster:
             config = self.workdir / "kwokctl.yaml"
             config.write_text(yaml.safe_dump_all([self._kwokctl_config(), *stages.stages(self.run_pods)]))
             self._kwokctl("create", "cluster", "--config", str(config), "--wait", f"{int(timeout)}s")
+            # The LWS CRDs (MBs of schema) go in while the nodes register; its manager starts while they turn
+            # Ready and the pod runner starts.
+            lws = self._lws_manager() if self.lws else None
+            crds = lws.install_crds() if lws is not None else None
             manifests = [nodes.cpu_node(f"cpu-{i}") for i in range(cpu_nodes)]
             for pool in pools:
                 manifests += pool.manifests()
             manifests += [nodes.static_volume(f"pv-{i:03d}", self.volumes_dir) for i in range(volumes)]
             self.apply(manifests)
+            if lws is not None and crds is not None:
+                self._start_lws(lws, crds, deadline=time.monotonic() + timeout)
             self._wait_ready(deadline=time.monotonic() + timeout)
             if self.run_pods:
                 self._start_runner(deadline=time.monotonic() + timeout)
+            if lws is not None:
+                try:
+                    lws.wait_ready(deadline=time.monotonic() + timeout)
+                except LwsError as e:
+                    raise ClusterError(str(e)) from None
         except BaseException:
             self.down()
             raise
@@ -270,6 +291,26 @@ class DevCluster:
         return path
 
     # -- internals ------------------------------------------------------------------------------------
+
+    def _lws_manager(self) -> LwsManager:
+        return LwsManager(self.bin_dir, self.lws_dir, self.kubeconfig, self.kubeconfig.parent / "pki",
+                          self.kubectl)
+
+    def _start_lws(self, lws: LwsManager, crds: subprocess.Popen[str], deadline: float) -> None:
+        """The manager starts once its CRDs exist (it watches LeaderWorkerSets from the start)."""
+        try:
+            _, err = crds.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            crds.kill()
+            raise ClusterError("installing the LeaderWorkerSet CRDs timed out") from None
+        if crds.returncode != 0:
+            raise ClusterError(f"installing the LeaderWorkerSet CRDs failed: {err.strip()}")
+        for crd in lws_crds:
+            self.wait_crd_established(crd, timeout=max(1.0, deadline - time.monotonic()))
+        try:
+            lws.start(self.adopt)
+        except (LwsError, OSError) as e:
+            raise ClusterError(f"starting the LeaderWorkerSet manager: {e}") from None
 
     def _start_runner(self, deadline: float) -> None:
         self.runner_dir.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,9 @@ KWOK keeps simulating nodes and every other pod (status only); pods with a conta
 - deletion is the kubelet's: not Ready at once, SIGTERM, the pod's grace period, SIGKILL, then the pod is
   released (deleted with grace 0);
 - output goes to CRI-format log files that KWOK's kubelet API serves to `kubectl logs` (a `Logs` object per
-  pod), and `kubectl port-forward` reaches the pod's ports (a `PortForward` object per pod).
+  pod), and `kubectl port-forward` reaches the pod's ports (a `PortForward` object per pod);
+- with no cluster DNS, a LeaderWorkerSet pod's `LWS_LEADER_ADDRESS` is resolved to its group leader's pod IP
+  in the environment its containers start with (they wait in ContainerCreating until the leader has one).
 
 Run by `DevCluster.up` as `python -m grok_devcluster.podrunner`; SIGTERM stops every pod it runs.
 """
@@ -50,6 +52,7 @@ RUNNER_POD_CIDR = "127.65.0.0/16"
 HOST_IP = "127.0.0.1"
 TICK = 0.1  # seconds between checks of a pod's processes (cheap: a poll and a few comparisons)
 KWOK_API = ("kwok.x-k8s.io", "v1alpha1")
+LEADER_RETRY = 0.5  # seconds between looks for a LeaderWorkerSet leader's address while it has none
 _PR_SET_PDEATHSIG = 1
 
 
@@ -203,6 +206,10 @@ def run_probe(probe: Probe, env: dict[str, str]) -> bool:
         log.debug("probe %s failed: %s", probe, e)
         return False
     return False
+
+
+class LeaderPending(Exception):
+    """The pod's LeaderWorkerSet leader has no address yet: its containers wait (the message says so)."""
 
 
 def _exit_status(pid: int) -> int | None:
@@ -445,7 +452,8 @@ class PodWorker(threading.Thread):
             base = {"PATH": f"{image.bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
                     "HOME": str(self.dir / "home"), "HOSTNAME": self.pod_name, "LANG": "C.UTF-8",
                     **self.runner.service_env}
-            env = podspec.container_env(c.spec, self._facts(), image, self.runner.lookup, base)
+            leader = self._leader_ip(c.spec)
+            env = podspec.container_env(c.spec, self._facts(), image, self.runner.lookup, base, leader)
             env = {k: podspec.rewrite_paths(v, mounts) for k, v in env.items()}
             argv = [podspec.rewrite_paths(a, mounts) for a in podspec.command_line(c.spec, image, env)]
             problem = podspec.listen_address_error(argv, image, self.ip)
@@ -456,6 +464,10 @@ class PodWorker(threading.Thread):
             workdir = podspec.rewrite_paths(c.spec.get("workingDir") or str(self.dir / "home"), mounts)
             Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
             Path(workdir).mkdir(parents=True, exist_ok=True)
+        except LeaderPending as e:  # not an error (the group starts together): looked at again shortly
+            c.state = {"waiting": {"reason": "ContainerCreating", "message": str(e)}}
+            c.next_start = time.monotonic() + LEADER_RETRY
+            return
         except (SpecError, OSError, KeyError) as e:
             self._cannot_start(c, "CreateContainerConfigError", str(e))
             return
@@ -482,6 +494,25 @@ class PodWorker(threading.Thread):
         self._start_probes(c, run, env, *probes)
         log.info("pod %s/%s: container %s started (pid %d): %s", self.namespace, self.pod_name, c.name,
                  proc.pid, " ".join(argv))
+
+    def _leader_ip(self, container: dict[str, Any]) -> str | None:
+        """What this pod's LWS_LEADER_ADDRESS resolves to (no cluster DNS here): its own IP for the group's
+        leader, the leader pod's for a worker; None when the container is not told a leader address."""
+        if not podspec.wants_leader_address(container):
+            return None
+        labels = self.pod["metadata"].get("labels") or {}
+        selector = podspec.leader_selector(labels)
+        if selector is None:
+            return None
+        if podspec.is_leader(labels):
+            return self.ip
+        ip = podspec.leader_ip(self.runner.pods(self.namespace, selector), selector)
+        if ip is None:
+            raise LeaderPending(
+                f"waiting for the leader of group {selector[podspec.LWS_GROUP_LABEL]} of LeaderWorkerSet "
+                f"{selector[podspec.LWS_NAME_LABEL]!r} to have an address ({podspec.LEADER_ADDRESS} "
+                "resolves to it: the simulated cluster has no DNS)")
+        return ip
 
     def _start_probes(self, c: Container, run: Run, env: dict[str, str], startup: Probe | None,
                       readiness: Probe | None, liveness: Probe | None) -> None:
@@ -689,6 +720,19 @@ class Runner:
         except Exception as e:  # the API server busy or unreachable for a moment
             log.warning("status of %s/%s: %s: %s", namespace, name, type(e).__name__, e)
         return False
+
+    def pods(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+        """The pods of a namespace with these labels (none when the API server does not answer now)."""
+        import json
+
+        try:
+            answer = self.api.list_namespaced_pod(
+                namespace, label_selector=",".join(f"{k}={v}" for k, v in selector.items()),
+                _preload_content=False)
+            return list(json.loads(answer.data)["items"])
+        except Exception as e:  # looked at again shortly, as the container waits
+            log.warning("pods of %s: %s: %s", namespace, type(e).__name__, e)
+            return []
 
     def lookup(self, kind: str, namespace: str, name: str) -> dict[str, str]:
         import base64

@@ -7,14 +7,18 @@ container runtime is simulated here in the open:
 - volumes are folders on this machine; a path under a mount point, in an argument or an environment value,
   is rewritten to the folder behind it (no mount namespace, so the process sees the host's paths);
 - the pod's network is one loopback address of its own; a process told to listen on all interfaces would
-  listen on every interface of this machine, so that is refused before it starts.
+  listen on every interface of this machine, so that is refused before it starts;
+- there is no cluster DNS: the one name pods are told to reach, the leader address a LeaderWorkerSet gives
+  every pod of a group (`LWS_LEADER_ADDRESS`, `<name>-<group>.<subdomain>.<namespace>`), is resolved here to
+  the leader pod's IP in the environment the process starts with (the name is kept in
+  `GROK_DEVCLUSTER_LWS_LEADER_NAME`).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,9 +87,12 @@ Lookup = Callable[[str, str, str], dict[str, str]]
 
 
 def container_env(container: Mapping[str, Any], facts: PodFacts, image: LocalImage, lookup: Lookup,
-                  base: Mapping[str, str]) -> dict[str, str]:
+                  base: Mapping[str, str], leader_ip: str | None = None) -> dict[str, str]:
     """The environment of one container: `base` (PATH, HOME, ...), the image's ENV, then `envFrom`, then
-    `env` in order (each `value` may refer to the variables defined before it, as on a node)."""
+    `env` in order (each `value` may refer to the variables defined before it, as on a node).
+
+    With `leader_ip`, the LeaderWorkerSet leader address is that IP (what the name would resolve to), from its
+    definition on, so variables and arguments built from `$(LWS_LEADER_ADDRESS)` get it too."""
     env = {**base, **image.env}
     for source in container.get("envFrom") or []:
         prefix = source.get("prefix", "")
@@ -103,6 +110,8 @@ def container_env(container: Mapping[str, Any], facts: PodFacts, image: LocalIma
         name = var["name"]
         if "valueFrom" not in var:
             env[name] = expand(var.get("value", ""), env)
+            if name == LEADER_ADDRESS and leader_ip:
+                env[LEADER_NAME], env[name] = env[name], leader_ip
             continue
         source = var["valueFrom"]
         if "fieldRef" in source:
@@ -123,6 +132,47 @@ def container_env(container: Mapping[str, Any], facts: PodFacts, image: LocalIma
                     continue
                 raise SpecError(f"{kind} {ref['name']!r} has no key {ref['key']!r}") from None
     return env
+
+
+# ---- LeaderWorkerSet groups without cluster DNS ---------------------------------------------------------
+
+LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
+LWS_GROUP_LABEL = "leaderworkerset.sigs.k8s.io/group-index"
+LWS_WORKER_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"
+LEADER_ADDRESS = "LWS_LEADER_ADDRESS"  # injected by LWS's pod webhook: a DNS name on a cluster
+LEADER_NAME = "GROK_DEVCLUSTER_LWS_LEADER_NAME"  # that name, kept where the address became an IP
+
+
+def wants_leader_address(container: Mapping[str, Any]) -> bool:
+    """Whether the container is told its LeaderWorkerSet leader's address (a name only DNS could resolve)."""
+    return any(v.get("name") == LEADER_ADDRESS and "valueFrom" not in v for v in container.get("env") or [])
+
+
+def leader_selector(labels: Mapping[str, str]) -> dict[str, str] | None:
+    """The labels of the leader pod of this pod's LeaderWorkerSet group (the same set and group, worker index
+    0); None for a pod of no group."""
+    if LWS_NAME_LABEL not in labels or LWS_GROUP_LABEL not in labels:
+        return None
+    return {LWS_NAME_LABEL: labels[LWS_NAME_LABEL], LWS_GROUP_LABEL: labels[LWS_GROUP_LABEL],
+            LWS_WORKER_LABEL: "0"}
+
+
+def is_leader(labels: Mapping[str, str]) -> bool:
+    return leader_selector(labels) is not None and labels.get(LWS_WORKER_LABEL) == "0"
+
+
+def leader_ip(candidates: Iterable[Mapping[str, Any]], selector: Mapping[str, str]) -> str | None:
+    """The IP the leader address resolves to: that of the pod the selector picks (not being deleted: a group
+    being recreated has a new leader coming) once it has one; None until then."""
+    for pod in candidates:
+        meta = pod.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        if meta.get("deletionTimestamp") or any(labels.get(k) != v for k, v in selector.items()):
+            continue
+        ip = (pod.get("status") or {}).get("podIP")
+        if ip:
+            return str(ip)
+    return None
 
 
 def command_line(container: Mapping[str, Any], image: LocalImage, env: Mapping[str, str]) -> list[str]:

@@ -1,5 +1,5 @@
-"""Finds (and on first use builds) the binaries the simulated cluster runs: its control plane, Helm and
-Prometheus."""
+"""Finds (and on first use builds) the binaries the simulated cluster runs: its control plane, Helm,
+Prometheus and the LeaderWorkerSet manager."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ REQUIRED = (
     "kwokctl",
     "helm",
     "prometheus",
+    "lws-manager",
+    "lws-config",  # the LeaderWorkerSet module's CRDs and webhook configurations
 )
 
 

@@ -16,6 +16,15 @@ class ServerConfig:
     served_model_name: str | None = None
     tokenizer: str | None = None
     tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    # One replica across hosts (vLLM's multiprocessing backend): node 0 runs grok-server, the others
+    # grok-server-worker (worker.py); all of them reach node 0's rank 0 at master_addr:master_port.
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str | None = None
+    master_port: int = 29501
+    peer_timeout_seconds: float = 30.0
+    leader_wait_seconds: float = 1800.0  # grok-server-worker only
     max_model_len: int | None = None
     dtype: str = "auto"
     quantization: str | None = None
@@ -101,17 +110,15 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="grok-server",
-        description="gRPC generation server over vLLM's AsyncLLM (grok.serving.v1.GenerationService).",
-        formatter_class=_HelpFormatter,
-    )
+def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model and engine")
     m.add_argument("--model", required=True, help="checkpoint directory (or any model vLLM can load)")
     m.add_argument("--served-model-name", help="name reported by GetModelInfo (default: --model)")
     m.add_argument("--tokenizer", help="tokenizer directory (default: the model's)")
-    m.add_argument("--tensor-parallel-size", "--tp", type=_positive, default=1, help="GPUs per replica")
+    m.add_argument("--tensor-parallel-size", "--tp", type=_positive, default=1,
+                   help="tensor-parallel ranks (GPUs) per pipeline stage of a replica")
+    m.add_argument("--pipeline-parallel-size", "--pp", type=_positive, default=1,
+                   help="pipeline stages per replica (the replica's ranks: tensor x pipeline)")
     m.add_argument("--max-model-len", type=_positive, help="context length (default: the model's)")
     m.add_argument("--dtype", default="auto", help="weights and activations (auto: the checkpoint's)")
     m.add_argument("--quantization", help="e.g. fp8")
@@ -121,6 +128,47 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs / compilation (faster start)")
     m.add_argument("--engine-arg", action="append", type=_engine_arg, default=[], metavar="KEY=VALUE",
                    help="any other vLLM engine argument (VALUE parsed as JSON when it can be); repeatable")
+
+
+def _add_multinode_flags(p: argparse.ArgumentParser, worker: bool) -> None:
+    g = p.add_argument_group(
+        "one replica across nodes",
+        "The replica's tensor x pipeline ranks split evenly over --nnodes hosts (vLLM's multiprocessing "
+        "backend, no Ray): node 0 runs grok-server (the API, the scheduler and its share of the ranks), "
+        "nodes 1.. run grok-server-worker with the same model and engine flags. If any node dies, the "
+        "others exit non-zero.")
+    g.add_argument("--nnodes", type=_positive, default=1, help="hosts the replica's ranks are spread over")
+    g.add_argument("--node-rank", type=_int_in(0, 65535), default=0, required=worker,
+                   help="this host's index, 0 to nnodes-1 (0: the leader, which runs grok-server; "
+                        "e.g. $(LWS_WORKER_INDEX))")
+    g.add_argument("--master-addr",
+                   help="the leader's address, which every node can reach (e.g. $(LWS_LEADER_ADDRESS)); "
+                        "needed when --nnodes > 1")
+    g.add_argument("--master-port", type=_int_in(1, 65535), default=29501,
+                   help="the leader's port for the ranks' rendezvous (torch.distributed store)")
+    g.add_argument("--peer-timeout-seconds", type=_positive_seconds, default=30.0,
+                   help="a node not heard from for this long counts as dead: the leader (its engine failed) "
+                        "and the workers exit non-zero")
+    if worker:
+        g.add_argument("--leader-wait-seconds", type=_positive_seconds, default=1800.0,
+                       help="how long to wait for the leader's --master-port to open at start-up")
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="grok-server",
+        description="gRPC generation server over vLLM's AsyncLLM (grok.serving.v1.GenerationService).",
+        formatter_class=_HelpFormatter,
+    )
+    _add_engine_flags(p)
+    _add_multinode_flags(p, worker=False)
     s = p.add_argument_group("serving")
     s.add_argument("--host", default="0.0.0.0", help="gRPC address")
     s.add_argument("--port", type=_int_in(1, 65535), default=50051, help="gRPC port")
@@ -163,9 +211,52 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def build_worker_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="grok-server-worker",
+        description="One node (1 to nnodes-1) of a replica spread over several hosts: runs this node's "
+                    "engine ranks for the leader's grok-server (node 0), serves nothing itself. Give it "
+                    "the leader's model and engine flags. Exits non-zero when the leader or a local rank "
+                    "dies, 0 on SIGTERM.",
+        formatter_class=_HelpFormatter,
+    )
+    _add_engine_flags(p)
+    _add_multinode_flags(p, worker=True)
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    return p
+
+
+def _check_multinode(p: argparse.ArgumentParser, ns: argparse.Namespace, worker: bool) -> None:
+    if ns.node_rank >= ns.nnodes:
+        p.error(f"--node-rank {ns.node_rank} must be less than --nnodes {ns.nnodes}")
+    ranks = ns.tensor_parallel_size * ns.pipeline_parallel_size
+    if ranks % ns.nnodes:
+        p.error(f"--nnodes {ns.nnodes} must divide the replica's ranks evenly: tensor x pipeline = "
+                f"{ns.tensor_parallel_size} x {ns.pipeline_parallel_size} = {ranks}")
+    if ns.nnodes > 1 and not ns.master_addr:
+        p.error(f"--nnodes {ns.nnodes} needs --master-addr (the leader's address)")
+    if worker and ns.nnodes == 1:
+        p.error("grok-server-worker needs --nnodes > 1 (a single-node replica is grok-server alone)")
+    if worker and ns.node_rank == 0:
+        p.error("--node-rank 0 is the leader, which runs grok-server; workers are nodes 1 to nnodes-1")
+    if not worker and ns.node_rank != 0:
+        p.error(f"grok-server runs on the leader (--node-rank 0); node {ns.node_rank} runs "
+                "grok-server-worker")
+
+
+def parse_worker_args(argv: list[str] | None = None) -> ServerConfig:
+    p = build_worker_parser()
+    ns = p.parse_args(argv)
+    _check_multinode(p, ns, worker=True)
+    values = vars(ns)
+    values["engine_args"] = dict(values.pop("engine_arg"))
+    return ServerConfig(**values)
+
+
 def parse_args(argv: list[str] | None = None) -> ServerConfig:
     p = build_parser()
     ns = p.parse_args(argv)
+    _check_multinode(p, ns, worker=False)
     if (ns.tls_cert is None) != (ns.tls_key is None):
         p.error("--tls-cert and --tls-key go together")
     if ns.tls_client_ca is not None and ns.tls_cert is None:

@@ -4,11 +4,16 @@ Startup: the gRPC port and the metrics port open first (health NOT_SERVING, RPCs
 loads in a thread; then health turns SERVING. SIGTERM drains: NOT_SERVING, new calls UNAVAILABLE, in-flight
 calls get --drain-grace-seconds to finish, then exit 0. If the engine dies: in-flight calls get UNAVAILABLE
 and the process exits 1 so that Kubernetes restarts it.
+
+With --nnodes > 1 this is the leader (node 0) of a replica spread over several hosts, whose other nodes run
+`grok-server-worker` (worker.py). A worker node that stops heartbeating for --peer-timeout-seconds counts as
+an engine death (group.py): the engine core is stopped and the same path runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -24,6 +29,7 @@ from grok_server import __version__, reflection
 from grok_server.server import placement
 from grok_server.server.admission import Admission
 from grok_server.server.config import ServerConfig, parse_args
+from grok_server.server.group import PeerWatch
 from grok_server.server.lifecycle import Lifecycle, Phase
 from grok_server.server.metrics import MetricsHTTPServer, ServerMetrics
 from grok_server.server.security import BearerTokenInterceptor, load_tokens, server_credentials
@@ -80,6 +86,7 @@ class Server:
         self.servicer = GenerationServicer(self.lifecycle, self.admission, self.metrics, self.engine_dead.set,
                                            cfg.stream_interval)
         self.engine = None
+        self.peers: PeerWatch | None = None
 
     def _build_grpc(self) -> grpc.aio.Server:
         interceptors = []
@@ -107,6 +114,12 @@ class Server:
         # Built in a thread so that health checks keep answering NOT_SERVING during a long load.
         self.engine = await loop.run_in_executor(None, eng.create_engine, self.cfg, self.metrics.engine)
         engine = self.engine
+        if self.cfg.nnodes > 1:
+            # Every node has joined (else the engine could not have loaded): from now on each must be heard.
+            assert self.cfg.master_addr is not None
+            self.peers = PeerWatch(self.cfg.master_addr, self.cfg.master_port, self.cfg.nnodes,
+                                   self.cfg.peer_timeout_seconds)
+            self.peers.start()
         # Start vLLM's output loop on this event loop now (it otherwise starts on the first request), so that
         # an engine that dies while idle is noticed.
         engine._run_output_handler()
@@ -133,7 +146,20 @@ class Server:
             if self.engine is not None and self.engine.errored:
                 self.engine_dead.set()
                 return
+            if self.peers is not None and (lost := self.peers.lost()) is not None:
+                log.error("%s: the replica cannot run its engine any more", lost)
+                self._stop_engine_core()
+                self.engine_dead.set()
+                return
             await asyncio.sleep(0.5)
+
+    def _stop_engine_core(self) -> None:
+        """Kills the engine-core process(es), so that calls in flight (whose engine steps may be blocked in a
+        collective with a dead node) end through vLLM's engine-death path, with UNAVAILABLE."""
+        for pid in placement.descendants(os.getpid()):
+            if "EngineCore" in placement.process_title(pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -211,6 +237,8 @@ class Server:
             return False
 
     async def _shutdown(self, grpc_server: grpc.aio.Server, code: int) -> int:
+        if self.peers is not None:
+            self.peers.stop()
         if self.lifecycle.phase is not Phase.FAILED:
             await self.lifecycle.set(Phase.STOPPED)
         await grpc_server.stop(grace=1.0)
