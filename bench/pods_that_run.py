@@ -14,9 +14,7 @@ CPU-seconds come from /proc (noise on this machine moves wall time, much less CP
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -25,6 +23,7 @@ from pathlib import Path
 
 import grpc
 import yaml
+from benchlib import cpu_seconds, stamp, wait
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
@@ -33,30 +32,10 @@ from grok_devcluster.prometheus import free_port
 from grok_server.checkpoints.tiny import make_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
-
-
-def wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 def ready_pods(cluster: DevCluster, ns: str) -> list[dict]:
     return [p for p in cluster.get_json("pods", "-n", ns)["items"] if is_ready(p)]
-
-
-def stamp(text: str) -> float:
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def idle_cost(cluster: DevCluster, seconds: float, pods: int) -> None:

@@ -57,6 +57,7 @@ from urllib.error import URLError
 from urllib.request import urlopen
 
 import grpc
+from benchlib import cpu_seconds, percentile
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
@@ -65,7 +66,6 @@ from grok_server.router.picker import prefix_key, ranking
 from grok_server.server.placement import descendants, process_title
 
 CACHE = Path(os.environ.get("GROK_SERVE_CACHE", Path.home() / ".cache" / "grok-serve")) / "bench"
-TICKS = os.sysconf("SC_CLK_TCK")
 ENGINE_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 START_TIMEOUT = 420.0
 # vLLM's KV block for the prefix-reuse replicas: the CPU backend's smallest preferred size (its default, 128,
@@ -76,11 +76,6 @@ PREFIX_BLOCKS = 8  # the router's default: 8 blocks of 16 tokens key the prefix
 
 
 # ---- processes -----------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime, all threads of the process
 
 
 def http_status(url: str) -> int:
@@ -250,13 +245,6 @@ class Sample:
     tokens: int
     prompt_tokens: int = 0
     cached_tokens: int = 0
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
 async def pool(items: Sequence[object], concurrency: int,

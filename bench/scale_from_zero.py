@@ -18,7 +18,6 @@ API timestamps have one-second resolution: the split is to about a second; the t
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import time
 from pathlib import Path
 
 import grpc
+from benchlib import stamp, wait
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
@@ -36,20 +36,6 @@ from grok_server.checkpoints.tiny import make_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE_ARGS = ["--enforce-eager", "--kv-cache-memory-bytes", str(256 * 1024 * 1024), "--max-num-seqs", "2"]
-
-
-def wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise SystemExit(f"timed out waiting for {what}")
-
-
-def stamp(text: str) -> float:
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def grokd(size: str, max_model_len: int) -> dict:
