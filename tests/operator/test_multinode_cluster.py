@@ -17,7 +17,7 @@ from tests.operator.test_operator_cluster import (
     grokd,
     weights_claim,
 )
-from tests.operatorlib import CRDS, OperatorProcess, wait_for
+from tests.operatorlib import CRDS, OPERATOR_NAMESPACE, OperatorProcess, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -108,6 +108,7 @@ def test_without_the_leader_worker_set_api_a_multi_node_plan_makes_nothing(tmp_p
         cluster.up([NodePool(2, 8, "NVIDIA-H100-80GB-HBM3", "h100")])
         cluster.kubectl("apply", "--server-side", "-f", str(CRDS))
         cluster.wait_crd_established("grokdeployments.serving.grok.dev")
+        cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE)  # its leader-election lease
         operator = OperatorProcess(cluster, cluster.kubeconfig, tmp_path / "operator.log")
         try:
             operator.wait_leading()
