@@ -408,7 +408,9 @@ def test_operator_restarted_mid_reconcile_resumes_without_duplicates(
     grok_operator.stop(signal.SIGKILL)  # the session operator dies; a new one takes its place
     first = second = None
     try:
-        apply(devcluster, ns, weights_claim(), *[grokd(name, model=tiny) for name in names])
+        # One Deployment each (no router: the quota counts the servers' Deployments only).
+        apply(devcluster, ns, weights_claim(),
+              *[grokd(name, model=tiny, router={"enabled": False}) for name in names])
         first = OperatorProcess(devcluster, operator_kubeconfig, tmp_path / "first.log")
         first.wait_leading()  # the killed operator's Lease must expire first
         wait_for(
