@@ -427,7 +427,8 @@ def test_operator_restarted_mid_reconcile_resumes_without_duplicates(
         for name in names:
             wait_phase(devcluster, ns, name, "Ready", timeout=180)
         assert deployment_names() == names
-        assert len(devcluster.get_json("services", "-n", ns)["items"]) == count
+        services = sorted(s["metadata"]["name"] for s in devcluster.get_json("services", "-n", ns)["items"])
+        assert services == sorted([*names, *(f"{n}-servers" for n in names)])  # each once: no duplicates
         replica_sets = devcluster.get_json("replicasets", "-n", ns)["items"]
         assert len(replica_sets) == count, "no spurious rollouts from the restart"
     finally:
