@@ -70,6 +70,22 @@ class Load:
         self.clients(0)
 
 
+def tiny_grokd(name: str, autoscaling: dict, **server: object) -> dict:
+    """One replica of the tiny model on a simulated H100, autoscaled as given."""
+    return {
+        "apiVersion": "serving.grok.dev/v1alpha1",
+        "kind": "GrokDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"uri": "pvc://weights/tiny", "profile": "grok-1-tiny", "maxModelLen": 1024},
+            "gpu": {"product": "NVIDIA-H100-80GB-HBM3"},
+            "replicas": 1,
+            "autoscaling": autoscaling,
+            "server": {"drainSeconds": 10, "engineArgs": ENGINE_ARGS, **server},
+        },
+    }
+
+
 @pytest.fixture
 def prometheus(devcluster, tmp_path) -> Iterator[PrometheusServer]:
     workdir = tmp_path / "prometheus"
@@ -172,18 +188,7 @@ def test_scales_on_load_holds_at_target_and_on_missing_data(
         "scaleDownStabilizationSeconds": DOWN_WINDOW,
         "maxScaleUpStep": 1,
     }
-    grokd = {
-        "apiVersion": "serving.grok.dev/v1alpha1",
-        "kind": "GrokDeployment",
-        "metadata": {"name": "auto"},
-        "spec": {
-            "model": {"uri": "pvc://weights/tiny", "profile": "grok-1-tiny", "maxModelLen": 1024},
-            "gpu": {"product": "NVIDIA-H100-80GB-HBM3"},
-            "replicas": 1,
-            "autoscaling": autoscaling,
-            "server": {"maxConcurrentRequests": 64, "drainSeconds": 10, "engineArgs": ENGINE_ARGS},
-        },
-    }
+    grokd = tiny_grokd("auto", autoscaling, maxConcurrentRequests=64)
     assert apply(devcluster, ns, grokd).returncode == 0
     selector = "app.kubernetes.io/name=grok-server,serving.grok.dev/deployment=auto"
 
@@ -310,18 +315,7 @@ def test_scales_to_zero_when_idle_and_a_held_request_brings_a_replica_back(
     replica, and the request completes: a slow first answer, not an error."""
     ns = k8s_namespace
     bind_weights(devcluster, ns, "weights", tiny_grok_checkpoint)
-    grokd = {
-        "apiVersion": "serving.grok.dev/v1alpha1",
-        "kind": "GrokDeployment",
-        "metadata": {"name": "zero"},
-        "spec": {
-            "model": {"uri": "pvc://weights/tiny", "profile": "grok-1-tiny", "maxModelLen": 1024},
-            "gpu": {"product": "NVIDIA-H100-80GB-HBM3"},
-            "replicas": 1,
-            "autoscaling": {"minReplicas": 0, "maxReplicas": 1, "scaleToZeroAfterSeconds": 60},
-            "server": {"drainSeconds": 10, "engineArgs": ENGINE_ARGS},
-        },
-    }
+    grokd = tiny_grokd("zero", {"minReplicas": 0, "maxReplicas": 1, "scaleToZeroAfterSeconds": 60})
     assert apply(devcluster, ns, grokd).returncode == 0
     servers = "app.kubernetes.io/name=grok-server,serving.grok.dev/deployment=zero"
     routers = "app.kubernetes.io/name=grok-router,serving.grok.dev/deployment=zero"

@@ -34,6 +34,7 @@ from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
 from grok_server import local
 from grok_server.server.placement import descendants, process_title
+from tests.server.serverlib import stream_outcome
 
 # Small, fixed KV cache and context; fp32 so that log-probabilities compare to 1e-4.
 ENGINE_FLAGS = ("--dtype", "float32", "--kv-cache-memory-bytes", str(128 << 20), "--max-model-len", "1024",
@@ -318,18 +319,8 @@ def test_worker_killed_mid_request_fails_the_call_and_the_leader(tiny_grok_check
             )
             first = threading.Event()
 
-            def consume() -> tuple[grpc.StatusCode, str]:
-                try:
-                    for _ in call:
-                        first.set()
-                    return grpc.StatusCode.OK, ""
-                except grpc.RpcError as e:
-                    return e.code(), e.details() or ""
-                finally:
-                    first.set()
-
             with ThreadPoolExecutor(1) as pool:
-                outcome = pool.submit(consume)
+                outcome = pool.submit(stream_outcome, call, first)
                 assert first.wait(CALL_TIMEOUT)
                 # Stopped, node 1's rank holds the leader's step in its all-reduce: the call is surely still
                 # running when the node dies (SIGKILL ends a stopped process).

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2
@@ -53,6 +55,19 @@ def health_status(channel: grpc.Channel, service: str = "") -> str:
     stub = health_pb2_grpc.HealthStub(channel)
     resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
     return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+
+def stream_outcome(call: Iterator[Any], first: threading.Event) -> tuple[grpc.StatusCode, str]:
+    """Reads a stream to its end: its final status code and details; `first` is set at the first message
+    (or at the end, when there was none)."""
+    try:
+        for _ in call:
+            first.set()
+        return grpc.StatusCode.OK, ""
+    except grpc.RpcError as e:
+        return e.code(), e.details() or ""
+    finally:
+        first.set()
 
 
 def reflect(channel: grpc.Channel, version: str, symbol: str) -> tuple[set[str], set[str]]:

@@ -13,7 +13,7 @@ import pytest
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
-from tests.server.serverlib import EngineHold, running_server
+from tests.server.serverlib import EngineHold, running_server, stream_outcome
 
 
 def test_engine_death_fails_in_flight_requests_and_exits_nonzero(
@@ -37,18 +37,8 @@ def test_engine_death_fails_in_flight_requests_and_exits_nonzero(
         )
         first = threading.Event()
 
-        def consume() -> tuple[grpc.StatusCode, str]:
-            try:
-                for _ in call:
-                    first.set()
-                return grpc.StatusCode.OK, ""
-            except grpc.RpcError as e:
-                return e.code(), e.details() or ""
-            finally:
-                first.set()
-
         with ThreadPoolExecutor(1) as pool, EngineHold(server) as engine:
-            outcome = pool.submit(consume)
+            outcome = pool.submit(stream_outcome, call, first)
             assert first.wait(60)
             # Held, the request is surely still running when the engine dies (SIGKILL ends a stopped process).
             engine.hold()
