@@ -67,19 +67,22 @@ def test_multinode_flags_rejected_as_usage_errors(worker: bool, argv: list[str],
     assert message in capsys.readouterr().err
 
 
-def test_engine_args_use_the_multiprocessing_backend_across_nodes() -> None:
+def test_engine_args_use_the_multiprocessing_backend_across_nodes(tiny_grok_checkpoint) -> None:
+    """(A real checkpoint folder: vLLM's engine arguments look the model up, never on a hub here.)"""
     from grok_server.server.engine import engine_args
 
-    args = engine_args(parse_args(LEADER))
+    model = str(tiny_grok_checkpoint)
+    leader = [model if a == "m" else a for a in LEADER]
+    args = engine_args(parse_args(leader))
     assert (args.tensor_parallel_size, args.pipeline_parallel_size) == (2, 2)
     assert (args.nnodes, args.node_rank, args.master_addr) == (2, 0, "leader.example")
     assert args.master_port == 29501
     assert args.distributed_executor_backend == "mp"
-    worker = engine_args(parse_worker_args([*LEADER[:8], "--node-rank", "1", *LEADER[10:]]))
+    worker = engine_args(parse_worker_args([*leader[:8], "--node-rank", "1", *leader[10:]]))
     assert (worker.nnodes, worker.node_rank) == (2, 1)
-    single = engine_args(parse_args(["--model", "m"]))
+    single = engine_args(parse_args(["--model", model]))
     assert single.nnodes == 1 and single.distributed_executor_backend is None
-    assert engine_args(parse_args(["--model", "m", "--tp", "2"])).distributed_executor_backend == "mp"
+    assert engine_args(parse_args(["--model", model, "--tp", "2"])).distributed_executor_backend == "mp"
 
 
 class FakeStore:
