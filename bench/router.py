@@ -53,7 +53,6 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.error import URLError
 from urllib.request import urlopen
 
 import grpc
@@ -61,7 +60,7 @@ from benchlib import cpu_seconds, percentile
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
-from grok_server.local import LocalServer, free_port, launch_server, parse_metrics
+from grok_server.local import LocalServer, free_port, http_status, launch_server, parse_metrics
 from grok_server.router.picker import prefix_key, ranking
 from grok_server.server.placement import descendants, process_title
 
@@ -76,17 +75,6 @@ PREFIX_BLOCKS = 8  # the router's default: 8 blocks of 16 tokens key the prefix
 
 
 # ---- processes -----------------------------------------------------------------------------------
-
-
-def http_status(url: str) -> int:
-    try:
-        with urlopen(url, timeout=5) as r:
-            return int(r.status)
-    except URLError as e:
-        code = getattr(e, "code", None)
-        if code is None:
-            raise
-        return int(code)
 
 
 def wait_http(proc: subprocess.Popen[bytes], url: str, log: Path, what: str) -> None:

@@ -37,6 +37,18 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
+def http_status(url: str) -> int:
+    """The HTTP status of a GET (an error status too); raises when nothing answers."""
+    try:
+        with urlopen(url, timeout=5) as r:
+            return int(r.status)
+    except URLError as e:
+        code = getattr(e, "code", None)
+        if code is None:
+            raise
+        return int(code)
+
+
 @dataclass
 class LocalServer:
     proc: subprocess.Popen[bytes]
@@ -64,14 +76,7 @@ class LocalServer:
         return self.metrics().get(name, 0.0)
 
     def http_status(self, path: str) -> int:
-        try:
-            with urlopen(f"{self.http}{path}", timeout=5) as r:
-                return int(r.status)
-        except URLError as e:
-            code = getattr(e, "code", None)
-            if code is None:
-                raise
-            return int(code)
+        return http_status(f"{self.http}{path}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,14 +136,9 @@ class ReplicaSet:
         self.replicas: dict[str, Replica] = {}
         self.known = 0  # pods seen, Ready or not
         self.synced = asyncio.Event()
-        self.changed = asyncio.Event()  # set on every change (waiters clear it)
         self._turn = 0
-        self._listeners: list[Callable[[], None]] = []
         self.held: collections.deque[tuple[float, asyncio.Future[None]]] = collections.deque()
         self.closing = False
-
-    def on_change(self, listener: Callable[[], None]) -> None:
-        self._listeners.append(listener)
 
     def update(self, endpoints: Mapping[str, Endpoint], known: int) -> None:
         """Replace the set with these Ready endpoints (by pod name); channels of the ones gone are closed once
@@ -160,11 +155,8 @@ class ReplicaSet:
                 self.replicas[name] = Replica(endpoint, channel, pb_grpc.GenerationServiceStub(channel))
                 log.info("replica %s (%s) joined", name, endpoint.grpc_address)
         self.synced.set()
-        self.changed.set()
         if self.replicas:
             self._release_held()
-        for listener in self._listeners:
-            listener()
 
     def _release_held(self, error: BaseException | None = None) -> None:
         # Oldest first: futures resolved in order wake their waiters in order on the event loop.
