@@ -176,6 +176,23 @@ def wait_for(predicate, timeout: float = 90, interval: float = 0.3, message: str
     raise AssertionError(f"timed out waiting for {message} (last: {last!r})")
 
 
+def tiny_grokd(name: str, server: dict, claim: str = "weights", replicas: int = 1, **spec: object) -> dict:
+    """A GrokDeployment of the tiny Grok-1 checkpoint (`tiny/` in the claim, as bind_weights leaves it) on a
+    simulated H100: its pods run real grok-servers."""
+    return {
+        "apiVersion": "serving.grok.dev/v1alpha1",
+        "kind": "GrokDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"uri": f"pvc://{claim}/tiny", "profile": "grok-1-tiny", "maxModelLen": 1024},
+            "gpu": {"product": "NVIDIA-H100-80GB-HBM3"},
+            "replicas": replicas,
+            "server": server,
+            **spec,
+        },
+    }
+
+
 def bind_weights(
     cluster: DevCluster, ns: str, claim: str, checkpoint: Path, spec: dict | None = None
 ) -> None:

@@ -25,7 +25,7 @@ from grok_operator.autoscaler import metric_query
 from grok_server.client import GrokClient
 from tests.operator.test_operator_cluster import apply, conditions, get
 from tests.operator.test_operator_cluster import events as read_events
-from tests.operatorlib import OperatorProcess, bind_weights, wait_for
+from tests.operatorlib import OperatorProcess, bind_weights, tiny_grokd, wait_for
 
 # The replicas' engines: two sequences at a time, so that a closed loop of N clients keeps N - 2 waiting.
 ENGINE_ARGS = ["--enforce-eager", "--kv-cache-memory-bytes", str(256 * 1024 * 1024), "--max-num-seqs", "2"]
@@ -70,20 +70,10 @@ class Load:
         self.clients(0)
 
 
-def tiny_grokd(name: str, autoscaling: dict, **server: object) -> dict:
-    """One replica of the tiny model on a simulated H100, autoscaled as given."""
-    return {
-        "apiVersion": "serving.grok.dev/v1alpha1",
-        "kind": "GrokDeployment",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"uri": "pvc://weights/tiny", "profile": "grok-1-tiny", "maxModelLen": 1024},
-            "gpu": {"product": "NVIDIA-H100-80GB-HBM3"},
-            "replicas": 1,
-            "autoscaling": autoscaling,
-            "server": {"drainSeconds": 10, "engineArgs": ENGINE_ARGS, **server},
-        },
-    }
+def autoscaled(name: str, autoscaling: dict, **server: object) -> dict:
+    """One replica of the tiny model, autoscaled as given."""
+    server_spec = {"drainSeconds": 10, "engineArgs": ENGINE_ARGS, **server}
+    return tiny_grokd(name, server_spec, autoscaling=autoscaling)
 
 
 @pytest.fixture
@@ -188,7 +178,7 @@ def test_scales_on_load_holds_at_target_and_on_missing_data(
         "scaleDownStabilizationSeconds": DOWN_WINDOW,
         "maxScaleUpStep": 1,
     }
-    grokd = tiny_grokd("auto", autoscaling, maxConcurrentRequests=64)
+    grokd = autoscaled("auto", autoscaling, maxConcurrentRequests=64)
     assert apply(devcluster, ns, grokd).returncode == 0
     selector = "app.kubernetes.io/name=grok-server,serving.grok.dev/deployment=auto"
 
@@ -315,7 +305,7 @@ def test_scales_to_zero_when_idle_and_a_held_request_brings_a_replica_back(
     replica, and the request completes: a slow first answer, not an error."""
     ns = k8s_namespace
     bind_weights(devcluster, ns, "weights", tiny_grok_checkpoint)
-    grokd = tiny_grokd("zero", {"minReplicas": 0, "maxReplicas": 1, "scaleToZeroAfterSeconds": 60})
+    grokd = autoscaled("zero", {"minReplicas": 0, "maxReplicas": 1, "scaleToZeroAfterSeconds": 60})
     assert apply(devcluster, ns, grokd).returncode == 0
     servers = "app.kubernetes.io/name=grok-server,serving.grok.dev/deployment=zero"
     routers = "app.kubernetes.io/name=grok-router,serving.grok.dev/deployment=zero"

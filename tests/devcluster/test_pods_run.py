@@ -29,7 +29,7 @@ from kubernetes import config as kube_config
 from grok_devcluster.cluster import DevCluster, is_ready
 from grok_devcluster.prometheus import PrometheusServer
 from grok_server.server.placement import descendants, process_title
-from tests.operatorlib import OperatorProcess, bind_weights, wait_for
+from tests.operatorlib import OperatorProcess, bind_weights, tiny_grokd, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -42,17 +42,7 @@ ENGINE_ARGS = ["--enforce-eager", "--kv-cache-memory-bytes", str(256 * 1024 * 10
 
 
 def grokd(name: str, claim: str, **server: object) -> dict:
-    return {
-        "apiVersion": "serving.grok.dev/v1alpha1",
-        "kind": "GrokDeployment",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"uri": f"pvc://{claim}/tiny", "profile": "grok-1-tiny", "maxModelLen": 1024},
-            "gpu": {"product": "NVIDIA-H100-80GB-HBM3"},
-            "replicas": 1,
-            "server": {"drainSeconds": DRAIN_SECONDS, "engineArgs": ENGINE_ARGS, **server},
-        },
-    }
+    return tiny_grokd(name, {"drainSeconds": DRAIN_SECONDS, "engineArgs": ENGINE_ARGS, **server}, claim)
 
 
 def pods(cluster: DevCluster, ns: str, selector: str) -> list[dict]:

@@ -31,7 +31,7 @@ from grok_devcluster.cluster import DevCluster, is_ready
 from grok_server.client import GrokClient
 from grok_server.local import parse_metrics
 from grok_server.server.placement import descendants, process_title
-from tests.operatorlib import OperatorProcess, bind_weights, wait_for
+from tests.operatorlib import OperatorProcess, bind_weights, tiny_grokd, wait_for
 from tests.server.serverlib import EngineHold, reflect
 
 pytestmark = pytest.mark.cluster
@@ -48,18 +48,8 @@ SHARED_PREFIX = "You are a careful assistant. " * 24
 
 
 def grokd(replicas: int) -> dict:
-    return {
-        "apiVersion": "serving.grok.dev/v1alpha1",
-        "kind": "GrokDeployment",
-        "metadata": {"name": NAME},
-        "spec": {
-            "model": {"uri": "pvc://weights/tiny", "profile": "grok-1-tiny", "maxModelLen": 1024},
-            "gpu": {"product": "NVIDIA-H100-80GB-HBM3"},
-            "replicas": replicas,
-            "server": {"drainSeconds": 120, "engineArgs": ENGINE_ARGS},
-            "router": {"maxHeldRequests": MAX_HELD},
-        },
-    }
+    return tiny_grokd(NAME, {"drainSeconds": 120, "engineArgs": ENGINE_ARGS}, replicas=replicas,
+                      router={"maxHeldRequests": MAX_HELD})
 
 
 @dataclass
