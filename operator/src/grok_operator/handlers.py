@@ -33,7 +33,9 @@ from grok_operator.autoscaler import (
     router_queries,
 )
 from grok_operator.kube import Kube, load_config
+from grok_operator.manifests import LWS_CRD
 from grok_operator.reconcile import (
+    CrdProbe,
     ServiceMonitorProbe,
     desired_children,
     is_subset,
@@ -63,6 +65,7 @@ class State:
 
     kube: Kube | None = None
     service_monitors: ServiceMonitorProbe | None = None
+    leader_worker_sets: CrdProbe | None = None
     prometheus_url: str = ""
     monitor_labels: dict[str, str] = {}  # extra labels on the server ServiceMonitors
     deployment_label: str = DEFAULT_DEPLOYMENT_LABEL
@@ -81,6 +84,7 @@ def _kube() -> Kube:
     if State.kube is None:
         State.kube = Kube(load_config())
         State.service_monitors = ServiceMonitorProbe(State.kube, labels=State.monitor_labels)
+        State.leader_worker_sets = CrdProbe(State.kube, LWS_CRD)
     return State.kube
 
 
@@ -223,10 +227,10 @@ def _with_retries(call: Callable[[], Any]) -> Any:
 def _reconcile_and_report(body: dict[str, Any], views: Views, trigger: str) -> bool:
     """Returns whether the spec was handled (False after a permanent error, which is reported as an Event)."""
     started = time.monotonic()
-    probe = State.service_monitors
-    assert probe is not None
+    probe, groups = State.service_monitors, State.leader_worker_sets
+    assert probe is not None and groups is not None
     try:
-        result = _with_retries(lambda: reconcile(_kube(), body, probe))
+        result = _with_retries(lambda: reconcile(_kube(), body, probe, groups))
     except ApiException as err:
         if err.status == 403 and "being terminated" in (err.body or ""):
             return True  # the namespace is going away, and everything in it with it

@@ -118,18 +118,26 @@ def is_subset(desired: Any, live: Any) -> bool:
     return desired == live
 
 
-class ServiceMonitorProbe:
-    """Whether the Prometheus Operator's ServiceMonitor CRD exists; re-checked at most once a minute."""
+class CrdProbe:
+    """Whether an API the operator can use but does not need (a CRD) is installed; re-checked at most once
+    per `ttl` seconds, so reconciles do not each ask."""
 
-    def __init__(self, kube: Kube, ttl: float = 60, labels: dict[str, str] | None = None) -> None:
-        self.kube, self.ttl = kube, ttl
-        self.labels = dict(labels or {})  # extra labels for the ServiceMonitors (what Prometheus selects)
+    def __init__(self, kube: Kube, crd: str, ttl: float = 60) -> None:
+        self.kube, self.crd, self.ttl = kube, crd, ttl
         self._value, self._checked = False, -1e9
 
     def __call__(self) -> bool:
         if time.monotonic() - self._checked > self.ttl:
-            self._value, self._checked = self.kube.crd_exists(SERVICE_MONITOR_CRD), time.monotonic()
+            self._value, self._checked = self.kube.crd_exists(self.crd), time.monotonic()
         return self._value
+
+
+class ServiceMonitorProbe(CrdProbe):
+    """Whether the Prometheus Operator's ServiceMonitor CRD exists, and the labels the monitors get."""
+
+    def __init__(self, kube: Kube, ttl: float = 60, labels: dict[str, str] | None = None) -> None:
+        super().__init__(kube, SERVICE_MONITOR_CRD, ttl)
+        self.labels = dict(labels or {})  # extra labels for the ServiceMonitors (what Prometheus selects)
 
     def monitor_labels(self) -> dict[str, str] | None:
         """desired_children's argument: None without the CRD."""
@@ -269,7 +277,8 @@ LWS_MISSING = (
 )
 
 
-def reconcile(kube: Kube, body: dict[str, Any], service_monitors: ServiceMonitorProbe) -> ReconcileResult:
+def reconcile(kube: Kube, body: dict[str, Any], service_monitors: ServiceMonitorProbe,
+              leader_worker_sets: CrdProbe) -> ReconcileResult:
     """Brings the children in line with the spec; the caller writes the status from the result."""
     spec = read_spec(body)
     the_plan, plan_error = planned(spec)
@@ -296,7 +305,7 @@ def reconcile(kube: Kube, body: dict[str, Any], service_monitors: ServiceMonitor
         model = model_state(job)
 
     deployment = None
-    if the_plan.multi_node and not kube.crd_exists(manifests.LWS_CRD):
+    if the_plan.multi_node and not leader_worker_sets():
         # Nothing half-made: without the LeaderWorkerSet API no group can exist, so no Service either.
         return ReconcileResult(spec, the_plan, None, model, None, applied, blocked=(
             "LeaderWorkerSetMissing", LWS_MISSING.format(nodes=the_plan.nodes_per_replica)))
