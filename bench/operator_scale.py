@@ -4,7 +4,11 @@ Prints the time until all are Ready, p50/p99 from apply to children created, the
 and its CPU use while idle for a minute afterwards. Targets (500 deployments): all Ready <= 60 s,
 RSS <= 250 MB, idle CPU ~ 0.
 
+With --multinode, each is full-size Grok-1 in bf16 on H100s (tensor 8 x pipeline 2): a LeaderWorkerSet
+group of two 8-GPU pods per replica, made by the real LWS controller.
+
     .venv/bin/python bench/operator_scale.py [--count 500] [--idle-seconds 60]
+    .venv/bin/python bench/operator_scale.py --multinode --count 100
 """
 
 from __future__ import annotations
@@ -49,16 +53,25 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
+def parse_time(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=500)
     parser.add_argument("--idle-seconds", type=float, default=60)
+    parser.add_argument("--multinode", action="store_true",
+                        help="two-node replicas (bf16 Grok-1 on H100: LeaderWorkerSet groups)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # run the clean-up below when killed
 
-    nodes = math.ceil(args.count / 8) + 1
+    # A tiny replica takes 1 GPU; a two-node one, a node each for its two 8-GPU pods.
+    nodes = 2 * args.count + 1 if args.multinode else math.ceil(args.count / 8) + 1
+    model = ({"uri": "pvc://weights/grok-1"} if args.multinode else
+             {"uri": "pvc://weights/tiny", "profile": "grok-1-tiny", "maxModelLen": 1024})
     # Status-only pods: the operator's cost at scale is measured, not hundreds of real servers.
-    with DevCluster(f"bench-{os.getpid()}", run_pods=False) as cluster:
+    with DevCluster(f"bench-{os.getpid()}", run_pods=False, lws=args.multinode) as cluster:
         print(f"starting a simulated cluster with {nodes} 8-GPU nodes ...", flush=True)
         cluster.up([NodePool(nodes, 8, "NVIDIA-H100-80GB-HBM3", "h100")], cpu_nodes=1, volumes=4)
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "charts/grok-operator/crds"))
@@ -100,9 +113,7 @@ def main() -> int:
                     "apiVersion": "serving.grok.dev/v1alpha1",
                     "kind": "GrokDeployment",
                     "metadata": {"name": f"g{i:04d}", "namespace": "bench"},
-                    "spec": {
-                        "model": {"uri": "pvc://weights/tiny", "profile": "grok-1-tiny", "maxModelLen": 1024}
-                    },
+                    "spec": {"model": model},
                 }
                 for i in range(args.count)
             ]
@@ -131,16 +142,17 @@ def main() -> int:
                 time.sleep(1)
             applier.join()
             apply_seconds = apply_done[0] if apply_done else math.nan
-            # Apply -> children: each GrokDeployment's creation to its Deployment's (1 s timestamps).
-            born = {g["metadata"]["name"]: g["metadata"]["creationTimestamp"] for g in listed["items"]}
-            created = [
-                (
-                    d.metadata.creation_timestamp
-                    - datetime.fromisoformat(born[d.metadata.name].replace("Z", "+00:00"))
-                ).total_seconds()
-                for d in apps.list_namespaced_deployment("bench").items
-                if d.metadata.name in born
-            ]
+            # Apply -> children: each GrokDeployment's creation to its workload's (1 s timestamps).
+            born = {g["metadata"]["name"]: parse_time(g["metadata"]["creationTimestamp"])
+                    for g in listed["items"]}
+            if args.multinode:
+                workloads = [(w["metadata"]["name"], parse_time(w["metadata"]["creationTimestamp"]))
+                             for w in custom.list_namespaced_custom_object(
+                                 "leaderworkerset.x-k8s.io", "v1", "bench", "leaderworkersets")["items"]]
+            else:
+                workloads = [(d.metadata.name, d.metadata.creation_timestamp)
+                             for d in apps.list_namespaced_deployment("bench").items]
+            created = [(at - born[name]).total_seconds() for name, at in workloads if name in born]
             rss = peak_rss_mb(operator.pid)
             before = cpu_seconds(operator.pid)
             time.sleep(args.idle_seconds)
@@ -157,9 +169,10 @@ def main() -> int:
         else "all Ready: NOT within 600s"
     )
     if created:
+        kind = "LeaderWorkerSets" if args.multinode else "Deployments"
         print(
             f"apply -> children created, p50/p99:   {statistics.median(created):.0f}s / "
-            f"{percentile(created, 99):.0f}s ({len(created)} Deployments; creation timestamps, 1 s steps)"
+            f"{percentile(created, 99):.0f}s ({len(created)} {kind}; creation timestamps, 1 s steps)"
         )
     print(f"operator peak RSS:                    {rss:.0f} MB")
     print(f"operator CPU while idle ({args.idle_seconds:.0f}s):        {idle_cpu:.2f}% of one core")

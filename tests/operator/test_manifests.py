@@ -402,10 +402,25 @@ def test_a_multi_node_plan_is_a_leader_worker_set_of_whole_groups():
 def test_workers_get_the_engine_flags_of_engine_args_and_never_the_serving_ones():
     args = ["--enforce-eager", "--host", "0.0.0.0", "--kv-cache-memory-bytes", "268435456",
             "--max-concurrent-requests", "8", "--engine-arg", "enable_prefix_caching=true",
-            "--max-num-seqs=4", "--no-warmup", "--tokenizer", "/t"]
+            "--max-num-seqs=4", "--no-warmup", "--tokenizer", "/t", "--dtype", "float32", "--max-model-len",
+            "512", "--quantization=fp8"]
+    # Every rank must agree on the engine: whatever engineArgs changes of it reaches the workers too.
     assert manifests.engine_flags(args) == ["--enforce-eager", "--kv-cache-memory-bytes", "268435456",
                                             "--engine-arg", "enable_prefix_caching=true", "--max-num-seqs=4",
-                                            "--tokenizer", "/t"]
+                                            "--tokenizer", "/t", "--dtype", "float32", "--max-model-len",
+                                            "512", "--quantization=fp8"]
+
+
+def test_the_worker_flags_are_the_engine_flags_grok_server_worker_accepts():
+    from grok_server.server.config import build_worker_parser
+
+    planned = {"--model", "--tensor-parallel-size", "--pipeline-parallel-size"}
+    accepted = {option for action in build_worker_parser()._actions
+                if action.container.title == "model and engine" for option in action.option_strings
+                if option.startswith("--") and option not in ("--tp", "--pp")}
+    switches = {o for a in build_worker_parser()._actions if a.nargs == 0 for o in a.option_strings}
+    assert accepted - planned - switches == manifests.WORKER_VALUE_FLAGS
+    assert accepted & switches == manifests.WORKER_SWITCHES
 
 
 def test_a_single_node_plan_stays_a_deployment():

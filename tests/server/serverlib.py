@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -29,9 +31,11 @@ __all__ = [
     "Certs",
     "EngineHold",
     "ServerProcess",
+    "beyond_loopback",
     "free_port",
     "health_status",
     "launch_server",
+    "listening_addresses",
     "make_certs",
     "parse_metrics",
     "running_server",
@@ -270,3 +274,39 @@ def make_certs(out: Path) -> Certs:
     certs.client_cert.write_bytes(client_cert)
     certs.client_key.write_bytes(client_key)
     return certs
+
+
+def listening_addresses(pids: list[int]) -> set[tuple[str, int]]:
+    """The (address, port) pairs the processes `pids` listen on for TCP, from /proc: what they bind,
+    whatever their command lines say ("0.0.0.0"/"::" mean every interface of the host)."""
+    inodes: set[str] = set()
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, PermissionError, ProcessLookupError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = str(fd.readlink())
+                    if target.startswith("socket:["):
+                        inodes.add(target[len("socket:["):-1])
+    found: set[tuple[str, int]] = set()
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        lines = Path(f"/proc/net/{table}").read_text().splitlines()[1:]
+        for line in lines:
+            fields = line.split()
+            local_address, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A" or inode not in inodes:  # 0A: LISTEN
+                continue
+            hex_ip, hex_port = local_address.split(":")
+            raw = bytes.fromhex(hex_ip)
+            # /proc prints the address as 32-bit words in host (little-endian) order.
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            found.add((socket.inet_ntop(family, raw), int(hex_port, 16)))
+    return found
+
+
+def beyond_loopback(addresses: set[tuple[str, int]]) -> set[tuple[str, int]]:
+    def loopback(host: str) -> bool:
+        address = ipaddress.ip_address(host)
+        mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1, as IPv6 sockets show IPv4 binds
+        return (mapped or address).is_loopback
+
+    return {(host, port) for host, port in addresses if not loopback(host)}

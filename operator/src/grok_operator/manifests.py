@@ -286,9 +286,11 @@ def leader_args(spec: GrokDeploymentSpec, plan: Plan) -> list[str]:
     return own + _group_flags(plan, "0") + extra
 
 
-# grok-server-worker's engine flags (it refuses serving ones): the part of engineArgs workers share.
+# grok-server-worker's engine flags (it refuses serving ones): the part of engineArgs workers share, as every
+# rank must build the same engine. (--model and the parallel sizes come from the plan, for all of them.)
 WORKER_VALUE_FLAGS = frozenset({"--tokenizer", "--kv-cache-memory-bytes", "--gpu-memory-utilization",
-                                "--max-num-seqs", "--engine-arg", "--served-model-name"})
+                                "--max-num-seqs", "--engine-arg", "--served-model-name", "--dtype",
+                                "--max-model-len", "--quantization"})
 WORKER_SWITCHES = frozenset({"--enforce-eager"})
 
 

@@ -9,6 +9,7 @@ imported when vLLM builds the model.
 from __future__ import annotations
 
 from grok_server.model import GROK1_ARCHITECTURES, GROK1_MODEL_CLASS
+from grok_server.server import rendezvous
 
 
 def register() -> None:
@@ -22,3 +23,4 @@ def register() -> None:
     for arch in GROK1_ARCHITECTURES:
         if arch not in supported:
             ModelRegistry.register_model(arch, GROK1_MODEL_CLASS)
+    rendezvous.install()  # a no-op unless a replica spanning hosts asked for it

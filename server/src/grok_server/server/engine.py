@@ -20,6 +20,7 @@ from vllm.sampling_params import RequestOutputKind, SamplingParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.metrics.loggers import PrometheusStatLogger, StatLoggerBase
 
+from grok_server.server import rendezvous
 from grok_server.server.config import ServerConfig
 from grok_server.server.metrics import EngineSnapshot
 from grok_server.server.validation import Limits, ValidatedRequest
@@ -114,6 +115,8 @@ def warn_known_problems(cfg: ServerConfig) -> None:
 def create_engine(cfg: ServerConfig, snapshot: EngineSnapshot) -> AsyncLLM:
     """Blocking (seconds to minutes): starts the engine-core and worker processes and loads the weights."""
     warn_known_problems(cfg)
+    if cfg.nnodes > 1:
+        rendezvous.request_bound_store()  # inherited by the engine processes started below
     engine = AsyncLLM.from_engine_args(engine_args(cfg), stat_loggers=[stat_logger_factory(snapshot)])
     # vLLM reads its VLLM_* settings from os.environ on every access until this is called (its engine-core and
     # workers call it after start-up; its frontends do not): several lookups per token on the output path.

@@ -26,6 +26,7 @@ import threading
 import time
 from typing import Any
 
+from grok_server.server import rendezvous
 from grok_server.server.config import ServerConfig, parse_worker_args
 from grok_server.server.group import LeaderWatch
 
@@ -106,6 +107,7 @@ def run(cfg: ServerConfig) -> int:
         if parallel.node_rank_within_dp == 0:
             log.error("node rank %d leads its group in vLLM's layout: run grok-server there", cfg.node_rank)
             return EXIT_FAILED
+        rendezvous.request_bound_store()  # only rank 0 (on the leader) serves it; same rule everywhere
         executor = MultiprocExecutor(vllm_config, monitor_workers=False)
         log.info("node %d of %d: %d engine rank(s) ready (ranks %d-%d of %d)", cfg.node_rank, cfg.nnodes,
                  parallel.local_world_size, parallel.local_world_size * parallel.node_rank_within_dp,
