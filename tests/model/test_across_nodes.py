@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -210,6 +211,24 @@ def one_process_outputs(tiny_grok_checkpoint: Path, tmp_path_factory: pytest.Tem
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def tiny_mixtral_checkpoint(tiny_grok_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """vLLM's own Mixtral at the tiny Grok-1 checkpoint's shape, random weights (seed 0), built locally."""
+    import torch
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    out = tmp_path_factory.mktemp("mixtral") / "tiny"
+    config = MixtralConfig(vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=8,
+                           num_experts_per_tok=2, max_position_embeddings=2048, bos_token_id=1,
+                           eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    MixtralForCausalLM(config).to(torch.float32).save_pretrained(out, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copyfile(tiny_grok_checkpoint / name, out / name)
+    return out
+
+
 def test_tensor_parallel_across_two_nodes_matches_one_process(
     tiny_grok_checkpoint: Path, tmp_path: Path, one_process_outputs: list[pb.GenerateResponse]
 ) -> None:
@@ -240,6 +259,13 @@ def test_pipeline_parallel_across_two_nodes_matches_one_process(
         assert not r.listening_beyond_loopback()
         _assert_same(_generate_all(r.leader.target), one_process_outputs)
         assert "Worker_PP1" in r.worker.log()
+        # The leader's pod dies (every process in it): vLLM alone, the worker would wait for it forever.
+        assert "heartbeating to the leader's store" in r.worker.log()
+        os.killpg(r.leader.proc.pid, signal.SIGKILL)
+        assert r.worker.wait_exit(EXIT_TIMEOUT) == 1
+        log = r.worker.log()
+        assert "lost the leader's store at 127.0.0.1" in log
+        assert "exiting with status 1" in log
 
 
 class CpuEagerPipelineFailure(AssertionError):
@@ -252,15 +278,18 @@ CPU_EAGER_PP_REASON = (
     "(GPUModelRunner.sync_and_gather_intermediate_tensors), then the scheduler raises KeyError on the "
     "request id and the engine core dies. The CPU worker allocates that buffer only in its compile "
     "warm-up (CPUModelRunner.warming_up_model returns at once in eager mode), so it happens for vLLM's "
-    "own Mixtral as for the Grok-1 plugin (checked once, by hand, with a Mixtral of the tiny checkpoint's "
-    "shape), across nodes as within one. Without --enforce-eager it works "
+    "own Mixtral as for the Grok-1 plugin, across nodes as within one. Without --enforce-eager it works "
     "(test above); GPU runners allocate the buffer in their profiling run."
 )
 
 
 @pytest.mark.xfail(strict=True, raises=CpuEagerPipelineFailure, reason=CPU_EAGER_PP_REASON)
-def test_pipeline_parallel_across_two_nodes_eager_on_cpu(tiny_grok_checkpoint: Path, tmp_path: Path) -> None:
-    with replica(tiny_grok_checkpoint, tmp_path, tp=1, pp=2, eager=True) as r:
+@pytest.mark.parametrize("model", ["grok-1", "mixtral"])
+def test_pipeline_parallel_across_two_nodes_eager_on_cpu(model: str, request: pytest.FixtureRequest,
+                                                         tmp_path: Path) -> None:
+    checkpoint = request.getfixturevalue("tiny_grok_checkpoint" if model == "grok-1"
+                                         else "tiny_mixtral_checkpoint")
+    with replica(checkpoint, tmp_path, tp=1, pp=2, eager=True) as r:
         try:
             r.wait_ready()
         except NodeExited:
@@ -317,15 +346,3 @@ def test_worker_killed_mid_request_fails_the_call_and_the_leader(tiny_grok_check
         assert code == grpc.StatusCode.UNAVAILABLE, (code, details)
         assert r.leader.wait_exit(EXIT_TIMEOUT) == 1
         assert "the engine died" in r.leader.log()
-
-
-def test_leader_killed_takes_the_worker_down(tiny_grok_checkpoint: Path, tmp_path: Path) -> None:
-    """vLLM alone: the worker node would wait for its dead leader forever."""
-    with replica(tiny_grok_checkpoint, tmp_path, tp=2, pp=1) as r:
-        r.wait_ready()
-        assert "heartbeating to the leader's store" in r.worker.log()
-        os.killpg(r.leader.proc.pid, signal.SIGKILL)  # the leader's pod: every process in it
-        assert r.worker.wait_exit(EXIT_TIMEOUT) == 1
-        log = r.worker.log()
-        assert "lost the leader's store at 127.0.0.1" in log
-        assert "exiting with status 1" in log

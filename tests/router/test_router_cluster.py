@@ -377,9 +377,9 @@ def test_a_killed_replica_fails_only_its_streams_with_output_and_nothing_hangs(f
     try:
         # The witness: a long stream, stopped mid-output by holding both engines once its first tokens
         # arrived; the router's in-flight gauge says which replica has it. Should it have finished before
-        # the hold (it is 1500 tokens long), another is started.
+        # the hold (it is 1000 tokens long: the context is 1024), another is started.
         for attempt in range(5):
-            long_stream = pb.StoppingCriteria(max_new_tokens=1500, ignore_eos=True)
+            long_stream = pb.StoppingCriteria(max_new_tokens=1000, ignore_eos=True)
             witness = stub.GenerateStream(pb.GenerateRequest(text=f"witness {attempt}", stopping=long_stream),
                                           timeout=900)
             next(witness)  # its first message reached the client: output began
