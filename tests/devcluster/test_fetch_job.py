@@ -230,6 +230,12 @@ def test_a_wrong_bucket_fails_the_job_and_the_deployment_says_so(
     cond = wait_for(failed, 60, message="ModelReady FetchFailed")
     assert cond["ModelReady"]["status"] == "False"
     assert f"fetch Job {job['metadata']['name']} failed" in cond["ModelReady"]["message"]
+    # grok-fetch's own reason, from its last pod's termination message (its logs' tail, as kubelets keep it).
+    assert f"its last pod: grok-fetch: error: downloading {uri} failed: NoSuchBucket" in \
+        cond["ModelReady"]["message"]
+    last = max((p["status"]["containerStatuses"][0]["state"]["terminated"] for p in pods),
+               key=lambda t: t["finishedAt"])
+    assert "NoSuchBucket" in last["message"]
     assert cond["Progressing"]["status"] == "False" and cond["Progressing"]["reason"] == "FetchFailed"
     deployments = devcluster.get_json("deployments", "-n", ns, "-l", SERVERS + BAD)
     assert not deployments["items"], "no server is started without its weights"

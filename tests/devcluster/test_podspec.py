@@ -242,3 +242,15 @@ def test_the_leader_address_is_the_ip_from_its_definition_on_and_the_name_is_kep
     # Without an address to resolve to (not a group's pod), the variables are as written.
     plain = podspec.container_env(LWS_CONTAINER, FACTS, SERVER, no_lookup, {})
     assert plain["LWS_LEADER_ADDRESS"] == "grok-1.grok.ns" and podspec.LEADER_NAME not in plain
+
+
+def test_a_failed_containers_message_falls_back_to_its_logs_tail_as_a_kubelets_does() -> None:
+    log = "".join(f"2026-12-02T00:00:00.000000Z stderr F line {i}\n" for i in range(100))
+    fallback = {"terminationMessagePolicy": "FallbackToLogsOnError"}
+    message = podspec.termination_message(fallback, 2, log)
+    assert message is not None
+    assert message.splitlines() == [f"line {i}" for i in range(20, 100)]  # the last 80 lines
+    assert podspec.termination_message(fallback, 0, log) is None  # only on failure
+    assert podspec.termination_message({}, 2, log) is None  # the default policy reads a file, not logs
+    long = "".join(f"2026-12-02T00:00:00.000000Z stdout F {'x' * 1000}\n" for _ in range(5))
+    assert len(podspec.termination_message(fallback, 1, long).encode()) == podspec.FALLBACK_MESSAGE_BYTES

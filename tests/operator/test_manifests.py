@@ -228,6 +228,32 @@ def test_phases():
     )
 
 
+def test_a_failed_fetch_says_grok_fetchs_own_reason_from_its_last_pod():
+    job = {"metadata": {"name": "grok-fetch-1"}, "status": {"conditions": [
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+         "message": "Job has reached the specified backoff limit"}]}}
+
+    def pod(finished: str, message: str) -> dict:
+        return {"status": {"containerStatuses": [{"name": "fetch", "state": {"terminated": {
+            "exitCode": 2, "finishedAt": finished, "message": message}}}]}}
+
+    pods = [pod("2026-12-02T00:00:09Z", "botocore noise\ngrok-fetch: error: NoSuchBucket (the last try)\n"),
+            pod("2026-12-02T00:00:01Z", "grok-fetch: error: an older try")]
+    state, message = model_state(job, pods)
+    assert state == "FetchFailed"
+    assert message == ("fetch Job grok-fetch-1 failed: Job has reached the specified backoff limit; its last "
+                       "pod: grok-fetch: error: NoSuchBucket (the last try)")
+    assert model_state(job, [])[1] == ("fetch Job grok-fetch-1 failed: Job has reached the specified "
+                                       "backoff limit")
+    assert len(model_state(job, [pod("2026-12-02T00:00:09Z", "e" * 5000)])[1]) < 600  # a condition, not a log
+
+
+def test_the_fetch_job_keeps_its_logs_tail_as_the_termination_message():
+    spec, _ = built(model={"uri": "s3://bucket/grok-1"})
+    (fetch,) = manifests.fetch_job(spec)["spec"]["template"]["spec"]["containers"]
+    assert fetch["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
 def test_fetch_job_states():
     job = {"metadata": {"name": "grok-fetch-1"}, "status": {}}
     assert model_state(job)[0] == "Fetching"

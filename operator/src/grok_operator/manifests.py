@@ -636,6 +636,8 @@ def fetch_job(spec: GrokDeploymentSpec) -> dict[str, Any]:
         ],
         "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT}],
         "resources": {"requests": {"cpu": "2", "memory": "8Gi"}},
+        # grok-fetch's last line says why it failed: kept in the pod's status for the operator's condition.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if secret:
         container["envFrom"] = [{"secretRef": {"name": secret}}]

@@ -144,8 +144,29 @@ class ServiceMonitorProbe(CrdProbe):
         return self.labels if self() else None
 
 
-def model_state(job: dict[str, Any] | None) -> tuple[str, str]:
-    """Fetch Job status → (ModelReady state, message)."""
+# How much of a failed fetch pod's own message a condition carries (its last line: grok-fetch's error).
+FETCH_REASON_CHARS = 300
+
+
+def fetch_job_failed(job: dict[str, Any] | None) -> bool:
+    conditions = ((job or {}).get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Failed" and c.get("status") == "True" for c in conditions)
+
+
+def last_pod_reason(pods: list[dict[str, Any]]) -> str:
+    """The last line of the termination message of the fetch pod that ended last (the Job's container
+    keeps its logs' tail there: FallbackToLogsOnError), or ""."""
+    ended = [t for p in pods for cs in (p.get("status") or {}).get("containerStatuses") or []
+             if (t := (cs.get("state") or {}).get("terminated"))]
+    if not ended:
+        return ""
+    last = max(ended, key=lambda t: t.get("finishedAt") or "")
+    lines = [line.strip() for line in (last.get("message") or "").splitlines() if line.strip()]
+    return lines[-1][-FETCH_REASON_CHARS:] if lines else ""
+
+
+def model_state(job: dict[str, Any] | None, pods: list[dict[str, Any]] | None = None) -> tuple[str, str]:
+    """Fetch Job status (and, once it failed, its pods) → (ModelReady state, message)."""
     if job is None:
         return "Fetching", "starting the model fetch Job"
     status = job.get("status") or {}
@@ -153,9 +174,11 @@ def model_state(job: dict[str, Any] | None) -> tuple[str, str]:
         if c.get("type") == "Complete" and c.get("status") == "True":
             return "Ready", "weights fetched into the model cache"
         if c.get("type") == "Failed" and c.get("status") == "True":
+            reason = last_pod_reason(pods or [])
             return (
                 "FetchFailed",
-                f"fetch Job {job['metadata']['name']} failed: {c.get('message') or c.get('reason')}",
+                f"fetch Job {job['metadata']['name']} failed: {c.get('message') or c.get('reason')}"
+                + (f"; its last pod: {reason}" if reason else ""),
             )
     return (
         "Fetching",
@@ -302,7 +325,10 @@ def reconcile(kube: Kube, body: dict[str, Any], service_monitors: ServiceMonitor
         ensure_shared(kube, manifests.model_cache_claim(spec), manager)
         job = ensure_shared(kube, manifests.fetch_job(spec), manager)
         applied += ["PersistentVolumeClaim", "Job"]
-        model = model_state(job)
+        # Only a failed Job's pods are read (why it failed is in their termination message).
+        selector = f"batch.kubernetes.io/job-name={job['metadata']['name']}"
+        pods = kube.list("v1", "Pod", spec.namespace, selector) if fetch_job_failed(job) else []
+        model = model_state(job, pods)
 
     deployment = None
     if the_plan.multi_node and not leader_worker_sets():

@@ -323,6 +323,24 @@ def exit_reason(exit_code: int, killed_by_oom: bool = False) -> str:
     return "Completed" if exit_code == 0 else "Error"
 
 
+# A kubelet's limits on a termination message taken from the logs (FallbackToLogsOnError).
+FALLBACK_MESSAGE_LINES = 80
+FALLBACK_MESSAGE_BYTES = 2048
+
+
+def termination_message(spec: dict[str, Any], exit_code: int, cri_log: str) -> str | None:
+    """`terminated.message` as a kubelet sets it for a container that wrote no termination-message file
+    (the runner gives none): with `terminationMessagePolicy: FallbackToLogsOnError` and a failure, the tail of
+    its output (the last 80 lines, at most 2 KiB); otherwise none."""
+    if spec.get("terminationMessagePolicy") != "FallbackToLogsOnError" or exit_code == 0:
+        return None
+    # CRI log lines: "<time> <stream> <tag> <text>".
+    split = (line.split(" ", 3) for line in cri_log.splitlines())
+    lines = [parts[3] if len(parts) == 4 else "" for parts in split]
+    tail = "\n".join(lines[-FALLBACK_MESSAGE_LINES:]).encode()[-FALLBACK_MESSAGE_BYTES:]
+    return tail.decode(errors="ignore") or None
+
+
 # ---- status ---------------------------------------------------------------------------------------------
 
 
