@@ -1,16 +1,22 @@
 """One replica across nodes, without an engine: the flags of grok-server and grok-server-worker, the engine
-arguments they make, and the heartbeat watches (group.py) against a fake store and real sockets."""
+arguments they make, the heartbeat watches (group.py) against a fake store and real sockets, and the
+rendezvous store bound to the master address (rendezvous.py) with torch's own store."""
 
 from __future__ import annotations
 
+import datetime
+import importlib
+import os
 import socket
 import threading
 import time
 
 import pytest
 
+from grok_server.server import rendezvous
 from grok_server.server.config import parse_args, parse_worker_args
 from grok_server.server.group import LeaderWatch, PeerWatch, heartbeat_interval, heartbeat_key, port_open
+from tests.server.serverlib import listening_addresses
 
 LEADER = ["--model", "m", "--tp", "2", "--pp", "2", "--nnodes", "2", "--node-rank", "0",
           "--master-addr", "leader.example", "--master-port", "29501"]
@@ -221,3 +227,29 @@ def test_a_stopped_watch_reports_nothing(listening: socket.socket) -> None:
     store.fail = True
     time.sleep(3 * worker.interval)
     assert worker.stopped and worker.lost() is None
+
+
+def test_the_rendezvous_store_listens_on_the_master_address_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch's tcp:// rendezvous (what vLLM uses across nodes) with the store bound as grok-server asks."""
+    store_module = importlib.import_module("torch.distributed.rendezvous")
+    monkeypatch.setattr(store_module, "_create_c10d_store", store_module._create_c10d_store)  # undone after
+    monkeypatch.delenv(rendezvous.BIND_ENV, raising=False)
+    rendezvous.install()
+    assert not getattr(store_module._create_c10d_store, "grok_bound_to_master_addr", False)  # not asked for
+    monkeypatch.setenv(rendezvous.BIND_ENV, "1")
+    rendezvous.install()
+    rendezvous.install()  # idempotent (every vLLM process calls the plugin, some more than once)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = store_module._create_c10d_store("127.0.0.1", port, 0, 1, datetime.timedelta(seconds=30))
+    store.set("k", "v")
+    assert store.get("k") == b"v"
+    listening = {address for address in listening_addresses([os.getpid()]) if address[1] == port}
+    assert listening == {("127.0.0.1", port)}  # torch alone: ("::", port) or ("0.0.0.0", port)
+    del store
+
+
+def test_a_store_address_not_of_this_host_cannot_be_bound() -> None:
+    with pytest.raises(OSError):
+        rendezvous.listen_socket("192.0.2.1", 0)  # TEST-NET-1: never an address of this host
