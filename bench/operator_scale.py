@@ -146,7 +146,9 @@ def main() -> int:
             born = {g["metadata"]["name"]: parse_time(g["metadata"]["creationTimestamp"])
                     for g in listed["items"]}
             if args.multinode:
-                workloads = [(w["metadata"]["name"], parse_time(w["metadata"]["creationTimestamp"]))
+                # Named <name>-group; the deployment label names its GrokDeployment.
+                workloads = [(w["metadata"]["labels"]["serving.grok.dev/deployment"],
+                              parse_time(w["metadata"]["creationTimestamp"]))
                              for w in custom.list_namespaced_custom_object(
                                  "leaderworkerset.x-k8s.io", "v1", "bench", "leaderworkersets")["items"]]
             else:

@@ -14,7 +14,7 @@ from grok_operator.reconcile import (
     model_state,
     unschedulable_messages,
 )
-from grok_operator.resource import GrokDeploymentSpec, ModelSource
+from grok_operator.resource import INSTANCE_LABEL, GrokDeploymentSpec, ModelSource
 from grok_operator.status import Observed, conditions_and_phase, merge_conditions
 
 
@@ -447,6 +447,18 @@ def test_the_worker_flags_are_the_engine_flags_grok_server_worker_accepts():
     switches = {o for a in build_worker_parser()._actions if a.nargs == 0 for o in a.option_strings}
     assert accepted - planned - switches == manifests.WORKER_VALUE_FLAGS
     assert accepted & switches == manifests.WORKER_SWITCHES
+
+
+def test_the_leader_worker_sets_own_service_name_is_none_of_ours():
+    """LWS makes a headless Service named like the LeaderWorkerSet (its pods' DNS: LWS_LEADER_ADDRESS); one
+    of the operator's Services by that name is refused (two controller owners) or, made first, taken by LWS
+    as its headless Service, and the group's leader address does not resolve on a cluster."""
+    spec, the_plan = built(model={"uri": "pvc://weights/grok-1"})
+    children = desired_children(spec, the_plan, None)
+    (lws,) = [c for c in children if c["kind"] == "LeaderWorkerSet"]
+    services = {c["metadata"]["name"] for c in children if c["kind"] == "Service"}
+    assert lws["metadata"]["name"] not in services
+    assert lws["metadata"]["labels"][INSTANCE_LABEL] == spec.name  # how the operator finds it
 
 
 def test_a_single_node_plan_stays_a_deployment():

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.cluster
 
 GROUP = "leaderworkerset.sigs.k8s.io"
 HOLD = "grok-test.dev/hold"  # a finalizer of the test's own
+LWS = "big-group"  # not "big": LWS names its pods' headless Service like itself, and "big" is the router's
 
 
 def bf16_on_h100(**spec) -> dict:
@@ -31,15 +32,22 @@ def bf16_on_h100(**spec) -> dict:
 
 
 def group_pods(cluster: DevCluster, ns: str) -> list[dict]:
-    return list(cluster.get_json("pods", "-n", ns, "-l", f"{GROUP}/name=big")["items"])
+    return list(cluster.get_json("pods", "-n", ns, "-l", f"{GROUP}/name={LWS}")["items"])
 
 
 def test_a_two_node_replica_is_a_leader_worker_set_group(devcluster, k8s_namespace, grok_operator):
     ns = k8s_namespace
     assert apply(devcluster, ns, weights_claim(), bf16_on_h100()).returncode == 0
-    lws = wait_for(lambda: get(devcluster, ns, "leaderworkerset", "big"), 120, message="the LeaderWorkerSet")
+    lws = wait_for(lambda: get(devcluster, ns, "leaderworkerset", LWS), 120, message="the LeaderWorkerSet")
     assert lws["spec"]["leaderWorkerTemplate"]["size"] == 2
     assert get(devcluster, ns, "deployment", "big") is None  # one workload, not two
+    # Two Services, two owners: the group's headless one (LWS's, for LWS_LEADER_ADDRESS) and the router's.
+    group_service = wait_for(lambda: get(devcluster, ns, "service", LWS), 120, message="LWS's Service")
+    assert group_service["spec"]["clusterIP"] == "None"
+    assert [o["kind"] for o in group_service["metadata"]["ownerReferences"]] == ["LeaderWorkerSet"]
+    router_service = wait_for(lambda: get(devcluster, ns, "service", "big"), 120, message="router Service")
+    assert router_service["spec"]["clusterIP"] != "None"
+    assert [o["kind"] for o in router_service["metadata"]["ownerReferences"]] == ["GrokDeployment"]
 
     def running_group() -> list[dict] | None:
         pods = group_pods(devcluster, ns)
@@ -65,7 +73,7 @@ def test_a_two_node_replica_is_a_leader_worker_set_group(devcluster, k8s_namespa
     # the second group's worker waits for a node, and the status says so.
     devcluster.kubectl("scale", "grokd", "big", "-n", ns, "--replicas", "2")
     def groups() -> int:
-        return int((get(devcluster, ns, "leaderworkerset", "big") or {}).get("spec", {}).get("replicas", -1))
+        return int((get(devcluster, ns, "leaderworkerset", LWS) or {}).get("spec", {}).get("replicas", -1))
 
     wait_for(lambda: groups() == 2, 120, message="the LeaderWorkerSet scaled to 2 groups")
     wait_for(lambda: len(group_pods(devcluster, ns)) == 4, 120, message="the second group's pods")

@@ -37,7 +37,7 @@ class Duo:
     ns: str
 
     def group(self) -> list[dict]:
-        return list(self.cluster.get_json("pods", "-n", self.ns, "-l", f"{GROUP}/name={NAME}")["items"])
+        return list(self.cluster.get_json("pods", "-n", self.ns, "-l", f"{GROUP}/name={NAME}-group")["items"])
 
     def running_group(self) -> dict[str, dict] | None:
         """The group's pods by worker index, once both are Ready and none is going."""

@@ -338,12 +338,18 @@ def _worker_template(spec: GrokDeploymentSpec, plan: Plan) -> dict[str, Any]:
     return template
 
 
+def leader_worker_set_name(spec: GrokDeploymentSpec) -> str:
+    """Not the GrokDeployment's name: LWS makes a headless Service named like the LeaderWorkerSet for its
+    pods' DNS (LWS_LEADER_ADDRESS), and `<name>` is the router's Service."""
+    return f"{spec.name}-group"
+
+
 def leader_worker_set(spec: GrokDeploymentSpec, plan: Plan,
                       scrape_annotations: bool = True) -> dict[str, Any]:
     """A replica that spans nodes: a LeaderWorkerSet group of `nodes_per_replica` pods (the leader is node
     rank 0 and serves; the workers are the other stages), failing and restarting as a whole, replaced
     group by group on rollouts."""
-    meta = _metadata(spec, spec.name)
+    meta = _metadata(spec, leader_worker_set_name(spec))
     topology = spec.parallelism.get("topologyKey")
     if topology:
         meta["annotations"] = {"leaderworkerset.sigs.k8s.io/exclusive-topology": topology}
