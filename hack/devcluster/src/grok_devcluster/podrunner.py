@@ -410,10 +410,11 @@ class PodWorker(threading.Thread):
         c.ready = False
         terminated = {"exitCode": code, "reason": podspec.exit_reason(code), "startedAt": run.started_at,
                       "finishedAt": now_rfc3339(), "containerID": f"grok-runner://{run.proc.pid}"}
-        with contextlib.suppress(OSError):
-            message = podspec.termination_message(c.spec, code, run.log.path.read_text(errors="replace"))
-            if message:
-                terminated["message"] = message
+        if podspec.falls_back_to_logs(c.spec, code):  # only then is the log read (a server's can be large)
+            with contextlib.suppress(OSError):
+                message = podspec.termination_message(c.spec, code, run.log.path.read_text(errors="replace"))
+                if message:
+                    terminated["message"] = message
         if c.init:  # an init container runs to success: restarted on failure unless the policy is Never
             restart = code != 0 and self.policy != "Never"
         else:

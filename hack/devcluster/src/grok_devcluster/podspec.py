@@ -328,11 +328,16 @@ FALLBACK_MESSAGE_LINES = 80
 FALLBACK_MESSAGE_BYTES = 2048
 
 
+def falls_back_to_logs(spec: dict[str, Any], exit_code: int) -> bool:
+    """Whether a kubelet would take this exit's termination message from the container's logs."""
+    return spec.get("terminationMessagePolicy") == "FallbackToLogsOnError" and exit_code != 0
+
+
 def termination_message(spec: dict[str, Any], exit_code: int, cri_log: str) -> str | None:
     """`terminated.message` as a kubelet sets it for a container that wrote no termination-message file
     (the runner gives none): with `terminationMessagePolicy: FallbackToLogsOnError` and a failure, the tail of
     its output (the last 80 lines, at most 2 KiB); otherwise none."""
-    if spec.get("terminationMessagePolicy") != "FallbackToLogsOnError" or exit_code == 0:
+    if not falls_back_to_logs(spec, exit_code):
         return None
     # CRI log lines: "<time> <stream> <tag> <text>".
     split = (line.split(" ", 3) for line in cri_log.splitlines())
