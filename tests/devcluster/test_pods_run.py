@@ -112,7 +112,8 @@ def served(devcluster: DevCluster, grok_operator: OperatorProcess, namespace: st
     return Served(namespace, pod, seen)
 
 
-def test_the_pod_runs_the_operators_server_and_is_ready_only_once_loaded(served: Served) -> None:
+def test_the_pod_runs_the_operators_server_and_is_ready_only_once_loaded(devcluster: DevCluster,
+                                                                        served: Served) -> None:
     pod = served.pod
     assert served.ip.startswith("127.65."), served.ip
     args = pod["spec"]["containers"][0]["args"]
@@ -122,6 +123,18 @@ def test_the_pod_runs_the_operators_server_and_is_ready_only_once_loaded(served:
     assert served.readiness_seen[0] is False and served.readiness_seen[-1] is True, served.readiness_seen
     status = pod["status"]["containerStatuses"][0]
     assert "running" in status["state"] and status["restartCount"] == 0
+    # The operator puts the server's own account of its start (GET /startup) in the GrokDeployment's status.
+    name = pod["metadata"]["name"]
+
+    def last_startup() -> dict | None:
+        body = devcluster.get_json("grokdeployment", NAME, "-n", served.ns)
+        found = (body.get("status") or {}).get("lastStartup")
+        return found if found and found.get("pod") == name else None
+
+    startup = wait_for(last_startup, 120, interval=1, message="status.lastStartup of the Ready pod")
+    assert startup["seconds"] > 0
+    assert {"imports", "engine_processes"} <= set(startup["phases"]), startup
+    assert startup["weightsSource"] and startup["compileCache"] in ("hit", "miss", "off"), startup
 
 
 def test_a_grpc_call_at_the_pods_address_is_served(served: Served) -> None:

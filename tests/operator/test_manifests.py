@@ -93,6 +93,7 @@ def test_server_args_are_what_grok_server_accepts():
     assert cfg.drain_grace_seconds == 90 < d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert cfg.max_concurrent_requests == 64 and cfg.port == 50051 and cfg.metrics_port == 9090
     assert cfg.engine_args == {"max_num_batched_tokens": 4096}
+    assert str(cfg.compile_cache_dir) == "/var/cache/grok-serve/compile"
 
 
 def test_user_passthrough_is_merged_but_cannot_change_the_gpu_count():
@@ -110,6 +111,71 @@ def test_user_passthrough_is_merged_but_cannot_change_the_gpu_count():
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "pool": "serving"}
     assert {"key": "dedicated", "operator": "Exists"} in pod["tolerations"]
     assert pod["priorityClassName"] == "inference"
+
+
+def _compile_cache(template):
+    pod = template["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "compile-cache"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "compile-cache"]
+    args = pod["containers"][0]["args"]
+    return volume, mount["mountPath"], args[args.index("--compile-cache-dir") + 1]
+
+
+def test_the_compile_cache_is_a_folder_of_the_node_by_default():
+    spec, p = built()
+    volume, mounted, flag = _compile_cache(manifests.deployment(spec, p)["spec"]["template"])
+    assert volume == {"name": "compile-cache",
+                      "hostPath": {"path": "/var/cache/grok-serve/compile", "type": "DirectoryOrCreate"}}
+    assert mounted == flag == "/var/cache/grok-serve/compile"
+
+
+@pytest.mark.parametrize("source", [
+    {"persistentVolumeClaim": {"claimName": "compile-rwx"}},  # one cache per cluster
+    {"emptyDir": {}},  # a cache per pod: in effect off
+    {"hostPath": {"path": "/mnt/nvme/grok-compile", "type": "Directory"}},
+])
+def test_the_compile_cache_volume_is_the_one_the_spec_names(source):
+    spec, p = built(server={"compileCache": source})
+    volume, mounted, flag = _compile_cache(manifests.deployment(spec, p)["spec"]["template"])
+    assert volume == {"name": "compile-cache", **source}
+    assert mounted == flag == "/var/cache/grok-serve/compile"  # in the pod, always the same folder
+
+
+def test_a_host_path_compile_cache_without_a_type_may_be_created():
+    spec, p = built(server={"compileCache": {"hostPath": {"path": "/srv/cc"}}})
+    volume, _, _ = _compile_cache(manifests.deployment(spec, p)["spec"]["template"])
+    assert volume["hostPath"] == {"path": "/srv/cc", "type": "DirectoryOrCreate"}
+
+
+@pytest.mark.parametrize("source, words", [
+    ({"hostPath": {"path": "/a"}, "emptyDir": {}}, "exactly one"),
+    ({}, "exactly one"),
+    ({"hostPath": {"path": "relative"}}, "absolute"),
+    ({"persistentVolumeClaim": {}}, "claimName"),
+])
+def test_a_compile_cache_the_crd_would_refuse_is_an_invalid_spec(source, words):
+    from grok_operator.reconcile import planned, read_spec
+
+    spec = read_spec(body(server={"compileCache": source}))
+    _, error = planned(spec)
+    assert error is not None and error[0] == "InvalidSpec" and words in error[1]
+
+
+def test_the_crd_defaults_the_compile_cache_as_the_operator_does():
+    from pathlib import Path
+
+    import yaml
+
+    from grok_operator.resource import DEFAULT_COMPILE_CACHE
+
+    crd = yaml.safe_load((Path(__file__).parents[2] / "charts/grok-operator/crds/"
+                          "grokdeployments.serving.grok.dev.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    cache = schema["properties"]["spec"]["properties"]["server"]["properties"]["compileCache"]
+    assert cache["default"] == DEFAULT_COMPILE_CACHE
+    assert set(cache["properties"]) == {"hostPath", "persistentVolumeClaim", "emptyDir"}
+    assert "exactly one" in cache["x-kubernetes-validations"][0]["message"]
+    assert "lastStartup" in schema["properties"]["status"]["properties"]
 
 
 def test_fetched_models_share_one_cache_volume_and_job_per_model():
@@ -423,6 +489,10 @@ def test_a_multi_node_plan_is_a_leader_worker_set_of_whole_groups():
     assert "ports" not in work and "readinessProbe" not in work and "livenessProbe" not in work
     assert work["command"] == ["grok-server-worker"] and "--leader-wait-seconds" in work["args"]
     assert {"name": "VLLM_HOST_IP", "value": "$(POD_IP)"} in work["env"]
+    # Every rank of the group compiles: leader and workers use the node's compile cache alike.
+    for template in (leader, worker):
+        volume, mounted, flag = _compile_cache(template)
+        assert "hostPath" in volume and mounted == flag == "/var/cache/grok-serve/compile"
 
 
 def test_workers_get_the_engine_flags_of_engine_args_and_never_the_serving_ones():

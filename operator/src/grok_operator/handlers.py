@@ -46,6 +46,8 @@ from grok_operator.reconcile import (
 )
 from grok_operator.resource import GROUP, INSTANCE_LABEL, MANAGED_BY, MODEL_LABEL, PLURAL, VERSION
 from grok_operator.scaling import History, Observation, Policy, decide
+from grok_operator.startup import cache_unavailable, newest_ready_server
+from grok_operator.startup_reports import StartupReports
 from grok_operator.status import condition, merge_conditions, now, status_patch
 
 log = logging.getLogger("grok_operator")
@@ -77,6 +79,7 @@ class State:
     written: dict[str, dict[str, Any]] = {}  # uid -> the status this process last wrote
     models: dict[str, tuple[str, str]] = {}  # uid -> model state (Ready, Fetching, ...) at the last reconcile
     status_locks: dict[str, threading.Lock] = {}
+    startup_reports = StartupReports()  # the servers' /startup reports by pod uid (status.lastStartup)
     lock = threading.Lock()
 
 
@@ -112,16 +115,28 @@ def grokds(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, An
     return {(namespace, name): _plain(body)}
 
 
+def _metrics_port(spec: Any) -> int | None:
+    for container in (spec or {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("name") == "metrics":
+                return int(port["containerPort"])
+    return None
+
+
 @kopf.index("", "v1", "pods", labels=SERVER_PODS)
 def server_pods(
-    namespace: str, labels: dict[str, str], meta: kopf.Meta, status: kopf.Status, **_: Any
+    namespace: str, labels: dict[str, str], meta: kopf.Meta, status: kopf.Status, uid: str = "",
+    spec: kopf.Spec | None = None, **_: Any
 ) -> dict[Any, Any]:
-    # The parts of a pod that statuses and the autoscaler read (the name: to say which pod fails).
+    # The parts of a pod that statuses and the autoscaler read (the name: to say which pod fails; the uid,
+    # name label, podIP and metrics port: to fetch a server's start-up report once).
     return {
         (namespace, labels.get(INSTANCE_LABEL)): {
-            "metadata": {"name": meta.name},
+            "metadata": {"name": meta.name, "uid": uid,
+                         "labels": {"app.kubernetes.io/name": labels.get("app.kubernetes.io/name", "")}},
             "status": _plain(status),
             "created": meta.creation_timestamp,
+            "metricsPort": _metrics_port(spec),
         }
     }
 
@@ -300,6 +315,7 @@ def _refresh_status(owner: dict[str, Any], views: Views) -> None:
     model = State.models.get(owner["metadata"]["uid"])
     if model is None:
         return  # not reconciled by this process yet: the GrokDeployment's own event comes first
+    _collect_startup(owner, views.pods(spec.namespace, spec.name), int(spec.server.get("metricsPort", 9090)))
 
     def make(old: dict[str, Any]) -> dict[str, Any]:
         observed = observe(
@@ -308,10 +324,26 @@ def _refresh_status(owner: dict[str, Any], views: Views) -> None:
             views.deployment(spec.namespace, spec.name),
             views.pods(spec.namespace, spec.name),
             model,
+            State.startup_reports.snapshot(),
         )
         return status_patch(observed, old, spec.generation)
 
     _with_retries(lambda: _write_status(owner, make))
+
+
+def _collect_startup(owner: dict[str, Any], pods: list[dict[str, Any]], metrics_port: int) -> None:
+    """Fetches the start-up report of the server pod that turned Ready last, once per pod (outside the
+    status lock: a slow pod delays no status write for long, and fails nothing); says once per pod when the
+    compile cache volume could not be used."""
+    pod = newest_ready_server(pods)
+    report = State.startup_reports.collect(pod, metrics_port) if pod is not None else None
+    reason = cache_unavailable(report) if report is not None else None
+    reported = ((owner.get("status") or {}).get("lastStartup") or {}).get("pod")
+    if pod is not None and reason and reported != pod["metadata"]["name"]:  # (said before a restart of ours)
+        log.warning("%s/%s: pod %s runs without its compile cache: %s", owner["metadata"]["namespace"],
+                    owner["metadata"]["name"], pod["metadata"]["name"], reason)
+        kopf.event(owner, type="Warning", reason="CompileCacheUnavailable",
+                   message=f"pod {pod['metadata']['name']}: {reason}")
 
 
 # -- GrokDeployment ---------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 from grok_operator.planner import Plan, weight_bytes
 from grok_operator.resource import (
     API_VERSION,
+    COMPILE_CACHE_PATH,
     INSTANCE_LABEL,
     KIND,
     MANAGED_BY,
@@ -85,6 +86,12 @@ def _model_volume(spec: GrokDeploymentSpec) -> dict[str, Any]:
     return {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
 
 
+def _compile_cache_volume(spec: GrokDeploymentSpec) -> dict[str, Any]:
+    """spec.server.compileCache as the pod's volume: a node's folder (the default), a claim (ReadWriteMany:
+    one cache per cluster) or an emptyDir (a cache per pod, so in effect none)."""
+    return {"name": "compile-cache", **copy.deepcopy(spec.compile_cache)}
+
+
 def server_args(spec: GrokDeploymentSpec, plan: Plan) -> list[str]:
     s = spec.server
     args = [
@@ -118,6 +125,10 @@ def server_args(spec: GrokDeploymentSpec, plan: Plan) -> list[str]:
         str(s.get("maxConnectionAgeSeconds", 300)),
         "--max-connection-age-grace-seconds",
         str(MAX_CONNECTION_AGE_GRACE_SECONDS),
+        # vLLM's compile caches, on the spec.server.compileCache volume (a folder not writable: the server
+        # starts without the cache and says why).
+        "--compile-cache-dir",
+        COMPILE_CACHE_PATH,
     ]
     if spec.quantization != "none":
         args += ["--quantization", spec.quantization]
@@ -218,6 +229,7 @@ def server_pod_template(spec: GrokDeploymentSpec, plan: Plan, scrape_annotations
                 "volumeMounts": [
                     {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True},
                     {"name": "dshm", "mountPath": "/dev/shm"},
+                    {"name": "compile-cache", "mountPath": COMPILE_CACHE_PATH},
                 ],
             }
         ],
@@ -226,6 +238,7 @@ def server_pod_template(spec: GrokDeploymentSpec, plan: Plan, scrape_annotations
             _model_volume(spec),
             # Tensor-parallel ranks exchange activations through shared memory.
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{max(2, 4 * tp)}Gi"}},
+            _compile_cache_volume(spec),
         ],
     }
     for key in ("affinity", "priorityClassName", "serviceAccountName"):
@@ -290,7 +303,8 @@ def leader_args(spec: GrokDeploymentSpec, plan: Plan) -> list[str]:
 # rank must build the same engine. (--model and the parallel sizes come from the plan, for all of them.)
 WORKER_VALUE_FLAGS = frozenset({"--tokenizer", "--kv-cache-memory-bytes", "--gpu-memory-utilization",
                                 "--max-num-seqs", "--engine-arg", "--served-model-name", "--dtype",
-                                "--max-model-len", "--quantization"})
+                                "--max-model-len", "--quantization", "--compile-cache-dir",
+                                "--engine-worker"})
 WORKER_SWITCHES = frozenset({"--enforce-eager"})
 
 
@@ -315,7 +329,8 @@ def worker_args(spec: GrokDeploymentSpec, plan: Plan) -> list[str]:
     same engine flags as the leader (the serving ones are the leader's alone)."""
     args = ["--model", model_path(spec), "--tensor-parallel-size", str(plan.tensor_parallel_size),
             "--max-model-len", str(spec.max_model_len),
-            "--gpu-memory-utilization", str(spec.server.get("gpuMemoryUtilization", 0.9))]
+            "--gpu-memory-utilization", str(spec.server.get("gpuMemoryUtilization", 0.9)),
+            "--compile-cache-dir", COMPILE_CACHE_PATH]  # the same volume as the leader's (the pod template's)
     if spec.quantization != "none":
         args += ["--quantization", spec.quantization]
     if spec.dtype != "auto":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from grok_operator.autoscaler import last_startup_seconds
 from grok_operator.kube import Kube
 from grok_operator.planner import Plan, PlanError, plan
 from grok_operator.resource import MANAGED_BY, GrokDeploymentSpec
+from grok_operator.startup import last_startup
 from grok_operator.status import Observed, status_patch
 
 log = logging.getLogger(__name__)
@@ -251,7 +253,9 @@ def observe(
     deployment: dict[str, Any] | None,
     pods: list[dict[str, Any]],
     model: tuple[str, str],
+    startup_reports: Mapping[str, dict[str, Any]] | None = None,
 ) -> Observed:
+    """`startup_reports`: the servers' start-up reports fetched so far, by pod uid (status.lastStartup)."""
     dstatus = (deployment or {}).get("status") or {}
     # A LeaderWorkerSet's status has no observedGeneration: its counts are of groups, current when read.
     current = deployment is not None and (
@@ -270,6 +274,7 @@ def observe(
         failing_pods=failing_pod_messages(pods),
         stalled=stalled_message(deployment),
         last_startup_seconds=last_startup_seconds(pods),
+        last_startup=last_startup(pods, startup_reports or {}),
         endpoint=f"{spec.name}.{spec.namespace}.svc:{port}",
         http_endpoint=(f"http://{spec.name}.{spec.namespace}.svc:{spec.router.get('httpPort', 8080)}/v1"
                        if spec.router_enabled else ""),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,34 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 INSTANCE_LABEL = f"{GROUP}/deployment"
 MODEL_LABEL = f"{GROUP}/model"  # on the model cache and fetch Job, shared by deployments of one model
 MANAGED_BY = "grok-operator"
+
+# Where vLLM's compile caches live (spec.server.compileCache): shared per node by default, as the artifacts
+# depend on the node's GPU product and a node's local disk is the fastest to read them back from.
+COMPILE_CACHE_PATH = "/var/cache/grok-serve/compile"
+COMPILE_CACHE_SOURCES = ("hostPath", "persistentVolumeClaim", "emptyDir")
+DEFAULT_COMPILE_CACHE: dict[str, Any] = {
+    "hostPath": {"path": COMPILE_CACHE_PATH, "type": "DirectoryOrCreate"},
+}
+
+
+def compile_cache_source(server: dict[str, Any]) -> dict[str, Any]:
+    """spec.server.compileCache, checked as the CRD checks it (exactly one volume source), with defaults."""
+    given = server.get("compileCache")
+    if given is None:
+        return copy.deepcopy(DEFAULT_COMPILE_CACHE)
+    named = [k for k in COMPILE_CACHE_SOURCES if given.get(k) is not None]
+    if len(named) != 1:
+        raise ValueError("spec.server.compileCache must name exactly one of hostPath, persistentVolumeClaim "
+                         f"or emptyDir, not {sorted(given) or 'none'}")
+    (kind,) = named
+    source = dict(given[kind])
+    if kind == "hostPath":
+        if not str(source.get("path", "")).startswith("/"):
+            raise ValueError("spec.server.compileCache.hostPath.path must be an absolute path")
+        source.setdefault("type", "DirectoryOrCreate")
+    elif kind == "persistentVolumeClaim" and not source.get("claimName"):
+        raise ValueError("spec.server.compileCache.persistentVolumeClaim.claimName is required")
+    return {kind: source}
 
 
 @dataclass(frozen=True)
@@ -82,6 +111,7 @@ class GrokDeploymentSpec:
     router: dict[str, Any] = field(default_factory=dict)
     parallelism: dict[str, Any] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    compile_cache: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_COMPILE_CACHE))
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> GrokDeploymentSpec:
@@ -119,6 +149,7 @@ class GrokDeploymentSpec:
             router=spec.get("router") or {},
             parallelism=spec.get("parallelism") or {},
             labels=dict(meta.get("labels") or {}),
+            compile_cache=compile_cache_source(spec.get("server") or {}),
         )
 
     def plan_request(self) -> PlanRequest:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from grok_operator.planner import Plan
+from grok_operator.startup import replacing
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Observed:
     http_endpoint: str = ""
     blocked: tuple[str, str] | None = None  # (reason, message): an API the plan needs is not installed
     last_startup_seconds: float | None = None  # creation to Ready of the replica that turned Ready last
+    last_startup: dict[str, Any] | None = None  # that replica's own report (startup.startup_status)
     selector: str = ""
 
 
@@ -191,4 +193,6 @@ def status_patch(o: Observed, old_status: dict[str, Any], generation: int) -> di
         status["plan"] = o.plan.to_status()
     if o.last_startup_seconds is not None:
         status["lastStartupSeconds"] = round(o.last_startup_seconds)
+    if o.last_startup is not None:
+        status["lastStartup"] = replacing(old_status.get("lastStartup"), o.last_startup)
     return status

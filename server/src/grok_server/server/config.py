@@ -32,6 +32,8 @@ class ServerConfig:
     gpu_memory_utilization: float | None = None
     max_num_seqs: int | None = None
     enforce_eager: bool = False
+    compile_cache_dir: Path | None = None
+    engine_worker: str = "auto"
     engine_args: dict[str, Any] = field(default_factory=dict)
     host: str = "0.0.0.0"
     port: int = 50051
@@ -51,6 +53,7 @@ class ServerConfig:
     auth_token_file: Path | None = None
     log_level: str = "INFO"
     warmup: bool = True
+    warmup_timeout_seconds: float = 600.0
     stream_interval: int = 0  # 0: auto
     cpu_affinity: str = "off"
 
@@ -126,6 +129,13 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     m.add_argument("--gpu-memory-utilization", type=float, help="fraction of GPU memory for the engine")
     m.add_argument("--max-num-seqs", type=_positive, help="the engine's largest running batch")
     m.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs / compilation (faster start)")
+    m.add_argument("--compile-cache-dir", type=Path,
+                   help="folder for vLLM's compile caches that outlives the pod (a node's hostPath or a "
+                        "PVC), shared by replicas, keyed by what changes the artifacts; unset: a private one")
+    m.add_argument("--engine-worker", choices=("auto", "process", "in-engine-core"), default="auto",
+                   help="at one rank on the CPU backend, run the model in vLLM's engine-core process "
+                        "(in-engine-core: one process start fewer) or in a worker process of its own "
+                        "(process, vLLM's CPU default); auto: in-engine-core. GPUs, ranks > 1: vLLM decides")
     m.add_argument("--engine-arg", action="append", type=_engine_arg, default=[], metavar="KEY=VALUE",
                    help="any other vLLM engine argument (VALUE parsed as JSON when it can be); repeatable")
 
@@ -202,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     s.add_argument("--no-warmup", dest="warmup", action="store_false",
                    help="skip the one tiny request run before reporting SERVING")
+    s.add_argument("--warmup-timeout-seconds", type=_positive_seconds, default=600.0,
+                   help="a warm-up that runs longer is abandoned (the server turns SERVING and says so)")
     t = p.add_argument_group("security")
     t.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS with --tls-key")
     t.add_argument("--tls-key", type=Path, help="server private key (PEM)")

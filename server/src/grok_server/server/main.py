@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
 
 import grpc
 from grok.serving.v1 import generation_pb2 as pb
@@ -33,6 +34,7 @@ from grok_server.server.group import PeerWatch
 from grok_server.server.lifecycle import Lifecycle, Phase
 from grok_server.server.metrics import MetricsHTTPServer, ServerMetrics
 from grok_server.server.security import BearerTokenInterceptor, load_tokens, server_credentials
+from grok_server.server.startup_run import StartupRun
 
 log = logging.getLogger("grok_server")
 
@@ -68,8 +70,9 @@ def _grpc_options(cfg: ServerConfig) -> list[tuple[str, int]]:
 
 
 class Server:
-    def __init__(self, cfg: ServerConfig) -> None:
+    def __init__(self, cfg: ServerConfig, run: StartupRun | None = None) -> None:
         self.cfg = cfg
+        self.startup = run or StartupRun(cfg)
         self.health = health_aio.HealthServicer()
         self.lifecycle = Lifecycle(self.health, [SERVICE_NAME])
         self.admission = Admission(cfg.max_concurrent_requests)
@@ -87,6 +90,7 @@ class Server:
                                            cfg.stream_interval)
         self.engine = None
         self.peers: PeerWatch | None = None
+        self.startup.clock.mark("imports")  # grpc, torch and vLLM are in (the servicer imports the engine)
 
     def _build_grpc(self) -> grpc.aio.Server:
         interceptors = []
@@ -111,8 +115,10 @@ class Server:
         from grok_server.server import engine as eng
 
         loop = asyncio.get_running_loop()
+        compile_outcome = await loop.run_in_executor(None, self.startup.prepare_compile_cache)
         # Built in a thread so that health checks keep answering NOT_SERVING during a long load.
-        self.engine = await loop.run_in_executor(None, eng.create_engine, self.cfg, self.metrics.engine)
+        self.engine = await loop.run_in_executor(None, eng.create_engine, self.cfg, self.metrics.engine,
+                                                 self.startup.clock)
         engine = self.engine
         if self.cfg.nnodes > 1:
             # Every node has joined (else the engine could not have loaded): from now on each must be heard.
@@ -124,13 +130,30 @@ class Server:
         # an engine that dies while idle is noticed.
         engine._run_output_handler()
         if self.cfg.warmup:
-            await eng.warm_up(engine)
+            with self.startup.clock.phase("warmup"):
+                await self._warm_up(eng, engine)
         if self.cfg.cpu_affinity == "auto" and eng.runs_on_cpu():
             self._place_off_worker_cpus()
         limits = eng.limits_for(engine, self.cfg)
         info = eng.model_info(engine, self.cfg, limits, __version__)
         self.metrics.build_info = {**self.metrics.build_info, "engine_version": info.engine_version}
         self.servicer.attach(engine, limits, info)
+        report = self.startup.report(compile_outcome)
+        self.metrics.startup = report
+        log.info("%s", report.summary())
+
+    async def _warm_up(self, eng: Any, engine: Any) -> None:
+        """Bounded: a warm-up that overruns is abandoned (its request aborted), and the server serves anyway
+        and says so, rather than never turning Ready."""
+        try:
+            await asyncio.wait_for(eng.warm_up(engine), self.cfg.warmup_timeout_seconds)
+        except TimeoutError:
+            self.startup.overran.append("warmup")
+            log.warning("start-up phase warmup overran its bound (--warmup-timeout-seconds %.3g): abandoned; "
+                        "serving without it (the first requests pay its one-time costs)",
+                        self.cfg.warmup_timeout_seconds)
+            with contextlib.suppress(Exception):
+                await engine.abort(eng.WARMUP_REQUEST_ID)
 
     def _place_off_worker_cpus(self) -> None:
         placed = placement.keep_off_worker_cpus()
@@ -192,6 +215,8 @@ class Server:
             return await self._shutdown(grpc_server, EXIT_ENGINE_FAILED)
         await self.lifecycle.set(Phase.SERVING)
         log.info("serving %s on port %d", self.cfg.served_model_name or self.cfg.model, self.port)
+        # After Ready: hashing the artifacts must not delay it.
+        asyncio.get_running_loop().run_in_executor(None, self.startup.publish_compile_cache)
 
         watch = asyncio.create_task(self._watch_engine())
         dead = asyncio.create_task(self.engine_dead.wait())
@@ -244,6 +269,7 @@ class Server:
         await grpc_server.stop(grace=1.0)
         if self.engine is not None:
             self.engine.shutdown()
+        self.startup.close()
         log.info("exiting with status %d", code)
         return code
 
@@ -259,7 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
     logging.basicConfig(level=cfg.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    code = asyncio.run(Server(cfg).run())
+    run = StartupRun(cfg)  # before vLLM is imported: its plugin reports to it
+    code = asyncio.run(Server(cfg, run).run())
     logging.shutdown()
     sys.exit(code)
 

@@ -2,13 +2,15 @@
 
 These names are a contract (the autoscaler and dashboards query them); they are computed by this server, never
 re-exported from vLLM, whose metric names have changed between releases. The same HTTP port also answers
-`/healthz` (liveness) and `/readyz` (readiness) so that Kubernetes probes work even when gRPC uses TLS.
+`/healthz` (liveness) and `/readyz` (readiness) so that Kubernetes probes work even when gRPC uses TLS, and
+`/startup`: the last start's phases as JSON.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import json
 import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +24,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from grok_server.server.lifecycle import Phase
+from grok_server.server.startup import StartupReport
 
 TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
                 20.0, 40.0, 60.0)
@@ -45,6 +48,9 @@ METRIC_NAMES = (
     "grok_request_duration_seconds",
     "grok_requests_total",
     "grok_build_info",
+    "grok_server_startup_seconds",
+    "grok_server_startup_phase_seconds",
+    "grok_server_compile_cache",
 )
 
 
@@ -91,6 +97,23 @@ class _GaugeCollector(Collector):
         info = InfoMetricFamily("grok_build", "Server and engine versions and the served model.")
         info.add_metric([], m.build_info)
         yield info
+        report = m.startup
+        if report is not None:
+            yield GaugeMetricFamily(
+                "grok_server_startup_seconds", "This server's last start: exec to Ready.",
+                value=report.seconds)
+            phases = GaugeMetricFamily(
+                "grok_server_startup_phase_seconds", "This server's last start, by phase (they add up to "
+                "grok_server_startup_seconds).", labels=["phase"])
+            for name, seconds in report.phases.items():
+                phases.add_metric([name], seconds)
+            yield phases
+            cache = GaugeMetricFamily(
+                "grok_server_compile_cache", "The compile cache at this server's start: 1 for the result it "
+                "had (hit, miss or off), 0 for the others.", labels=["result"])
+            for result in ("hit", "miss", "off"):
+                cache.add_metric([result], 1 if report.compile_cache.state == result else 0)
+            yield cache
 
 
 class RepeatedHistogram(Collector):
@@ -136,6 +159,7 @@ class ServerMetrics:
         self.max_concurrent = max_concurrent
         self.build_info = build_info
         self.phase = Phase.LOADING
+        self.startup: StartupReport | None = None
         self.in_flight: Callable[[], int] = lambda: 0
         self.engine_requests: Callable[[], int] = lambda: 0
         r = self.registry
@@ -176,8 +200,15 @@ def _handler_class(metrics: ServerMetrics) -> type[BaseHTTPRequestHandler]:
             elif path == "/readyz":
                 ready = metrics.phase is Phase.SERVING
                 self._reply(200 if ready else 503, metrics.phase.value.encode() + b"\n")
+            elif path == "/startup":
+                # Where this server's start went (the operator puts it in the GrokDeployment's status).
+                if metrics.startup is None:
+                    error = {"error": f"not started yet ({metrics.phase.value})"}
+                    self._reply(404, json.dumps(error).encode(), "application/json")
+                else:
+                    self._reply(200, json.dumps(metrics.startup.to_json()).encode(), "application/json")
             else:
-                self._reply(404, b"not found: try /metrics, /healthz or /readyz\n")
+                self._reply(404, b"not found: try /metrics, /healthz, /readyz or /startup\n")
 
         def _reply(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
             self.send_response(code)

