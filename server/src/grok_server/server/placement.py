@@ -92,6 +92,14 @@ def is_engine_worker(pid: int) -> bool:
     return process_title(pid).startswith("VLLM::Worker")
 
 
+def compute_processes(pids: Iterable[int]) -> set[int]:
+    """The processes that run the model: vLLM's workers, or the engine core where the model runs inside it
+    (grok-server's --engine-worker in-engine-core: then there is no worker process)."""
+    pids = list(pids)
+    workers = {pid for pid in pids if is_engine_worker(pid)}
+    return workers or {pid for pid in pids if "EngineCore" in process_title(pid)}
+
+
 def pin_threads(pid: int, cpus: set[int]) -> None:
     """Every thread of `pid` onto `cpus` (the affinity of a process is its threads' own, one by one)."""
     for tid in _threads(pid):
@@ -110,8 +118,10 @@ def keep_off_worker_cpus(root: int | None = None, allowed: set[int] | None = Non
     allowed = os.sched_getaffinity(root) if allowed is None else allowed
     others: list[int] = [root]
     worker_cpus: list[set[int]] = []
-    for pid in descendants(root):
-        if not is_engine_worker(pid):
+    tree = descendants(root)
+    computing = compute_processes(tree)
+    for pid in tree:
+        if pid not in computing:
             others.append(pid)
             continue
         with contextlib.suppress(OSError):

@@ -144,11 +144,18 @@ def build_report(clock: StartupClock, events: list[dict[str, Any]], ready_at: fl
                  compile_cache: CompileCacheOutcome, weights: WeightsInfo,
                  overran: list[str] | None = None) -> StartupReport:
     total = max(0.0, ready_at - clock.process_started)
-    model_class = _event_seconds([e for e in events if e.get("api")], "model_class_registered")
     phases = dict.fromkeys(PHASES, 0.0)
     phases["imports"] = clock.seconds("imports")
-    phases["model_class"] = min(model_class, clock.seconds("config"))
-    phases["config"] = clock.seconds("config") - phases["model_class"]
+    phases["config"] = clock.seconds("config")
+    # vLLM loads its plugins (ours registers the model class) at import or at config time: taken from that.
+    for e in events:
+        if e.get("api") and e.get("event") == "model_class_registered" and e.get("seconds") is not None:
+            spans = {name: clock.spans.get(name, (0.0, -1.0)) for name in ("imports", "config")}
+            within = next((name for name, (begun, ended) in spans.items() if begun <= float(e["t"]) <= ended),
+                          None)
+            if within is not None:
+                phases["model_class"] = min(float(e["seconds"]), phases[within])
+                phases[within] -= phases["model_class"]
     engine, processes = engine_phases(events, clock.spans.get("engine", (0.0, 0.0)))
     phases.update(engine)
     phases["warmup"] = clock.seconds("warmup")

@@ -4,7 +4,8 @@ vLLM times the heavy phases of a start (weights, compile, KV cache) inside its e
 processes and only logs them. grok-server names a file in `GROK_STARTUP_EVENTS` before it starts the
 engine; the processes inherit it, and the vLLM plugin (which vLLM loads in each of them) calls
 `install()`, which records when the process came up and listens to vLLM's own timing log records. Each
-event is one JSON line appended with a single write (O_APPEND), so processes never interleave within a line. grok-server reads the file once
+event is one JSON line appended with a single write (O_APPEND), so processes never interleave within a
+line. grok-server reads the file once
 the engine is up (startup.py turns the events into phases).
 
 Without the variable (any other use of vLLM), nothing is recorded.

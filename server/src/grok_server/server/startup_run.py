@@ -66,6 +66,9 @@ class StartupRun:
         cfg = self.cfg
         if cfg.compile_cache_dir is None:
             return CompileCacheOutcome("off", "no --compile-cache-dir: a private cache, gone at exit")
+        if (problem := compile_cache.unwritable(cfg.compile_cache_dir)) is not None:
+            log.warning("compile cache off: %s", problem)
+            return CompileCacheOutcome("off", problem, str(cfg.compile_cache_dir))
         if cfg.enforce_eager:
             return CompileCacheOutcome("off", "--enforce-eager: nothing is compiled")
         try:
@@ -75,6 +78,7 @@ class StartupRun:
         key = compile_cache.key_for(
             engine=_engine_version(), model=cfg.model, model_config=model_config,
             tensor=cfg.tensor_parallel_size, pipeline=cfg.pipeline_parallel_size, nnodes=cfg.nnodes,
+            node_rank=cfg.node_rank,
             dtype=cfg.dtype, quantization=cfg.quantization, device=compile_cache.device_name(
                 os.environ.get("GROK_GPU_PRODUCT")),
             engine_args={**cfg.engine_args, "max_model_len": cfg.max_model_len,

@@ -29,6 +29,7 @@ from typing import Any
 from grok_server.server import rendezvous
 from grok_server.server.config import ServerConfig, parse_worker_args
 from grok_server.server.group import LeaderWatch
+from grok_server.server.startup_run import StartupRun
 
 log = logging.getLogger("grok_server.worker")
 
@@ -90,13 +91,16 @@ def run(cfg: ServerConfig) -> int:
     threading.Thread(target=_supervise, args=(watch,), name="grok-leader-supervisor", daemon=True).start()
     _raise_on_signal()
     executor = None
+    startup = StartupRun(cfg)
     try:
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.executor.multiproc_executor import MultiprocExecutor
 
-        from grok_server.server.engine import engine_args, warn_known_problems
+        from grok_server.server.engine import engine_args, prepare_environment, warn_known_problems
 
         warn_known_problems(cfg)
+        prepare_environment()
+        startup.prepare_compile_cache()  # this node's ranks compile their own stages
         log.info("node %d of %d: starting this node's engine ranks for the leader at %s:%d", cfg.node_rank,
                  cfg.nnodes, cfg.master_addr, cfg.master_port)
         # The leader's AsyncLLM builds its config with the engine usage context: the same here, so that both
@@ -109,6 +113,7 @@ def run(cfg: ServerConfig) -> int:
             return EXIT_FAILED
         rendezvous.request_bound_store()  # only rank 0 (on the leader) serves it; same rule everywhere
         executor = MultiprocExecutor(vllm_config, monitor_workers=False)
+        startup.publish_compile_cache()
         log.info("node %d of %d: %d engine rank(s) ready (ranks %d-%d of %d)", cfg.node_rank, cfg.nnodes,
                  parallel.local_world_size, parallel.local_world_size * parallel.node_rank_within_dp,
                  parallel.local_world_size * (parallel.node_rank_within_dp + 1) - 1, parallel.world_size)
@@ -127,6 +132,7 @@ def run(cfg: ServerConfig) -> int:
         watch.stop()  # from here on, a closing store is expected
         if executor is not None:
             executor.shutdown()
+        startup.close()
 
 
 def main(argv: list[str] | None = None) -> None:
