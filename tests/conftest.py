@@ -2,11 +2,32 @@
 `operator_kubeconfig` and `grok_operator` (the operator running as the chart's ServiceAccount) from
 tests/operatorlib.py."""
 
+import os
 import pathlib
+import shutil
+import tempfile
 
 import pytest
 
+from tests.caches import COMPILE_CACHE_ENV
 from tests.operatorlib import grok_operator, operator_kubeconfig  # noqa: F401  (fixtures)
+
+_OWN_CACHE = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One compile cache for every engine of this run that compiles (pipeline-parallel replicas, group
+    restarts): a replica's second start reuses its first one's artifacts, as on a node. Tests of the cache's
+    own behaviour use caches of their own. Not kept between runs: each run starts cold, as CI does."""
+    if COMPILE_CACHE_ENV not in os.environ:
+        os.environ[COMPILE_CACHE_ENV] = tempfile.mkdtemp(prefix="grok-test-compile-cache-")
+        config.stash[_OWN_CACHE] = os.environ[COMPILE_CACHE_ENV]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    own = config.stash.get(_OWN_CACHE, None)
+    if own:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

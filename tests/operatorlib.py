@@ -19,6 +19,7 @@ import yaml
 from grok_devcluster import DevCluster
 from grok_devcluster.cluster import ClusterError
 from grok_devcluster.prometheus import free_port
+from tests.caches import run_compile_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "grok-operator"
@@ -187,7 +188,8 @@ def tiny_grokd(name: str, server: dict, claim: str = "weights", replicas: int = 
             "model": {"uri": f"pvc://{claim}/tiny", "profile": "grok-1-tiny", "maxModelLen": 1024},
             "gpu": {"product": "NVIDIA-H100-80GB-HBM3"},
             "replicas": replicas,
-            "server": server,
+            # The run's compile cache (tests/conftest.py), not the node default under /var/cache.
+            "server": {"compileCache": {"hostPath": {"path": run_compile_cache()}}, **server},
             **spec,
         },
     }

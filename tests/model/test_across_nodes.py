@@ -35,6 +35,7 @@ from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
 from grok_server import local
 from grok_server.server.placement import descendants, process_title
+from tests.caches import run_compile_cache
 from tests.server.serverlib import beyond_loopback, listening_addresses, stream_outcome
 
 # Small, fixed KV cache and context; fp32 so that log-probabilities compare to 1e-4.
@@ -140,6 +141,7 @@ def replica(model: Path, workdir: Path, *, tp: int, pp: int, eager: bool = True)
         "--tensor-parallel-size", str(tp), "--pipeline-parallel-size", str(pp),
         "--nnodes", "2", "--master-addr", "127.0.0.1", "--master-port", str(local.free_port()),
         "--peer-timeout-seconds", str(PEER_TIMEOUT_SECONDS),
+        "--compile-cache-dir", run_compile_cache(),
     )
     # One core per node's rank: the leader's on CPU 0, the worker's on CPU 1.
     leader = local.launch_server(model, workdir / "leader", *shared, "--node-rank", "0",
