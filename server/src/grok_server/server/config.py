@@ -53,7 +53,9 @@ class ServerConfig:
     auth_token_file: Path | None = None
     log_level: str = "INFO"
     warmup: bool = True
-    warmup_timeout_seconds: float = 600.0
+    warmup_timeout_seconds: float = 300.0
+    warmup_prompt_tokens: int = 1024
+    warmup_new_tokens: int = 16
     stream_interval: int = 0  # 0: auto
     cpu_affinity: str = "off"
 
@@ -211,9 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(for hosts dedicated to the server: other processes get less CPU)")
     s.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     s.add_argument("--no-warmup", dest="warmup", action="store_false",
-                   help="skip the one tiny request run before reporting SERVING")
-    s.add_argument("--warmup-timeout-seconds", type=_positive_seconds, default=600.0,
-                   help="a warm-up that runs longer is abandoned (the server turns SERVING and says so)")
+                   help="skip the warm-up requests run before reporting SERVING")
+    s.add_argument("--warmup-prompt-tokens", type=_int_in(0, UINT32_MAX), default=1024,
+                   help="prompt length of the warm-up request of real shape (cut to the context; 0: only "
+                        "the tiny one)")
+    s.add_argument("--warmup-new-tokens", type=_positive, default=16,
+                   help="tokens the warm-up request of real shape generates")
+    s.add_argument("--warmup-timeout-seconds", type=_positive_seconds, default=300.0,
+                   help="a warm-up that runs longer is abandoned: the server turns SERVING anyway and says "
+                        "which phase overran")
     t = p.add_argument_group("security")
     t.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS with --tls-key")
     t.add_argument("--tls-key", type=Path, help="server private key (PEM)")

@@ -146,14 +146,16 @@ class Server:
         """Bounded: a warm-up that overruns is abandoned (its request aborted), and the server serves anyway
         and says so, rather than never turning Ready."""
         try:
-            await asyncio.wait_for(eng.warm_up(engine), self.cfg.warmup_timeout_seconds)
+            cfg = self.cfg
+            await asyncio.wait_for(eng.warm_up(engine, cfg.warmup_prompt_tokens, cfg.warmup_new_tokens),
+                                   cfg.warmup_timeout_seconds)
         except TimeoutError:
             self.startup.overran.append("warmup")
             log.warning("start-up phase warmup overran its bound (--warmup-timeout-seconds %.3g): abandoned; "
                         "serving without it (the first requests pay its one-time costs)",
                         self.cfg.warmup_timeout_seconds)
             with contextlib.suppress(Exception):
-                await engine.abort(eng.WARMUP_REQUEST_ID)
+                await engine.abort([eng.WARMUP_REQUEST_ID, eng.WARMUP_SHAPE_REQUEST_ID])
 
     def _place_off_worker_cpus(self) -> None:
         placed = placement.keep_off_worker_cpus()
