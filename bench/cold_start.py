@@ -87,8 +87,8 @@ def run_size(size: str, rounds: int, prompt_tokens: int, new_tokens: int, root: 
         cache = root / size / f"compile-cache-{r}"
         for way, flags in WAYS.items():
             extra = ("--compile-cache-dir", str(cache)) if way.startswith("compile") else ()
-            server, to_first, report = start(model, root / size / f"{way.replace(', ', '-')}-{r}",
-                                             (*flags, *extra))
+            folder = root / size / f"{way.replace(', ', '-').replace(' ', '-')}-{r}"  # no spaces: g++ args
+            server, to_first, report = start(model, folder, (*flags, *extra))
             rows.append((way, to_first, report))
             if way.startswith("compile, warm") and r == rounds - 1:
                 warm_servers[way] = server  # kept for the warm-up question (only one computes at a time)
