@@ -4,7 +4,8 @@
    N pods running (each with a readiness and a liveness probe), over a fixed window;
 2. time from `kubectl apply` of a GrokDeployment of the tiny model to its first served token, split into:
    operator (apply -> pod created), scheduling (created -> scheduled), process start (scheduled -> the
-   container running), model load (running -> Ready), first token (Ready -> a token at the pod's address).
+   container running), model load (running -> Ready), first token (Ready -> a token at the pod's address);
+3. a replica's crash recovery: its pod deleted -> the replacement Ready, and -> its first token.
 
     .venv/bin/python bench/pods_that_run.py [--idle-seconds 60] [--idle-pods 4] [--rounds 1]
 
@@ -93,10 +94,7 @@ def first_token(cluster: DevCluster, work: Path, rounds: int) -> None:
 
         pod = wait(lambda n=ns: next(iter(ready_pods(cluster, n)), None), 900, "the pod to be Ready")
         ready_seen = time.time()
-        with grpc.insecure_channel(f"{pod['status']['podIP']}:50051") as channel:
-            stream = pb_grpc.GenerationServiceStub(channel).GenerateStream(pb.GenerateRequest(
-                text="hello", stopping=pb.StoppingCriteria(max_new_tokens=1)), timeout=120)
-            next(iter(stream))
+        one_token(pod)
         token = time.time()
         conditions = {c["type"]: stamp(c["lastTransitionTime"]) for c in pod["status"]["conditions"]}
         created = stamp(pod["metadata"]["creationTimestamp"])
@@ -111,7 +109,23 @@ def first_token(cluster: DevCluster, work: Path, rounds: int) -> None:
             "model_load_to_ready_s": round(conditions["Ready"] - running, 1),
             "ready_to_first_token_s": round(token - ready_seen, 2),
         }))
+        # A replica's crash recovery: its pod deleted, the replacement Ready and serving.
+        deleted = time.time()
+        cluster.kubectl("delete", "pod", pod["metadata"]["name"], "-n", ns, "--wait=false")
+        replacement = wait(lambda n=ns, old=pod["metadata"]["name"]: next(
+            (p for p in ready_pods(cluster, n) if p["metadata"]["name"] != old), None), 900, "a replacement")
+        replaced = time.time()
+        one_token(replacement)
+        print(json.dumps({"round": r, "pod_deleted_to_replacement_ready_s": round(replaced - deleted, 1),
+                          "pod_deleted_to_first_token_s": round(time.time() - deleted, 1)}))
         cluster.kubectl("delete", "namespace", ns, "--wait=true", "--timeout=180s")
+
+
+def one_token(pod: dict) -> None:
+    with grpc.insecure_channel(f"{pod['status']['podIP']}:50051") as channel:
+        stream = pb_grpc.GenerationServiceStub(channel).GenerateStream(pb.GenerateRequest(
+            text="hello", stopping=pb.StoppingCriteria(max_new_tokens=1)), timeout=120)
+        next(iter(stream))
 
 
 def main() -> int:
