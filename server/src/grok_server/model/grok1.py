@@ -27,7 +27,7 @@ from itertools import islice
 import torch
 from torch import nn
 from vllm.compilation.decorators import support_torch_compile
-from vllm.config import CacheConfig, VllmConfig
+from vllm.config import CacheConfig, VllmConfig, get_current_vllm_config
 from vllm.distributed import get_pp_group, get_tensor_model_parallel_world_size
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.fused_moe import FusedMoEFactory, GateLinear
@@ -49,6 +49,7 @@ from vllm.model_executor.models.utils import (
 from vllm.platforms import current_platform
 from vllm.sequence import IntermediateTensors
 
+from grok_server.model import attention
 from grok_server.model.config import Grok1Config, as_grok1_config
 
 # Checkpoint names -> this module tree. Both namings can be mapped by one mapper: their names are disjoint.
@@ -193,6 +194,11 @@ class Grok1Attention(nn.Module):
             logits_soft_cap=config.max_attn_value or None,
             prefix=f"{prefix}.attn",
         )
+        if config.max_attn_value:
+            # Whatever chose it (grok-server, engine arguments, vLLM's own fallback): never run uncapped.
+            trtllm_off = get_current_vllm_config().attention_config.use_trtllm_attention is False
+            attention.check_built_backend(self.attn.attn_backend.get_name(), attention.current_device(),
+                                          trtllm_off)
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
         qkv, _ = self.qkv_proj(hidden_states)

@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from grok_server import __version__, reflection
+from grok_server.model.attention import AttentionBackendRefused
 from grok_server.server import placement
 from grok_server.server.admission import Admission
 from grok_server.server.config import ServerConfig, parse_args
@@ -211,6 +212,10 @@ class Server:
             with_error = await asyncio.gather(load, return_exceptions=True)
             return await self._shutdown(grpc_server, EXIT_OK if not isinstance(with_error[0], BaseException)
                                         else EXIT_ENGINE_FAILED)
+        if isinstance(load.exception(), AttentionBackendRefused):
+            log.error("refusing to start: %s", load.exception())
+            await self.lifecycle.set(Phase.FAILED)
+            return await self._shutdown(grpc_server, EXIT_ENGINE_FAILED)
         if load.exception() is not None:
             log.error("the engine failed to load", exc_info=load.exception())
             await self.lifecycle.set(Phase.FAILED)
