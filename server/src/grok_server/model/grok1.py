@@ -29,6 +29,7 @@ from torch import nn
 from vllm.compilation.decorators import support_torch_compile
 from vllm.config import CacheConfig, VllmConfig, get_current_vllm_config
 from vllm.distributed import get_pp_group, get_tensor_model_parallel_world_size
+from vllm.logger import init_logger
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.fused_moe import FusedMoEFactory, GateLinear
 from vllm.model_executor.layers.layernorm import RMSNorm
@@ -51,6 +52,9 @@ from vllm.sequence import IntermediateTensors
 
 from grok_server.model import attention
 from grok_server.model.config import Grok1Config, as_grok1_config
+
+# Under vLLM's logger, which vLLM configures in its engine processes (a logger of our own would be silent).
+logger = init_logger("vllm.plugins.grok1")
 
 # Checkpoint names -> this module tree. Both namings can be mapped by one mapper: their names are disjoint.
 GROK1_WEIGHTS_MAPPER = WeightsMapper(
@@ -197,8 +201,10 @@ class Grok1Attention(nn.Module):
         if config.max_attn_value:
             # Whatever chose it (grok-server, engine arguments, vLLM's own fallback): never run uncapped.
             trtllm_off = get_current_vllm_config().attention_config.use_trtllm_attention is False
-            attention.check_built_backend(self.attn.attn_backend.get_name(), attention.current_device(),
-                                          trtllm_off)
+            backend = self.attn.attn_backend.get_name()
+            attention.check_built_backend(backend, attention.current_device(), trtllm_off)
+            logger.info_once("Grok-1 attention backend %s, which applies the logit soft-cap (%s)", backend,
+                             config.max_attn_value)
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
         qkv, _ = self.qkv_proj(hidden_states)
