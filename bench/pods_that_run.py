@@ -35,8 +35,12 @@ from grok_server.checkpoints.tiny import make_tiny_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def ready_pods(cluster: DevCluster, ns: str) -> list[dict]:
-    return [p for p in cluster.get_json("pods", "-n", ns)["items"] if is_ready(p)]
+SERVERS = "app.kubernetes.io/name=grok-server"  # not the router's pod, which turns Ready long before
+
+
+def ready_pods(cluster: DevCluster, ns: str, selector: str = "") -> list[dict]:
+    pods = cluster.get_json("pods", "-n", ns, *(["-l", selector] if selector else []))["items"]
+    return [p for p in pods if is_ready(p) and not p["metadata"].get("deletionTimestamp")]
 
 
 def idle_cost(cluster: DevCluster, seconds: float, pods: int) -> None:
@@ -92,7 +96,7 @@ def first_token(cluster: DevCluster, work: Path, rounds: int) -> None:
         applied = time.time()
         cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(grokd))
 
-        pod = wait(lambda n=ns: next(iter(ready_pods(cluster, n)), None), 900, "the pod to be Ready")
+        pod = wait(lambda n=ns: next(iter(ready_pods(cluster, n, SERVERS)), None), 900, "the pod to be Ready")
         ready_seen = time.time()
         one_token(pod)
         token = time.time()
@@ -113,7 +117,8 @@ def first_token(cluster: DevCluster, work: Path, rounds: int) -> None:
         deleted = time.time()
         cluster.kubectl("delete", "pod", pod["metadata"]["name"], "-n", ns, "--wait=false")
         replacement = wait(lambda n=ns, old=pod["metadata"]["name"]: next(
-            (p for p in ready_pods(cluster, n) if p["metadata"]["name"] != old), None), 900, "a replacement")
+            (p for p in ready_pods(cluster, n, SERVERS) if p["metadata"]["name"] != old), None), 900,
+            "a replacement")
         replaced = time.time()
         one_token(replacement)
         print(json.dumps({"round": r, "pod_deleted_to_replacement_ready_s": round(replaced - deleted, 1),
