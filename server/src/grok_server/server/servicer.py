@@ -272,6 +272,11 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                     if generated == 0:
                         m.ttft.observe(now - started)
                         m.prompt_tokens.inc(len(prompt_ids))
+                        if new > 1:
+                            # vLLM merges the steps a busy frontend has not read yet into one output: the
+                            # tokens after the first reached it together, 0 s apart (one gap per token after
+                            # the first, whatever the merging).
+                            m.itl.observe(0.0, new - 1)
                     else:
                         m.itl.observe((now - last_token_at) / new, new)
                     m.generation_tokens.inc(new)
