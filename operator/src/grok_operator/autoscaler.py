@@ -109,18 +109,34 @@ def _time(stamp: str | None) -> float | None:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else None
 
 
+def _created(pod: dict[str, Any]) -> float | None:
+    return _time(pod.get("created") or (pod.get("metadata") or {}).get("creationTimestamp"))
+
+
+def ready_since(pod: dict[str, Any]) -> float | None:
+    """When the pod's Ready condition turned True, or None while it is not Ready."""
+    ready = next((c for c in (pod.get("status") or {}).get("conditions") or []
+                  if c.get("type") == "Ready" and c.get("status") == "True"), None)
+    return _time(ready.get("lastTransitionTime")) if ready else None
+
+
+def turned_ready_last(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Of the Ready pods, the one that turned Ready last; None before any did."""
+    newest: tuple[float, dict[str, Any]] | None = None
+    for pod in pods:
+        became = ready_since(pod)
+        if became is not None and (newest is None or became > newest[0]):
+            newest = (became, pod)
+    return None if newest is None else newest[1]
+
+
 def last_startup_seconds(pods: list[dict[str, Any]]) -> float | None:
     """Creation to Ready of the replica that turned Ready last (its cold start: scheduling, process start,
     model load), or None before any did."""
-    newest: tuple[float, float] | None = None
-    for pod in pods:
-        created = _time(pod.get("created") or (pod.get("metadata") or {}).get("creationTimestamp"))
-        ready = next((c for c in (pod.get("status") or {}).get("conditions") or []
-                      if c.get("type") == "Ready" and c.get("status") == "True"), None)
-        became = _time(ready.get("lastTransitionTime")) if ready else None
-        if created is not None and became is not None and (newest is None or became > newest[0]):
-            newest = (became, max(0.0, became - created))
-    return None if newest is None else newest[1]
+    pod = turned_ready_last([p for p in pods if _created(p) is not None])
+    if pod is None:
+        return None
+    return max(0.0, (ready_since(pod) or 0.0) - (_created(pod) or 0.0))
 
 
 def replica_startup(pods: list[dict[str, Any]], now: float) -> tuple[tuple[float, ...], float]:

@@ -4,34 +4,21 @@ GrokDeployment's status.lastStartup (pure: the fetch is startup_reports.py)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
+from grok_operator.autoscaler import turned_ready_last
+
 SERVER_NAME = "grok-server"  # app.kubernetes.io/name of the pods that run grok-server (not the workers)
-
-
-def _time(stamp: str | None) -> float | None:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else None
-
-
-def _ready_since(pod: dict[str, Any]) -> float | None:
-    ready = next((c for c in (pod.get("status") or {}).get("conditions") or []
-                  if c.get("type") == "Ready" and c.get("status") == "True"), None)
-    return _time(ready.get("lastTransitionTime")) if ready else None
 
 
 def newest_ready_server(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Of the server pods (a multi-node group's leader, never its workers, which run no grok-server), the
     Ready one that turned Ready last; None before any did."""
-    newest: tuple[float, dict[str, Any]] | None = None
-    for pod in pods:
-        meta = pod.get("metadata") or {}
-        if (meta.get("labels") or {}).get("app.kubernetes.io/name", SERVER_NAME) != SERVER_NAME:
-            continue
-        became = _ready_since(pod)
-        if became is not None and (newest is None or became > newest[0]):
-            newest = (became, pod)
-    return None if newest is None else newest[1]
+    return turned_ready_last([
+        pod for pod in pods
+        if ((pod.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/name", SERVER_NAME)
+        == SERVER_NAME
+    ])
 
 
 def pod_uid(pod: dict[str, Any]) -> str:
