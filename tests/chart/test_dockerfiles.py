@@ -120,9 +120,22 @@ def test_operator_image_is_small_and_pinned():
     assert "PIP_CONSTRAINT=/src/requirements/constraints.txt" in text
     constraints = (ROOT / "requirements" / "constraints.txt").read_text().lower()
     for requirement in pyproject("operator")["project"]["dependencies"]:
-        assert requirement.lower().replace("_", "-") in constraints.replace("_", "-")
+        if not requirement.startswith("grok-"):  # the repository's own: test_images_install_grok_common
+            assert requirement.lower().replace("_", "-") in constraints.replace("_", "-")
     # Byte-compiled at build time: the root filesystem is read-only at run time.
     assert "compileall" in runs and "PYTHONDONTWRITEBYTECODE=1" in runs
+
+
+def test_images_install_grok_common_from_the_repository_at_the_pinned_version():
+    # grok-common is on no index: each image copies common/ and installs it beside what depends on it.
+    version = pyproject("common")["project"]["version"]
+    for part in ("operator", "server"):
+        assert f"grok-common=={version}" in pyproject(part)["project"]["dependencies"]
+    for dockerfile in (OPERATOR_DOCKERFILE, SERVER_DOCKERFILE, ROUTER_DOCKERFILE):
+        ins = instructions(dockerfile)
+        assert ("COPY", "common/ common/") in ins, dockerfile
+        runs = " ".join(rest for k, rest in ins if k == "RUN")
+        assert re.search(r"pip (install|wheel) [^&]*\./common ", runs), dockerfile
 
 
 def test_router_image_has_no_engine_and_is_pinned():
@@ -178,5 +191,5 @@ def test_dockerignore_keeps_what_the_builds_copy():
         for keyword, rest in instructions(path):
             if keyword == "COPY" and "--from" not in rest:
                 copied.add(rest.split()[0].rstrip("/").split("/")[0])
-    assert copied == {"operator", "protos", "requirements", "server"}
+    assert copied == {"common", "operator", "protos", "requirements", "server"}
     assert not copied & {entry.rstrip("/") for entry in ignored}

@@ -1,5 +1,5 @@
 """Grok-1 never runs on an attention backend that drops its logit soft-cap: the decision (pure, one test per
-row of the table in grok_server/model/attention.py) and, on the CPU, an engine whose cap is in effect."""
+row of the table in grok_common/attention.py) and, on the CPU, an engine whose cap is in effect."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from grok_server.model.attention import (
+from grok_common.attention import (
     AttentionBackendRefused,
     Device,
     check_built_backend,
     choose_backend,
+    engine_backend_args,
     requested_backend,
 )
-from grok_server.server.engine import attention_backend_args
 from tests.model.grok_engines import run_engine
 
 AMPERE, ADA, HOPPER, BLACKWELL, RTX = (Device("cuda", c) for c in ((8, 0), (8, 9), (9, 0), (10, 0), (12, 0)))
@@ -105,12 +105,12 @@ def test_what_the_engine_arguments_ask_for() -> None:
 
 
 def test_grok_server_names_the_backend_only_when_none_is_asked() -> None:
-    assert attention_backend_args({}, HOPPER) == {"attention_backend": "FLASH_ATTN"}
-    assert attention_backend_args({}, BLACKWELL) == {"attention_backend": "TRITON_ATTN"}
-    assert attention_backend_args({"attention_backend": "TRITON_ATTN"}, HOPPER) == {}
-    assert attention_backend_args({}, CPU) == {}
+    assert engine_backend_args({}, HOPPER) == {"attention_backend": "FLASH_ATTN"}
+    assert engine_backend_args({}, BLACKWELL) == {"attention_backend": "TRITON_ATTN"}
+    assert engine_backend_args({"attention_backend": "TRITON_ATTN"}, HOPPER) == {}
+    assert engine_backend_args({}, CPU) == {}
     with pytest.raises(AttentionBackendRefused, match="FLASHINFER"):
-        attention_backend_args({"attention_config": {"backend": "FLASHINFER"}}, BLACKWELL)
+        engine_backend_args({"attention_config": {"backend": "FLASHINFER"}}, BLACKWELL)
 
 
 def _with_cap(checkpoint: Path, folder: Path, cap: float) -> Path:

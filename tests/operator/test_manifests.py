@@ -44,7 +44,8 @@ def test_server_pods_request_the_planned_gpus_on_the_requested_product():
     args = container(d)["args"]
     assert args[args.index("--tensor-parallel-size") + 1] == "8"
     assert args[args.index("--model") + 1] == "/models/grok-1"
-    assert args[args.index("--quantization") + 1] == "fp8"
+    # vLLM's current name: `fp8` on bf16 weights is deprecated there (mapped to fp8_per_tensor).
+    assert args[args.index("--quantization") + 1] == "fp8_per_tensor"
     assert d["spec"]["replicas"] == 2
     assert d["metadata"]["ownerReferences"][0] == {
         "apiVersion": "serving.grok.dev/v1alpha1",
@@ -89,7 +90,7 @@ def test_server_args_are_what_grok_server_accepts():
     d = manifests.deployment(spec, p)
     cfg = parse_args(container(d)["args"])
     assert cfg.model == "/models/grok-1" and cfg.served_model_name == "grok"
-    assert cfg.tensor_parallel_size == 8 and cfg.quantization == "fp8" and cfg.dtype == "bfloat16"
+    assert cfg.tensor_parallel_size == 8 and cfg.quantization == "fp8_per_tensor" and cfg.dtype == "bfloat16"
     assert cfg.drain_grace_seconds == 90 < d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert cfg.max_concurrent_requests == 64 and cfg.port == 50051 and cfg.metrics_port == 9090
     assert cfg.engine_args == {"max_num_batched_tokens": 4096}

@@ -274,6 +274,27 @@ def test_planner_refuses_what_cannot_fit_with_a_condition_and_an_event(
     )
     assert warned[0]["type"] == "Warning"
     assert get(devcluster, ns, "deployment", "grok") is None, "nothing is started for a spec that cannot work"
+    # What grok-server would refuse at start, refused here first: fp8 on a GPU without fp8 tensor cores, and
+    # engine arguments that force an attention backend dropping Grok-1's soft-cap (the server's words).
+    from grok_common.attention import Device, refusal
+
+    apply(devcluster, ns,
+          grokd("a100", model={"uri": "pvc://weights/grok-1", "quantization": "fp8_per_block"},
+                gpu={"product": "NVIDIA-A100-SXM4-80GB"}),
+          grokd("flashinfer", server={"engineArgs": ["--engine-arg", "attention_backend=FLASHINFER"]}))
+    for name, reason, says in (
+        ("a100", "FP8Unsupported", "quantization fp8_per_block needs fp8 tensor cores, which "
+                                   "NVIDIA-A100-SXM4-80GB (compute capability 8.0) does not have"),
+        ("flashinfer", "AttentionBackendDropsSoftCap",
+         "spec.server.engineArgs: " + refusal("FLASHINFER", Device("cuda", (9, 0)))),
+    ):
+        cond = {c["type"]: c for c in wait_phase(devcluster, ns, name, "Invalid")["status"]["conditions"]}
+        assert (cond["PlanValid"]["status"], cond["PlanValid"]["reason"]) == ("False", reason)
+        assert cond["PlanValid"]["message"].startswith(says)
+        wait_for(lambda name=name, reason=reason: [e for e in events(devcluster, ns, name)
+                                                   if e["reason"] == reason and e["type"] == "Warning"],
+                 message=f"{reason} event")
+        assert get(devcluster, ns, "deployment", name) is None
 
 
 def test_drift_is_repaired(devcluster, k8s_namespace, grok_operator):

@@ -1,9 +1,14 @@
 """The capacity planner: Grok-1's real sizing cases, refusals that explain themselves, and properties."""
 
+import re
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from grok_common.attention import engine_backend_args
+from grok_common.quantization import NAMES, canonical
 from grok_operator.gpus import GPU_PRODUCTS, gpu_product
 from grok_operator.models import GROK_1, GROK_1_TINY, model_shape
 from grok_operator.planner import PlanError, PlanRequest, plan, weight_bytes
@@ -46,9 +51,36 @@ def test_bf16_on_h100_on_one_node_only_is_refused_with_the_reason_and_the_way_ou
     assert "fp8" in message
 
 
+@pytest.mark.parametrize("quantization", ["fp8", "fp8_per_tensor", "fp8_per_channel", "fp8_per_block"])
+@pytest.mark.parametrize("product", ["NVIDIA-A100-SXM4-80GB", "NVIDIA-A100-SXM4-40GB"])
+def test_fp8_on_a_gpu_without_fp8_tensor_cores_is_refused_with_what_bf16_takes(product, quantization):
+    with pytest.raises(PlanError) as err:
+        plan(PlanRequest(GROK_1, gpu_product(product), quantization=quantization))
+    assert err.value.reason == "FP8Unsupported"
+    message = str(err.value)
+    assert message.startswith(
+        f"quantization {canonical(quantization)} needs fp8 tensor cores, which {product} (compute capability "
+        "8.0) does not have: NVIDIA added them with compute capability 8.9 (NVIDIA-H100-80GB-HBM3, "
+        "NVIDIA-H200, NVIDIA-B200, NVIDIA-L40S")
+    gpus, stages = (16, 2) if product == "NVIDIA-A100-SXM4-80GB" else (24, 3)
+    bf16 = f"in bf16 (quantization none) a replica takes {gpus} of them (tensor parallel 8 x pipeline"
+    assert f"{bf16} {stages}" in message
+
+
+def test_fp8_runs_from_compute_capability_8_9_and_refusals_offer_it_only_there():
+    # NVIDIA: H100/H200 9.0, B200 10.0 and L40S 8.9 have fp8 tensor cores; A100 (8.0) has none.
+    assert {p.product for p in GPU_PRODUCTS.values() if not p.fp8} == {
+        "NVIDIA-A100-SXM4-40GB", "NVIDIA-A100-SXM4-80GB"}
+    with pytest.raises(PlanError) as on_a100:
+        plan(PlanRequest(GROK_1, gpu_product("NVIDIA-A100-SXM4-80GB"), pipeline=1))
+    assert "fp8" not in str(on_a100.value)  # bf16 that does not fit: fp8 is no way out there
+    with pytest.raises(PlanError) as on_h100:
+        plan(PlanRequest(GROK_1, H100, pipeline=1))
+    assert "use quantization fp8_per_tensor, " in str(on_h100.value)
+
+
 @pytest.mark.parametrize(("product", "quantization", "nodes", "tensor"), [
     ("NVIDIA-A100-SXM4-40GB", "none", 3, 8),  # 22 of 64 layers on the largest stage: 25 GiB per GPU
-    ("NVIDIA-A100-SXM4-40GB", "fp8", 2, 8),
     ("NVIDIA-L40S", "none", 3, 8),
     ("NVIDIA-L40S", "fp8", 2, 8),
     ("NVIDIA-A100-SXM4-80GB", "none", 2, 8),
@@ -132,7 +164,7 @@ def test_custom_shape_and_unknown_profile():
 @settings(deadline=None)
 @given(
     product=st.sampled_from(sorted(GPU_PRODUCTS)),
-    quantization=st.sampled_from(["none", "fp8", "int8"]),
+    quantization=st.sampled_from([*NAMES, "fp8"]),
     max_model_len=st.integers(16, 8192),
     utilization=st.floats(0.5, 0.95),
 )
@@ -147,7 +179,8 @@ def test_a_chosen_plan_always_fits_and_is_the_smallest(product, quantization, ma
     try:
         p = plan(req)
     except PlanError as err:
-        assert err.reason in ("InsufficientGPUMemory", "TooManyNodesPerReplica")
+        assert err.reason in ("InsufficientGPUMemory", "TooManyNodesPerReplica") or (
+            err.reason == "FP8Unsupported" and not gpu_product(product).fp8 and quantization != "none")
         return
     usable = p.gpu_memory_gib * utilization - 4.0
     assert GROK_1.valid_tensor_parallel(p.tensor_parallel_size)
@@ -170,3 +203,23 @@ def test_the_tiny_profiles_are_the_shapes_the_generator_writes():
 
     assert GROK_1_TINY.parameters == parameter_count("tiny")
     assert GROK_1_SMALL.parameters == parameter_count("small")
+
+
+def test_the_readmes_sizing_table_is_what_the_planner_and_the_attention_rule_say():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = re.findall(r"^\| (NVIDIA-\S+|AMD-\S+)(?: \(`amd.com/gpu`\))? \| (\S+)[^|]* \| ([^|]+) \|(.*)\|$",
+                      readme, re.M)
+    assert len(rows) >= 12
+    for product, quantization, layout, rest in rows:
+        gpu = gpu_product(product)
+        if layout.startswith("refused"):
+            with pytest.raises(PlanError, match="needs fp8 tensor cores"):
+                plan(PlanRequest(GROK_1, gpu, quantization=quantization))
+            continue
+        p = plan(PlanRequest(GROK_1, gpu, quantization=quantization))
+        nodes = f" \N{MULTIPLICATION SIGN} {p.nodes_per_replica} nodes" if p.multi_node else ""
+        assert layout.startswith(f"{p.tensor_parallel_size}{nodes}"), (product, quantization, layout)
+        weights, kv, sequences, backend = (cell.strip() for cell in rest.split("|")[:4])
+        assert (weights, kv, sequences) == (f"{p.weight_gib_per_gpu:.1f}", f"{p.kv_cache_gib_per_gpu:.1f}",
+                                            str(p.max_concurrent_sequences)), (product, quantization)
+        assert backend.split()[0] == engine_backend_args({}, gpu.attention_device)["attention_backend"]

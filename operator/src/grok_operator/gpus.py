@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from grok_common.attention import Device
+from grok_common.quantization import runs_fp8
+
 GIB = 1024**3
 
 
@@ -12,8 +15,22 @@ class GPUProduct:
     product: str  # value of the node label `<vendor>/gpu.product`
     memory_mib: int  # usable memory as the device plugin reports it (`<vendor>/gpu.memory`)
     resource: str = "nvidia.com/gpu"  # extended resource a pod requests
-    fp8: bool = True  # native fp8 tensor cores (Hopper, Ada, Blackwell, CDNA3)
     instance_type: str = ""  # a typical 8-GPU cloud machine carrying it
+    # NVIDIA's compute capability (developer.nvidia.com/cuda-gpus); None: not NVIDIA, or not known
+    compute_capability: tuple[int, int] | None = None
+
+    @property
+    def fp8(self) -> bool:
+        """Native fp8 tensor cores: NVIDIA from compute capability 8.9 (Ada, Hopper, Blackwell); AMD's
+        CDNA3 (MI300X) has them. A product of unknown capability is given the benefit of the doubt."""
+        return self.compute_capability is None or runs_fp8(self.compute_capability)
+
+    @property
+    def attention_device(self) -> Device:
+        """The device grok_common.attention decides for (vLLM's platform and GPU family)."""
+        if self.resource == "amd.com/gpu":
+            return Device("rocm")
+        return Device("cuda", self.compute_capability)
 
     @property
     def memory_gib(self) -> float:
@@ -27,12 +44,12 @@ class GPUProduct:
 GPU_PRODUCTS: dict[str, GPUProduct] = {
     p.product: p
     for p in (
-        GPUProduct("NVIDIA-A100-SXM4-40GB", 40960, fp8=False, instance_type="p4d.24xlarge"),
-        GPUProduct("NVIDIA-A100-SXM4-80GB", 81920, fp8=False, instance_type="p4de.24xlarge"),
-        GPUProduct("NVIDIA-H100-80GB-HBM3", 81559, instance_type="p5.48xlarge"),
-        GPUProduct("NVIDIA-H200", 143771, instance_type="p5e.48xlarge"),
-        GPUProduct("NVIDIA-B200", 183359, instance_type="p6-b200.48xlarge"),
-        GPUProduct("NVIDIA-L40S", 46068, instance_type="g6e.48xlarge"),
+        GPUProduct("NVIDIA-A100-SXM4-40GB", 40960, instance_type="p4d.24xlarge", compute_capability=(8, 0)),
+        GPUProduct("NVIDIA-A100-SXM4-80GB", 81920, instance_type="p4de.24xlarge", compute_capability=(8, 0)),
+        GPUProduct("NVIDIA-H100-80GB-HBM3", 81559, instance_type="p5.48xlarge", compute_capability=(9, 0)),
+        GPUProduct("NVIDIA-H200", 143771, instance_type="p5e.48xlarge", compute_capability=(9, 0)),
+        GPUProduct("NVIDIA-B200", 183359, instance_type="p6-b200.48xlarge", compute_capability=(10, 0)),
+        GPUProduct("NVIDIA-L40S", 46068, instance_type="g6e.48xlarge", compute_capability=(8, 9)),
         GPUProduct("AMD-Instinct-MI300X", 196592, resource="amd.com/gpu", instance_type="ND96isr_MI300X_v5"),
     )
 }

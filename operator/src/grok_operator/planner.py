@@ -14,14 +14,13 @@ stages take the remainder), up to `max_nodes_per_replica`. The largest stage dec
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from grok_operator.gpus import GIB, GPUProduct
+from grok_common.quantization import bytes_per_weight, canonical, is_fp8
+from grok_operator.gpus import GIB, GPU_PRODUCTS, GPUProduct
 from grok_operator.models import ModelShape
 
-# Bytes per weight, by quantization (none means the serving dtype, bf16 on GPUs).
-WEIGHT_BYTES = {"none": 2, "fp8": 1, "int8": 1}
 DTYPE_BYTES = {"auto": 2, "bfloat16": 2, "float16": 2, "float32": 4}
 KV_CACHE_BYTES = 2  # bf16 KV cache
 ACTIVATION_RESERVE_GIB = 4.0  # activations, CUDA graphs, NCCL buffers, CUDA context: per GPU
@@ -32,7 +31,7 @@ DEFAULT_MIN_SEQUENCES = 4
 class PlanRequest:
     shape: ModelShape
     gpu: GPUProduct
-    quantization: str = "none"
+    quantization: str = "none"  # grok_common.quantization's names
     dtype: str = "auto"
     max_model_len: int = 8192
     tensor_parallel: int | None = None  # None: choose
@@ -88,12 +87,36 @@ class PlanError(ValueError):
 
 
 def weight_bytes(shape: ModelShape, quantization: str, dtype: str) -> float:
-    if quantization == "none":
+    per_weight = bytes_per_weight(quantization)
+    if per_weight is None:
         return shape.parameters * DTYPE_BYTES[dtype]
-    # Quantized checkpoints keep the embedding (and tied output head) in 16 bits.
-    return (shape.parameters - shape.embedding_parameters) * WEIGHT_BYTES[
-        quantization
-    ] + shape.embedding_parameters * 2
+    # Quantized, the embedding (and tied output head) stays in 16 bits.
+    return (shape.parameters - shape.embedding_parameters) * per_weight + shape.embedding_parameters * 2
+
+
+def _lighter(req: PlanRequest) -> str:
+    """What would make the weights lighter, for refusals: fp8, where the GPU runs it and it is not on."""
+    return "quantization fp8_per_tensor, " if req.gpu.fp8 and not is_fp8(req.quantization) else ""
+
+
+def _check_fp8(req: PlanRequest) -> None:
+    """fp8 only on GPUs with fp8 tensor cores; the refusal says what bf16 would take instead."""
+    if not is_fp8(req.quantization) or req.gpu.fp8:
+        return
+    major, minor = req.gpu.compute_capability or (0, 0)  # known: unknown ones are given fp8
+    fp8_products = ", ".join(p.product for p in GPU_PRODUCTS.values() if p.fp8 and p.compute_capability)
+    try:
+        bf16 = plan(replace(req, quantization="none"))
+        instead = (f"in bf16 (quantization none) a replica takes {bf16.gpus_per_replica} of them (tensor "
+                   f"parallel {bf16.tensor_parallel_size} x pipeline {bf16.pipeline_parallel_size}, "
+                   f"{bf16.weight_gib_per_gpu:.1f} GiB of weights per GPU)")
+    except PlanError as err:
+        instead = f"in bf16 (quantization none) it does not fit either: {err}"
+    raise PlanError(
+        "FP8Unsupported",
+        f"quantization {canonical(req.quantization)} needs fp8 tensor cores, which {req.gpu.product} "
+        f"(compute capability {major}.{minor}) does not have: NVIDIA added "
+        f"them with compute capability 8.9 ({fp8_products} have them); {instead}")
 
 
 def largest_stage_fraction(layers: int, pp: int) -> float:
@@ -141,7 +164,7 @@ def _multi_node(req: PlanRequest, reasons: list[str]) -> Plan:
                         "TooManyNodesPerReplica",
                         f"a replica needs {pp} nodes (tensor parallel {tp} x pipeline {pp}, {tp * pp} "
                         f"{req.gpu.product} GPUs), more than maxNodesPerReplica {req.max_nodes_per_replica}: "
-                        "raise parallelism.maxNodesPerReplica, use fp8, or GPUs with more memory")
+                        f"raise parallelism.maxNodesPerReplica, use {_lighter(req)}or GPUs with more memory")
                 return result
             reasons.append(why)
     raise PlanError(
@@ -171,6 +194,7 @@ def _check_tensor(req: PlanRequest) -> int:
 def plan(req: PlanRequest) -> Plan:
     """The smallest valid tensor-parallel size that fits (or the requested one, checked)."""
     shape = req.shape
+    _check_fp8(req)
     if req.max_model_len > shape.max_context:
         raise PlanError(
             "ContextTooLong",
@@ -220,10 +244,10 @@ def plan(req: PlanRequest) -> Plan:
         if needed
         else "it does not fit even across 64 GPUs"
     )
-    precision = "bf16" if req.quantization == "none" else req.quantization
+    precision = "bf16" if bytes_per_weight(req.quantization) is None else canonical(req.quantization)
     raise PlanError(
         "InsufficientGPUMemory",
         f"the model does not fit on {req.gpus_per_node} {req.gpu.product} GPUs: its {precision} weights take "
         f"{total_gib:.0f} GiB ({total_gib * GIB / 1e9:.0f} GB) and {need}; {reasons[-1]}; "
-        "use quantization fp8, GPUs with more memory, or a shorter maxModelLen",
+        f"use {_lighter(req)}GPUs with more memory, or a shorter maxModelLen",
     )

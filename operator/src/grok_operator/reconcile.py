@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grok_operator import manifests
+from grok_operator.admission import check_attention_backend
 from grok_operator.autoscaler import last_startup_seconds
 from grok_operator.kube import Kube
 from grok_operator.planner import Plan, PlanError, plan
@@ -83,6 +84,7 @@ def planned(spec_or_error: GrokDeploymentSpec | ValueError) -> tuple[Plan | None
     if isinstance(spec_or_error, ValueError):
         return None, ("InvalidSpec", str(spec_or_error))
     try:
+        check_attention_backend(spec_or_error)
         return plan(spec_or_error.plan_request()), None
     except PlanError as err:
         return None, (err.reason, str(err))
@@ -301,7 +303,7 @@ LWS_MISSING = (
     "the plan needs {nodes} nodes per replica, run as LeaderWorkerSet groups, but the LeaderWorkerSet API "
     "(leaderworkerset.x-k8s.io/v1) is not installed: install it (kubectl apply --server-side -f "
     "https://github.com/kubernetes-sigs/lws/releases/download/v0.9.0/manifests.yaml), or plan for one node "
-    "(fp8, or GPUs with more memory)"
+    "(quantization fp8_per_tensor, or GPUs with more memory)"
 )
 
 

@@ -7,6 +7,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from grok_common.quantization import canonical
 from grok_operator.gpus import GPU_PRODUCTS, GPUProduct
 from grok_operator.models import ModelShape, model_shape
 from grok_operator.planner import PlanRequest
@@ -133,7 +134,7 @@ class GrokDeploymentSpec:
                 model.get("uri", ""), model.get("revision", "main"), model.get("format", "hf")
             ),
             shape=model_shape(model),
-            quantization=model.get("quantization", "none"),
+            quantization=canonical(model.get("quantization", "none")),
             dtype=model.get("dtype", "auto"),
             max_model_len=int(model.get("maxModelLen", 8192)),
             tensor_parallel=None if tensor == "auto" else int(tensor),

@@ -50,8 +50,9 @@ from vllm.model_executor.models.utils import (
 from vllm.platforms import current_platform
 from vllm.sequence import IntermediateTensors
 
-from grok_server.model import attention
+from grok_common.attention import check_built_backend
 from grok_server.model.config import Grok1Config, as_grok1_config
+from grok_server.model.device import current_device
 
 # Under vLLM's logger, which vLLM configures in its engine processes (a logger of our own would be silent).
 logger = init_logger("vllm.plugins.grok1")
@@ -202,7 +203,7 @@ class Grok1Attention(nn.Module):
             # Whatever chose it (grok-server, engine arguments, vLLM's own fallback): never run uncapped.
             trtllm_off = get_current_vllm_config().attention_config.use_trtllm_attention is False
             backend = self.attn.attn_backend.get_name()
-            attention.check_built_backend(backend, attention.current_device(), trtllm_off)
+            check_built_backend(backend, current_device(), trtllm_off)
             logger.info_once("Grok-1 attention backend %s, which applies the logit soft-cap (%s)", backend,
                              config.max_attn_value)
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from grok_common.engine_args import parse_engine_arg
 
 
 @dataclass
@@ -61,14 +62,10 @@ class ServerConfig:
 
 
 def _engine_arg(text: str) -> tuple[str, Any]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
-        value: Any = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw  # a bare string such as bfloat16
-    return key.replace("-", "_"), value
+        return parse_engine_arg(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _stream_interval(text: str) -> int:
@@ -126,7 +123,8 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
                    help="pipeline stages per replica (the replica's ranks: tensor x pipeline)")
     m.add_argument("--max-model-len", type=_positive, help="context length (default: the model's)")
     m.add_argument("--dtype", default="auto", help="weights and activations (auto: the checkpoint's)")
-    m.add_argument("--quantization", help="e.g. fp8")
+    m.add_argument("--quantization", help="vLLM's name: fp8_per_tensor, fp8_per_channel or fp8_per_block "
+                                          "quantize bf16 weights while loading (what the operator passes)")
     m.add_argument("--kv-cache-memory-bytes", type=_positive, help="fixed KV-cache size per device")
     m.add_argument("--gpu-memory-utilization", type=float, help="fraction of GPU memory for the engine")
     m.add_argument("--max-num-seqs", type=_positive, help="the engine's largest running batch")

@@ -26,7 +26,8 @@ from vllm.v1.executor.abstract import Executor
 from vllm.v1.executor.uniproc_executor import UniProcExecutor
 from vllm.v1.metrics.loggers import PrometheusStatLogger, StatLoggerBase
 
-from grok_server.model import attention
+from grok_common.attention import engine_backend_args
+from grok_server.model.device import current_device
 from grok_server.server import rendezvous
 from grok_server.server.config import ServerConfig
 from grok_server.server.metrics import EngineSnapshot
@@ -75,17 +76,8 @@ def engine_args(cfg: ServerConfig) -> AsyncEngineArgs:
         kwargs.update(nnodes=cfg.nnodes, node_rank=cfg.node_rank, master_addr=cfg.master_addr,
                       master_port=cfg.master_port)
     kwargs.update(cfg.engine_args)
-    kwargs.update(attention_backend_args(cfg.engine_args, attention.current_device()))
+    kwargs.update(engine_backend_args(cfg.engine_args, current_device()))
     return AsyncEngineArgs(**kwargs)
-
-
-def attention_backend_args(engine_args: dict[str, Any], device: attention.Device) -> dict[str, Any]:
-    """The attention backend grok-server names for Grok-1 (one that applies its soft-cap) when the engine
-    arguments name none; raises AttentionBackendRefused when they name one that drops it."""
-    requested, trtllm_off = attention.requested_backend(engine_args)
-    chosen = attention.choose_backend(device, requested, str(engine_args.get("kv_cache_dtype") or "auto"),
-                                      trtllm_off)
-    return {"attention_backend": chosen} if chosen is not None and requested is None else {}
 
 
 def stat_logger_factory(snapshot: EngineSnapshot) -> type[StatLoggerBase]:

@@ -26,8 +26,8 @@ from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from grok_common.attention import AttentionBackendRefused
 from grok_server import __version__, reflection
-from grok_server.model.attention import AttentionBackendRefused
 from grok_server.server import placement
 from grok_server.server.admission import Admission
 from grok_server.server.config import ServerConfig, parse_args

@@ -1,5 +1,9 @@
 """Which vLLM attention backend may run Grok-1: only one that applies its logit soft-cap (pure).
 
+One decision, made in two places with the same words: grok-server names the backend and refuses to start on
+one that drops the cap; the operator refuses such a GrokDeployment at admission (condition PlanValid, an
+Event), before any GPU is taken.
+
 Grok-1 caps attention logits at `max_attn_value` (30): `cap * tanh(scale * q.k / cap)`. The plugin hands the
 cap to vLLM's `Attention`, but whether it is applied depends on the backend vLLM runs, and vLLM's selector
 never looks at the cap (`AttentionBackend.validate_configuration` has no such check in 0.32 or 0.34). A
@@ -28,8 +32,10 @@ the selector chose it).
 vLLM 0.32's default per GPU family (`platforms/cuda.py`): FLASHINFER first on Blackwell (sm100/103),
 FLASH_ATTN first elsewhere, falling back silently to the next backend when FA cannot take the
 configuration (an fp8_e5m2 KV cache, say): on Hopper that is FlashInfer, whose decode then runs uncapped.
-So grok-server names the backend itself (`choose_backend`), and the model checks, when it is built, the
-backend it was really given (`check_built_backend`), which catches every way of forcing one.
+So grok-server names the backend itself (`engine_backend_args`), and the model checks, when it is built,
+the backend it was really given (`check_built_backend`), which catches every way of forcing one. vLLM 0.32
+no longer reads `VLLM_ATTENTION_BACKEND` (it warns and ignores it), so the engine arguments are the only way
+left to force one: `attention_backend`, and `attention_config`'s `backend` and `backend_per_kind`.
 """
 
 from __future__ import annotations
@@ -125,19 +131,16 @@ def requested_backend(engine_args: dict[str, object]) -> tuple[str | None, bool]
     return (str(backend) if backend else None), trtllm_off
 
 
+def engine_backend_args(engine_args: dict[str, object], device: Device) -> dict[str, str]:
+    """What grok-server adds to the engine arguments: the backend it names for Grok-1 when they name none
+    ({} when they name one that applies the cap, or on the CPU). Raises AttentionBackendRefused when they
+    name one that drops it."""
+    requested, trtllm_off = requested_backend(engine_args)
+    chosen = choose_backend(device, requested, str(engine_args.get("kv_cache_dtype") or "auto"), trtllm_off)
+    return {"attention_backend": chosen} if chosen is not None and requested is None else {}
+
+
 def check_built_backend(backend_name: str, device: Device, trtllm_disabled: bool) -> None:
     """When the model is built: the backend vLLM really gave its attention layers (however it was chosen:
     engine arguments, config, its own fallback) must apply the soft-cap."""
     choose_backend(device, backend_name, trtllm_disabled=trtllm_disabled)
-
-
-def current_device() -> Device:
-    """The device of this process, as vLLM's platform sees it (imports vLLM: engine processes only)."""
-    from vllm.platforms import current_platform
-
-    if current_platform.is_cuda():
-        capability = current_platform.get_device_capability()
-        return Device("cuda", (capability.major, capability.minor) if capability is not None else None)
-    if current_platform.is_rocm():
-        return Device("rocm")
-    return Device("cpu")

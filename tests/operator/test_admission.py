@@ -1,0 +1,76 @@
+"""What grok-server would refuse at start is refused at admission, with the server's words (pure)."""
+
+import pytest
+
+from grok_common.attention import Device, refusal
+from grok_common.quantization import NAMES
+from grok_operator.reconcile import planned, read_spec
+
+FORCE_FLASHINFER = ["--engine-arg", "attention_backend=FLASHINFER"]
+
+
+def body(product="NVIDIA-H100-80GB-HBM3", engine_args=None, quantization="fp8_per_tensor"):
+    return {
+        "metadata": {"name": "grok", "namespace": "ml", "uid": "u-1", "generation": 1},
+        "spec": {"model": {"uri": "pvc://weights/grok-1", "quantization": quantization},
+                 "gpu": {"product": product}, "server": {"engineArgs": engine_args or []}},
+    }
+
+
+def refused(b):
+    plan, error = planned(read_spec(b))
+    assert plan is None
+    return error
+
+
+@pytest.mark.parametrize(("product", "device"), [
+    ("NVIDIA-H100-80GB-HBM3", Device("cuda", (9, 0))),   # XQA decode
+    ("NVIDIA-B200", Device("cuda", (10, 0))),            # TRTLLM-gen
+    ("AMD-Instinct-MI300X", Device("rocm")),
+])
+def test_forcing_a_backend_that_drops_the_soft_cap_is_refused_with_the_servers_message(product, device):
+    reason, message = refused(body(product, FORCE_FLASHINFER))
+    assert reason == "AttentionBackendDropsSoftCap"
+    # grok-server logs "refusing to start: " + refusal(...) on that GPU: the same words.
+    assert message == "spec.server.engineArgs: " + refusal("FLASHINFER", device)
+
+
+@pytest.mark.parametrize("engine_args", [
+    ["--engine-arg=attention_config={\"backend\": \"FLASHINFER\"}"],
+    ["--engine-arg", "attention_config={\"backend_per_kind\": {\"full_attention\": \"FLEX_ATTENTION\"}}"],
+    ["--engine-arg", "attention_backend=TRITON_ATTN", "--engine-arg", "attention_backend=TURBOQUANT"],
+])
+def test_every_way_engine_args_name_a_backend_is_read(engine_args):
+    reason, _ = refused(body("NVIDIA-H100-80GB-HBM3", engine_args))
+    assert reason == "AttentionBackendDropsSoftCap"
+
+
+@pytest.mark.parametrize(("product", "engine_args"), [
+    ("NVIDIA-H100-80GB-HBM3", []),
+    ("NVIDIA-H100-80GB-HBM3", ["--engine-arg", "attention_backend=TRITON_ATTN"]),
+    ("NVIDIA-B200", ["--engine-arg", "attention_config={\"backend\": \"FLASHINFER\", "
+                                     "\"use_trtllm_attention\": false}"]),
+    ("NVIDIA-L40S", FORCE_FLASHINFER),  # Ada: FlashInfer's native kernels only, which apply the cap
+    ("NVIDIA-A100-SXM4-80GB", ["--engine-arg", "attention_backend=FLASH_ATTN"]),
+])
+def test_backends_that_apply_the_cap_are_admitted(product, engine_args):
+    quantization = "none" if product.startswith("NVIDIA-A100") else "fp8_per_tensor"
+    plan, error = planned(read_spec(body(product, engine_args, quantization)))
+    assert error is None and plan is not None
+
+
+def test_malformed_engine_args_are_refused_with_what_is_wrong():
+    reason, message = refused(body(engine_args=["--engine-arg", "no-equals-sign"]))
+    assert reason == "InvalidEngineArgs"
+    assert message == "spec.server.engineArgs: expected KEY=VALUE, got 'no-equals-sign'"
+    reason, message = refused(body(engine_args=["--engine-arg"]))
+    assert reason == "InvalidEngineArgs" and "without KEY=VALUE" in message
+
+
+def test_quantization_names_are_vllms_current_ones_and_fp8_is_read_as_fp8_per_tensor():
+    assert read_spec(body(quantization="fp8")).quantization == "fp8_per_tensor"
+    for name in NAMES:
+        assert read_spec(body(quantization=name)).quantization == name
+    reason, message = refused(body(quantization="int4"))
+    assert (reason, message) == ("InvalidSpec", "unknown quantization 'int4'; known: none, fp8_per_tensor, "
+                                                "fp8_per_channel, fp8_per_block")
