@@ -19,7 +19,7 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize(("quantization", "min_top1_agreement"), [(None, 0.9), ("fp8", 0.75)])
+@pytest.mark.parametrize(("quantization", "min_top1_agreement"), [(None, 0.9), ("fp8_per_tensor", 0.75)])
 def test_low_precision_on_gpu_tracks_the_reference(
     tiny_grok_checkpoint: Path, tmp_path: Path, quantization: str | None, min_top1_agreement: float
 ) -> None:
