@@ -167,7 +167,7 @@ def test_the_crd_defaults_the_compile_cache_as_the_operator_does():
 
     import yaml
 
-    from grok_operator.resource import DEFAULT_COMPILE_CACHE
+    from grok_operator.api.spec import DEFAULT_COMPILE_CACHE
 
     crd = yaml.safe_load((Path(__file__).parents[2] / "charts/grok-operator/crds/"
                           "grokdeployments.serving.grok.dev.yaml").read_text())

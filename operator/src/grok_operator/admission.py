@@ -13,7 +13,7 @@ def check_attention_backend(spec: GrokDeploymentSpec) -> None:
     """spec.server.engineArgs must not force an attention backend that drops Grok-1's logit soft-cap on the
     spec's GPUs. Raises PlanError (AttentionBackendDropsSoftCap, or InvalidEngineArgs)."""
     try:
-        engine_args = engine_args_in(list(spec.server.get("engineArgs") or []))
+        engine_args = engine_args_in(spec.server.engine_args)
     except ValueError as err:
         raise PlanError("InvalidEngineArgs", f"spec.server.engineArgs: {err}") from None
     device = spec.gpu.attention_device if spec.gpu is not None else Device("cuda")

@@ -24,6 +24,7 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from grok_operator import metrics
+from grok_operator.api.spec import DEFAULT_REPLICAS, AutoscalingSpec, parse
 from grok_operator.autoscaler import (
     DEFAULT_DEPLOYMENT_LABEL,
     MetricsUnavailable,
@@ -315,7 +316,7 @@ def _refresh_status(owner: dict[str, Any], views: Views) -> None:
     model = State.models.get(owner["metadata"]["uid"])
     if model is None:
         return  # not reconciled by this process yet: the GrokDeployment's own event comes first
-    _collect_startup(owner, views.pods(spec.namespace, spec.name), int(spec.server.get("metricsPort", 9090)))
+    _collect_startup(owner, views.pods(spec.namespace, spec.name), spec.server.metrics_port)
 
     def make(old: dict[str, Any]) -> dict[str, Any]:
         observed = observe(
@@ -548,8 +549,8 @@ def _router_activity(prometheus: Prometheus, ns: str, name: str, window: float) 
 def _autoscale_once(owner: dict[str, Any], views: Views, history: History) -> None:
     meta, spec = owner["metadata"], owner["spec"]
     ns, name = meta["namespace"], meta["name"]
-    policy = Policy.from_spec(spec["autoscaling"])
-    replicas = int(spec.get("replicas", 1))
+    policy = Policy.from_spec(parse(AutoscalingSpec, spec["autoscaling"], "spec.autoscaling"))
+    replicas = int(spec.get("replicas", DEFAULT_REPLICAS))
     deployment = views.deployment(ns, name) or {}
     ready = int((deployment.get("status") or {}).get("readyReplicas", 0))
     moment = time.time()

@@ -10,10 +10,10 @@ import copy
 import math
 from typing import Any
 
+from grok_operator.api.spec import COMPILE_CACHE_PATH
 from grok_operator.planner import Plan, weight_bytes
 from grok_operator.resource import (
     API_VERSION,
-    COMPILE_CACHE_PATH,
     INSTANCE_LABEL,
     KIND,
     MANAGED_BY,
@@ -92,7 +92,7 @@ def _model_volume(spec: GrokDeploymentSpec) -> dict[str, Any]:
 def _compile_cache_volume(spec: GrokDeploymentSpec) -> dict[str, Any]:
     """spec.server.compileCache as the pod's volume: a node's folder (the default), a claim (ReadWriteMany:
     one cache per cluster) or an emptyDir (a cache per pod, so in effect none)."""
-    return {"name": "compile-cache", **copy.deepcopy(spec.compile_cache)}
+    return {"name": "compile-cache", **copy.deepcopy(spec.server.compile_cache)}
 
 
 def server_args(spec: GrokDeploymentSpec, plan: Plan) -> list[str]:
@@ -111,21 +111,21 @@ def server_args(spec: GrokDeploymentSpec, plan: Plan) -> list[str]:
         "--host",
         "$(POD_IP)",
         "--port",
-        str(s.get("grpcPort", 50051)),
+        str(s.grpc_port),
         "--metrics-host",
         "$(POD_IP)",
         "--metrics-port",
-        str(s.get("metricsPort", 9090)),
+        str(s.metrics_port),
         "--max-concurrent-requests",
-        str(s.get("maxConcurrentRequests", 256)),
+        str(s.max_concurrent_requests),
         "--gpu-memory-utilization",
-        str(s.get("gpuMemoryUtilization", 0.9)),
+        str(s.gpu_memory_utilization),
         "--drain-grace-seconds",
-        str(s.get("drainSeconds", 120)),
+        str(s.drain_seconds),
         # Clients that bypass the router (headless Service, dns:/// round_robin) reconnect now and then and
         # so find replicas added since; a connection's calls finish first (the grace outlasts generations).
         "--max-connection-age-seconds",
-        str(s.get("maxConnectionAgeSeconds", 300)),
+        str(s.max_connection_age_seconds),
         "--max-connection-age-grace-seconds",
         str(MAX_CONNECTION_AGE_GRACE_SECONDS),
         # vLLM's compile caches, on the spec.server.compileCache volume (a folder not writable: the server
@@ -137,7 +137,7 @@ def server_args(spec: GrokDeploymentSpec, plan: Plan) -> list[str]:
         args += ["--quantization", spec.quantization]
     if spec.dtype != "auto":
         args += ["--dtype", spec.dtype]
-    return args + list(s.get("engineArgs") or [])
+    return args + list(s.engine_args)
 
 
 def _resources(spec: GrokDeploymentSpec, plan: Plan) -> dict[str, Any]:
@@ -149,7 +149,7 @@ def _resources(spec: GrokDeploymentSpec, plan: Plan) -> dict[str, Any]:
         "requests": {"cpu": str(4 * tp), "memory": f"{memory_gib}Gi", gpu: str(tp)},
         "limits": {gpu: str(tp)},
     }
-    user = spec.server.get("resources") or {}
+    user = spec.server.resources
     merged = {k: {**default.get(k, {}), **(user.get(k) or {})} for k in ("requests", "limits")}
     # The GPU count is the plan's, whatever else the user sets.
     merged["requests"][gpu] = merged["limits"][gpu] = str(tp)
@@ -169,10 +169,10 @@ def server_pod_template(spec: GrokDeploymentSpec, plan: Plan, scrape_annotations
                         args: list[str] | None = None) -> dict[str, Any]:
     """The server pod (one replica's, or a multi-node group's leader): the planned GPUs, probes, drain."""
     s = spec.server
-    grpc_port, metrics_port = int(s.get("grpcPort", 50051)), int(s.get("metricsPort", 9090))
+    grpc_port, metrics_port = s.grpc_port, s.metrics_port
     tp = plan.tensor_parallel_size
-    drain = int(s.get("drainSeconds", 120))
-    startup_timeout = int(s.get("startupTimeoutSeconds", 1800))
+    drain = s.drain_seconds
+    startup_timeout = s.startup_timeout_seconds
     pod_labels = labels(spec)
     annotations = {}
     if scrape_annotations:
@@ -183,11 +183,11 @@ def server_pod_template(spec: GrokDeploymentSpec, plan: Plan, scrape_annotations
         }
     node_selector = {
         f"{gpu_resource(spec).split('/')[0]}/gpu.product": spec.gpu_product_name,
-        **(s.get("nodeSelector") or {}),
+        **s.node_selector,
     }
     tolerations = [
         {"key": gpu_resource(spec), "operator": "Exists", "effect": "NoSchedule"},
-        *(s.get("tolerations") or []),
+        *s.tolerations,
     ]
     pod_spec: dict[str, Any] = {
         "nodeSelector": node_selector,
@@ -206,15 +206,15 @@ def server_pod_template(spec: GrokDeploymentSpec, plan: Plan, scrape_annotations
         "containers": [
             {
                 "name": "server",
-                "image": s.get("image", "grok-serve/server:0.1.0"),
-                "imagePullPolicy": s.get("imagePullPolicy", "IfNotPresent"),
+                "image": s.image,
+                "imagePullPolicy": s.image_pull_policy,
                 "args": args if args is not None else server_args(spec, plan),
                 "env": [
                     {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
                     {"name": "HF_HUB_OFFLINE", "value": "1"},
                     # Across nodes, vLLM's ranks announce this address to the others (not a guess).
                     *([{"name": "VLLM_HOST_IP", "value": "$(POD_IP)"}] if plan.multi_node else []),
-                    *(s.get("env") or []),
+                    *s.env,
                 ],
                 "ports": [
                     {"name": "grpc", "containerPort": grpc_port, "protocol": "TCP"},
@@ -244,14 +244,15 @@ def server_pod_template(spec: GrokDeploymentSpec, plan: Plan, scrape_annotations
             _compile_cache_volume(spec),
         ],
     }
-    for key in ("affinity", "priorityClassName", "serviceAccountName"):
-        if s.get(key):
-            pod_spec[key] = s[key]
+    for key, value in (("affinity", s.affinity), ("priorityClassName", s.priority_class_name),
+                       ("serviceAccountName", s.service_account_name)):
+        if value:
+            pod_spec[key] = value
     return {"metadata": {"labels": pod_labels, "annotations": annotations}, "spec": pod_spec}
 
 
 def deployment(spec: GrokDeploymentSpec, plan: Plan, scrape_annotations: bool = True) -> dict[str, Any]:
-    startup_timeout = int(spec.server.get("startupTimeoutSeconds", 1800))
+    startup_timeout = spec.server.startup_timeout_seconds
     rollout = spec.rollout
     return {
         "apiVersion": "apps/v1",
@@ -264,8 +265,8 @@ def deployment(spec: GrokDeploymentSpec, plan: Plan, scrape_annotations: bool = 
             "strategy": {
                 "type": "RollingUpdate",
                 "rollingUpdate": {
-                    "maxSurge": rollout.get("maxSurge", 1),
-                    "maxUnavailable": rollout.get("maxUnavailable", 0),
+                    "maxSurge": rollout.max_surge,
+                    "maxUnavailable": rollout.max_unavailable,
                 },
             },
             "progressDeadlineSeconds": startup_timeout + 600,
@@ -297,7 +298,7 @@ def _group_flags(plan: Plan, node_rank: str) -> list[str]:
 def leader_args(spec: GrokDeploymentSpec, plan: Plan) -> list[str]:
     """The group's leader: grok-server as node rank 0 (gRPC, metrics, probes), the first pipeline stage."""
     base = server_args(spec, plan)
-    extra = list(spec.server.get("engineArgs") or [])
+    extra = list(spec.server.engine_args)
     own = base[: len(base) - len(extra)] if extra else base
     return own + _group_flags(plan, "0") + extra
 
@@ -332,15 +333,15 @@ def worker_args(spec: GrokDeploymentSpec, plan: Plan) -> list[str]:
     same engine flags as the leader (the serving ones are the leader's alone)."""
     args = ["--model", model_path(spec), "--tensor-parallel-size", str(plan.tensor_parallel_size),
             "--max-model-len", str(spec.max_model_len),
-            "--gpu-memory-utilization", str(spec.server.get("gpuMemoryUtilization", 0.9)),
+            "--gpu-memory-utilization", str(spec.server.gpu_memory_utilization),
             "--compile-cache-dir", COMPILE_CACHE_PATH]  # the same volume as the leader's (the pod template's)
     if spec.quantization != "none":
         args += ["--quantization", spec.quantization]
     if spec.dtype != "auto":
         args += ["--dtype", spec.dtype]
-    startup = int(spec.server.get("startupTimeoutSeconds", 1800))
+    startup = spec.server.startup_timeout_seconds
     return (args + _group_flags(plan, "$(LWS_WORKER_INDEX)") + ["--leader-wait-seconds", str(startup)]
-            + engine_flags(list(spec.server.get("engineArgs") or [])))
+            + engine_flags(list(spec.server.engine_args)))
 
 
 def _worker_template(spec: GrokDeploymentSpec, plan: Plan) -> dict[str, Any]:
@@ -368,7 +369,7 @@ def leader_worker_set(spec: GrokDeploymentSpec, plan: Plan,
     rank 0 and serves; the workers are the other stages), failing and restarting as a whole, replaced
     group by group on rollouts."""
     meta = _metadata(spec, leader_worker_set_name(spec))
-    topology = spec.parallelism.get("topologyKey")
+    topology = spec.parallelism.topology_key
     if topology:
         meta["annotations"] = {"leaderworkerset.sigs.k8s.io/exclusive-topology": topology}
     rollout = spec.rollout
@@ -382,8 +383,8 @@ def leader_worker_set(spec: GrokDeploymentSpec, plan: Plan,
             "rolloutStrategy": {
                 "type": "RollingUpdate",
                 "rollingUpdateConfiguration": {
-                    "maxSurge": rollout.get("maxSurge", 1),
-                    "maxUnavailable": rollout.get("maxUnavailable", 0),
+                    "maxSurge": rollout.max_surge,
+                    "maxUnavailable": rollout.max_unavailable,
                 },
             },
             "leaderWorkerTemplate": {
@@ -408,7 +409,7 @@ def service(spec: GrokDeploymentSpec) -> dict[str, Any]:
     """The GrokDeployment's address (status.endpoint): its router, or its servers when the router is off."""
     if not spec.router_enabled:
         return _server_service(spec, spec.name, headless=False)
-    http_port = int(spec.router.get("httpPort", 8080))
+    http_port = spec.router.http_port
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -416,7 +417,7 @@ def service(spec: GrokDeploymentSpec) -> dict[str, Any]:
         "spec": {
             "selector": spec.router_selector_labels,
             "ports": [
-                _grpc_service_port(int(spec.server.get("grpcPort", 50051))),
+                _grpc_service_port(spec.server.grpc_port),
                 {"name": "http", "port": http_port, "targetPort": "http", "protocol": "TCP",
                  "appProtocol": "http"},
             ],
@@ -443,10 +444,10 @@ def _server_service(spec: GrokDeploymentSpec, name: str, headless: bool) -> dict
         "spec": {
             "selector": spec.selector_labels,
             "ports": [
-                _grpc_service_port(int(s.get("grpcPort", 50051))),
+                _grpc_service_port(s.grpc_port),
                 {
                     "name": "metrics",
-                    "port": int(s.get("metricsPort", 9090)),
+                    "port": s.metrics_port,
                     "targetPort": "metrics",
                     "protocol": "TCP",
                 },
@@ -492,27 +493,27 @@ def router_args(spec: GrokDeploymentSpec) -> list[str]:
     r = spec.router
     return [
         "--host", "$(POD_IP)",
-        "--port", str(int(spec.server.get("grpcPort", 50051))),
-        "--http-port", str(int(r.get("httpPort", 8080))),
+        "--port", str(spec.server.grpc_port),
+        "--http-port", str(r.http_port),
         "--model-name", spec.name,  # the servers' --served-model-name
         "--namespace", spec.namespace,
         "--selector", spec.selector,
-        "--prefix-blocks", str(int(r.get("prefixBlocks", 8))),
-        "--balance", str(r.get("balance", 0.5)),
-        "--max-attempts", str(int(r.get("maxAttempts", 3))),
-        "--hold-timeout-seconds", str(int(r.get("holdTimeoutSeconds", 1800))),
-        "--max-held", str(int(r.get("maxHeldRequests", 1024))),
+        "--prefix-blocks", str(r.prefix_blocks),
+        "--balance", str(r.balance),
+        "--max-attempts", str(r.max_attempts),
+        "--hold-timeout-seconds", str(r.hold_timeout_seconds),
+        "--max-held", str(r.max_held_requests),
         # Calls in flight through a router that stops go on for as long as the servers would let them.
-        "--drain-grace-seconds", str(int(spec.server.get("drainSeconds", 120))),
+        "--drain-grace-seconds", str(spec.server.drain_seconds),
     ]
 
 
 def router_deployment(spec: GrokDeploymentSpec) -> dict[str, Any]:
     r = spec.router
-    grpc_port, http_port = int(spec.server.get("grpcPort", 50051)), int(r.get("httpPort", 8080))
+    grpc_port, http_port = spec.server.grpc_port, r.http_port
     name = router_name(spec)
     pod_labels = {**labels(spec, "router"), **spec.router_selector_labels}
-    drain = int(spec.server.get("drainSeconds", 120))
+    drain = spec.server.drain_seconds
     probe = {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "failureThreshold": 2,
              "timeoutSeconds": 5}
     pod_spec: dict[str, Any] = {
@@ -520,15 +521,15 @@ def router_deployment(spec: GrokDeploymentSpec) -> dict[str, Any]:
         "terminationGracePeriodSeconds": drain + 15,
         "containers": [{
             "name": "router",
-            "image": r.get("image", "grok-serve/router:0.1.0"),
-            "imagePullPolicy": r.get("imagePullPolicy", "IfNotPresent"),
+            "image": r.image,
+            "imagePullPolicy": r.image_pull_policy,
             "args": router_args(spec),
             "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
             "ports": [
                 {"name": "grpc", "containerPort": grpc_port, "protocol": "TCP"},
                 {"name": "http", "containerPort": http_port, "protocol": "TCP"},
             ],
-            "resources": r.get("resources") or {"requests": {"cpu": "500m", "memory": "256Mi"},
+            "resources": r.resources or {"requests": {"cpu": "500m", "memory": "256Mi"},
                                                 "limits": {"memory": "1Gi"}},
             "readinessProbe": probe,
             "livenessProbe": {**probe, "httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10,
@@ -543,15 +544,15 @@ def router_deployment(spec: GrokDeploymentSpec) -> dict[str, Any]:
             "labelSelector": {"matchLabels": spec.router_selector_labels},
         }],
     }
-    for key in ("nodeSelector", "tolerations"):
-        if r.get(key):
-            pod_spec[key] = r[key]
+    for key, value in (("nodeSelector", r.node_selector), ("tolerations", r.tolerations)):
+        if value:
+            pod_spec[key] = value
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": _metadata(spec, name, "router"),
         "spec": {
-            "replicas": int(r.get("replicas", 1)),
+            "replicas": r.replicas,
             "selector": {"matchLabels": spec.router_selector_labels},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "revisionHistoryLimit": 3,
@@ -624,29 +625,29 @@ def cache_size_gib(spec: GrokDeploymentSpec) -> int:
 
 
 def model_cache_claim(spec: GrokDeploymentSpec) -> dict[str, Any]:
-    cache = spec.model_spec.get("cache") or {}
+    cache = spec.model_spec.cache
     claim: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
         "metadata": _shared_metadata(spec, cache_claim_name(spec), "model-cache"),
         "spec": {
             # ReadWriteMany so replicas on every node mount the one copy (read-only).
-            "accessModes": [cache.get("accessMode", "ReadWriteMany")],
-            "resources": {"requests": {"storage": cache.get("size") or f"{cache_size_gib(spec)}Gi"}},
+            "accessModes": [cache.access_mode],
+            "resources": {"requests": {"storage": cache.size or f"{cache_size_gib(spec)}Gi"}},
         },
     }
-    if cache.get("storageClassName"):
-        claim["spec"]["storageClassName"] = cache["storageClassName"]
+    if cache.storage_class_name:
+        claim["spec"]["storageClassName"] = cache.storage_class_name
     return claim
 
 
 def fetch_job(spec: GrokDeploymentSpec) -> dict[str, Any]:
     """Downloads the weights once into the cache volume (and converts xAI's ckpt-0 when format is xai)."""
-    secret = (spec.model_spec.get("secretRef") or {}).get("name")
+    secret = spec.model_spec.secret_ref.get("name")
     container: dict[str, Any] = {
         "name": "fetch",
-        "image": spec.server.get("image", "grok-serve/server:0.1.0"),
-        "imagePullPolicy": spec.server.get("imagePullPolicy", "IfNotPresent"),
+        "image": spec.server.image,
+        "imagePullPolicy": spec.server.image_pull_policy,
         "command": ["grok-fetch"],
         "args": [
             "--uri",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from grok_operator.api.spec import ModelSpec
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -101,7 +103,7 @@ _SHAPE_FIELDS = {
 
 def model_shape(model_spec: dict[str, Any]) -> ModelShape:
     """The shape named by `spec.model.profile`, or given field by field in `spec.model.shape`."""
-    profile = model_spec.get("profile", "grok-1")
+    profile = model_spec.get("profile") or ModelSpec.profile
     if profile == "custom":
         shape = model_spec.get("shape") or {}
         missing = [k for k in ("layers", "hiddenSize", "heads", "kvHeads", "vocabSize") if k not in shape]

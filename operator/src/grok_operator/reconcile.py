@@ -263,7 +263,7 @@ def observe(
     current = deployment is not None and (
         deployment.get("kind") == "LeaderWorkerSet"
         or dstatus.get("observedGeneration") == deployment["metadata"].get("generation"))
-    port = spec.server.get("grpcPort", 50051)
+    port = spec.server.grpc_port
     return Observed(
         desired_replicas=spec.replicas,
         plan=the_plan,
@@ -278,7 +278,7 @@ def observe(
         last_startup_seconds=last_startup_seconds(pods),
         last_startup=last_startup(pods, startup_reports or {}),
         endpoint=f"{spec.name}.{spec.namespace}.svc:{port}",
-        http_endpoint=(f"http://{spec.name}.{spec.namespace}.svc:{spec.router.get('httpPort', 8080)}/v1"
+        http_endpoint=(f"http://{spec.name}.{spec.namespace}.svc:{spec.router.http_port}/v1"
                        if spec.router_enabled else ""),
         selector=spec.selector,
     )

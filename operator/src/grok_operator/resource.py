@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from grok_common.quantization import canonical
+from grok_operator.api.spec import (
+    DEFAULT_REPLICAS,
+    AutoscalingSpec,
+    GPUSpec,
+    ModelSpec,
+    ParallelismSpec,
+    RolloutSpec,
+    RouterSpec,
+    ServerSpec,
+    parse,
+)
 from grok_operator.gpus import GPU_PRODUCTS, GPUProduct
 from grok_operator.models import ModelShape, model_shape
 from grok_operator.planner import PlanRequest
@@ -23,35 +33,6 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 INSTANCE_LABEL = f"{GROUP}/deployment"
 MODEL_LABEL = f"{GROUP}/model"  # on the model cache and fetch Job, shared by deployments of one model
 MANAGED_BY = "grok-operator"
-
-# Where vLLM's compile caches live (spec.server.compileCache): shared per node by default, as the artifacts
-# depend on the node's GPU product and a node's local disk is the fastest to read them back from.
-COMPILE_CACHE_PATH = "/var/cache/grok-serve/compile"
-COMPILE_CACHE_SOURCES = ("hostPath", "persistentVolumeClaim", "emptyDir")
-DEFAULT_COMPILE_CACHE: dict[str, Any] = {
-    "hostPath": {"path": COMPILE_CACHE_PATH, "type": "DirectoryOrCreate"},
-}
-
-
-def compile_cache_source(server: dict[str, Any]) -> dict[str, Any]:
-    """spec.server.compileCache, checked as the CRD checks it (exactly one volume source), with defaults."""
-    given = server.get("compileCache")
-    if given is None:
-        return copy.deepcopy(DEFAULT_COMPILE_CACHE)
-    named = [k for k in COMPILE_CACHE_SOURCES if given.get(k) is not None]
-    if len(named) != 1:
-        raise ValueError("spec.server.compileCache must name exactly one of hostPath, persistentVolumeClaim "
-                         f"or emptyDir, not {sorted(given) or 'none'}")
-    (kind,) = named
-    source = dict(given[kind])
-    if kind == "hostPath":
-        if not str(source.get("path", "")).startswith("/"):
-            raise ValueError("spec.server.compileCache.hostPath.path must be an absolute path")
-        source.setdefault("type", "DirectoryOrCreate")
-    elif kind == "persistentVolumeClaim" and not source.get("claimName"):
-        raise ValueError("spec.server.compileCache.persistentVolumeClaim.claimName is required")
-    return {kind: source}
-
 
 @dataclass(frozen=True)
 class ModelSource:
@@ -90,80 +71,92 @@ class ModelSource:
 
 @dataclass(frozen=True)
 class GrokDeploymentSpec:
+    """A GrokDeployment read and checked: its identity, the typed spec blocks (api.spec), and what the
+    operator derives from them once (the model's location and shape, the GPU product, the parallel sizes)."""
+
     name: str
     namespace: str
     uid: str
     generation: int
     model: ModelSource
     shape: ModelShape
-    quantization: str
-    dtype: str
-    max_model_len: int
-    tensor_parallel: int | None
+    quantization: str  # grok_common.quantization's current name (a deprecated one translated)
     gpu: GPUProduct | None  # None: a product the planner does not know
-    gpu_product_name: str
-    gpu_memory_gib: float | None
-    gpus_per_node: int
+    model_spec: ModelSpec
+    gpu_spec: GPUSpec
     replicas: int
-    server: dict[str, Any]
-    rollout: dict[str, Any]
-    model_spec: dict[str, Any]
-    autoscaling: dict[str, Any] | None = None
-    router: dict[str, Any] = field(default_factory=dict)
-    parallelism: dict[str, Any] = field(default_factory=dict)
+    server: ServerSpec = field(default_factory=ServerSpec)
+    router: RouterSpec = field(default_factory=RouterSpec)
+    rollout: RolloutSpec = field(default_factory=RolloutSpec)
+    parallelism: ParallelismSpec = field(default_factory=ParallelismSpec)
+    autoscaling: AutoscalingSpec | None = None
     labels: dict[str, str] = field(default_factory=dict)
-    compile_cache: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_COMPILE_CACHE))
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> GrokDeploymentSpec:
-        """Reads a GrokDeployment as the API server stored it (CRD defaults already applied).
+        """Reads a GrokDeployment as the API server stored it (CRD defaults normally applied).
 
         Raises ValueError with a user-facing message for what the schema cannot check.
         """
         meta, spec = body["metadata"], body.get("spec") or {}
-        model = spec.get("model") or {}
-        tensor = (spec.get("parallelism") or {}).get("tensor", "auto")
-        gpu = spec.get("gpu") or {}
-        product = gpu.get("product", "NVIDIA-H100-80GB-HBM3")
+        model = parse(ModelSpec, spec.get("model"), "spec.model")
+        gpu = parse(GPUSpec, spec.get("gpu"), "spec.gpu")
+        autoscaling = spec.get("autoscaling")
         return cls(
             name=meta["name"],
             namespace=meta.get("namespace", "default"),
             uid=meta.get("uid", ""),
             generation=int(meta.get("generation", 1)),
-            model=ModelSource.parse(
-                model.get("uri", ""), model.get("revision", "main"), model.get("format", "hf")
-            ),
-            shape=model_shape(model),
-            quantization=canonical(model.get("quantization", "none")),
-            dtype=model.get("dtype", "auto"),
-            max_model_len=int(model.get("maxModelLen", 8192)),
-            tensor_parallel=None if tensor == "auto" else int(tensor),
-            gpu=GPU_PRODUCTS.get(product),
-            gpu_product_name=product,
-            gpu_memory_gib=gpu.get("memoryGiB"),
-            gpus_per_node=int(gpu.get("perNode", 8)),
-            replicas=int(spec.get("replicas", 1)),
-            server=spec.get("server") or {},
-            rollout=spec.get("rollout") or {},
+            model=ModelSource.parse(model.uri, model.revision, model.format),
+            shape=model_shape({"profile": model.profile, "shape": model.shape}),
+            quantization=canonical(model.quantization),
+            gpu=GPU_PRODUCTS.get(gpu.product),
             model_spec=model,
-            autoscaling=spec.get("autoscaling"),
-            router=spec.get("router") or {},
-            parallelism=spec.get("parallelism") or {},
+            gpu_spec=gpu,
+            replicas=int(spec.get("replicas", DEFAULT_REPLICAS)),
+            server=parse(ServerSpec, spec.get("server"), "spec.server"),
+            router=parse(RouterSpec, spec.get("router"), "spec.router"),
+            rollout=parse(RolloutSpec, spec.get("rollout"), "spec.rollout"),
+            parallelism=parse(ParallelismSpec, spec.get("parallelism"), "spec.parallelism"),
+            autoscaling=(None if autoscaling is None
+                         else parse(AutoscalingSpec, autoscaling, "spec.autoscaling")),
             labels=dict(meta.get("labels") or {}),
-            compile_cache=compile_cache_source(spec.get("server") or {}),
         )
 
+    @property
+    def dtype(self) -> str:
+        return self.model_spec.dtype
+
+    @property
+    def max_model_len(self) -> int:
+        return self.model_spec.max_model_len
+
+    @property
+    def tensor_parallel(self) -> int | None:
+        """None: the planner chooses."""
+        tensor = self.parallelism.tensor
+        return None if tensor == "auto" else int(tensor)
+
+    @property
+    def gpu_product_name(self) -> str:
+        return self.gpu_spec.product
+
+    @property
+    def gpus_per_node(self) -> int:
+        return self.gpu_spec.per_node
+
     def plan_request(self) -> PlanRequest:
-        pipeline = self.parallelism.get("pipeline", "auto")
+        pipeline = self.parallelism.pipeline
         gpu = self.gpu
         if gpu is None:
-            if self.gpu_memory_gib is None:
+            memory_gib = self.gpu_spec.memory_gib
+            if memory_gib is None:
                 known = ", ".join(sorted(GPU_PRODUCTS))
                 raise ValueError(
                     f"unknown GPU product {self.gpu_product_name!r}: set spec.gpu.memoryGiB to plan "
                     f"for it, or use one of {known}"
                 )
-            gpu = GPUProduct(self.gpu_product_name, int(self.gpu_memory_gib * 1024))
+            gpu = GPUProduct(self.gpu_product_name, int(memory_gib * 1024))
         return PlanRequest(
             shape=self.shape,
             gpu=gpu,
@@ -172,11 +165,11 @@ class GrokDeploymentSpec:
             max_model_len=self.max_model_len,
             tensor_parallel=self.tensor_parallel,
             gpus_per_node=self.gpus_per_node,
-            gpu_memory_utilization=float(self.server.get("gpuMemoryUtilization", 0.9)),
-            gpu_memory_gib=self.gpu_memory_gib,
-            min_sequences=int(self.server.get("minConcurrentSequences", 4)),
+            gpu_memory_utilization=self.server.gpu_memory_utilization,
+            gpu_memory_gib=self.gpu_spec.memory_gib,
+            min_sequences=self.server.min_concurrent_sequences,
             pipeline=None if pipeline == "auto" else int(pipeline),
-            max_nodes_per_replica=int(self.parallelism.get("maxNodesPerReplica", 4)),
+            max_nodes_per_replica=self.parallelism.max_nodes_per_replica,
         )
 
     @property
@@ -185,7 +178,7 @@ class GrokDeploymentSpec:
 
     @property
     def router_enabled(self) -> bool:
-        return bool(self.router.get("enabled", True))
+        return self.router.enabled
 
     @property
     def router_selector_labels(self) -> dict[str, str]:

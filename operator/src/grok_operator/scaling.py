@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+
+from grok_operator.api.spec import AutoscalingSpec
 
 METRICS = {
     # name: (PromQL over the deployment's series, how the value relates to replicas)
@@ -27,32 +28,37 @@ STARTUP_MARGIN = 1.5  # a replica is "still starting as expected" until 1.5x the
 DEFAULT_STARTUP_SECONDS = 600.0  # before any replica has been seen starting
 
 
+_SPEC = AutoscalingSpec  # the defaults, written once there
+
+
 @dataclass(frozen=True)
 class Policy:
+    """spec.autoscaling, in the decision's terms."""
+
     min_replicas: int
     max_replicas: int
-    metric: str = "waitingRequestsPerReplica"
-    target: float = 4.0
-    tolerance: float = 0.1
-    up_window: float = 30.0
-    down_window: float = 300.0
-    max_up_step: int = 2
-    max_down_step: int = 1
-    scale_to_zero_after: float = 900.0  # with min_replicas 0: seconds without requests before going to zero
+    metric: str = _SPEC.metric
+    target: float = _SPEC.target
+    tolerance: float = _SPEC.tolerance
+    up_window: float = _SPEC.scale_up_stabilization_seconds
+    down_window: float = _SPEC.scale_down_stabilization_seconds
+    max_up_step: int = _SPEC.max_scale_up_step
+    max_down_step: int = _SPEC.max_scale_down_step
+    scale_to_zero_after: float = _SPEC.scale_to_zero_after_seconds  # with min_replicas 0: idle seconds
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> Policy:
+    def from_spec(cls, spec: AutoscalingSpec) -> Policy:
         return cls(
-            min_replicas=int(spec.get("minReplicas", 1)),
-            max_replicas=int(spec["maxReplicas"]),
-            metric=spec.get("metric", "waitingRequestsPerReplica"),
-            target=float(spec.get("target", 4)),
-            tolerance=float(spec.get("tolerance", 0.1)),
-            up_window=float(spec.get("scaleUpStabilizationSeconds", 30)),
-            down_window=float(spec.get("scaleDownStabilizationSeconds", 300)),
-            max_up_step=int(spec.get("maxScaleUpStep", 2)),
-            max_down_step=int(spec.get("maxScaleDownStep", 1)),
-            scale_to_zero_after=float(spec.get("scaleToZeroAfterSeconds", 900)),
+            min_replicas=spec.min_replicas,
+            max_replicas=spec.max_replicas,
+            metric=spec.metric,
+            target=spec.target,
+            tolerance=spec.tolerance,
+            up_window=spec.scale_up_stabilization_seconds,
+            down_window=spec.scale_down_stabilization_seconds,
+            max_up_step=spec.max_scale_up_step,
+            max_down_step=spec.max_scale_down_step,
+            scale_to_zero_after=spec.scale_to_zero_after_seconds,
         )
 
 
