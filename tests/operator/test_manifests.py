@@ -395,7 +395,7 @@ def test_failing_pods_are_named_from_the_operators_pod_index():
     naming a failing pod needs (a real crash loop raised KeyError 'metadata' on every pod event)."""
     from types import SimpleNamespace
 
-    from grok_operator.handlers import server_pods
+    from grok_operator.control.indexes import server_pods
 
     status = {"containerStatuses": [{"name": "server", "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}
     entry = server_pods(namespace="ns", labels={"serving.grok.dev/deployment": "grok"},

@@ -191,28 +191,29 @@ def test_fetching_a_report_over_http(startup_endpoint):
 
 
 def test_an_unusable_cache_volume_is_one_warning_event_per_pod(monkeypatch, startup_endpoint):
-    from grok_operator import handlers
+    from grok_operator.control import grokdeployments as handlers
+    from grok_operator.control.state import State
 
     ip, port, state = startup_endpoint
     state.update(ready=True, body=UNWRITABLE)
     events: list[dict] = []
     monkeypatch.setattr(handlers.kopf, "event", lambda body, **kw: events.append(kw))
-    monkeypatch.setattr(handlers.State, "startup_reports", StartupReports())
+    monkeypatch.setattr(State, "startup_reports", StartupReports())
     owner = {"metadata": {"name": "g", "namespace": "ml", "uid": "u"}, "status": {}}
     pods = [pod("g-1", "2026-12-01T00:01:00Z", ip=ip, port=port)]
     for _ in range(3):
-        handlers._collect_startup(owner, pods, 9090)
+        handlers.collect_startup(owner, pods, 9090)
     assert events == [{"type": "Warning", "reason": "CompileCacheUnavailable",
                        "message": "pod g-1: " + UNWRITABLE["compile_cache"]["reason"]}]
-    assert handlers.State.startup_reports.snapshot()["uid-g-1"]["compileCache"] == "off"
+    assert State.startup_reports.snapshot()["uid-g-1"]["compileCache"] == "off"
     # After a restart of the operator: the status already names the pod, so it is not said again.
-    monkeypatch.setattr(handlers.State, "startup_reports", StartupReports())
-    handlers._collect_startup({**owner, "status": {"lastStartup": {"pod": "g-1"}}}, pods, 9090)
+    monkeypatch.setattr(State, "startup_reports", StartupReports())
+    handlers.collect_startup({**owner, "status": {"lastStartup": {"pod": "g-1"}}}, pods, 9090)
     assert len(events) == 1
 
 
 def test_the_pod_index_carries_what_fetching_a_report_needs():
-    from grok_operator.handlers import server_pods
+    from grok_operator.control.indexes import server_pods
 
     spec = {"containers": [{"name": "server", "ports": [{"name": "grpc", "containerPort": 50051},
                                                         {"name": "metrics", "containerPort": 9191}]}]}

@@ -15,7 +15,8 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from grok_operator import handlers, metrics
+from grok_operator import handlers, metrics  # noqa: F401 (handlers: registers kopf's)
+from grok_operator.control.state import State
 from grok_operator.kube import load_config
 from grok_operator.leader import LeaderElector
 
@@ -101,11 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
     log = logging.getLogger("grok_operator")
-    handlers.State.prometheus_url = args.prometheus_url
-    handlers.State.monitor_labels = dict(args.server_monitor_label)
-    handlers.State.deployment_label = args.prometheus_deployment_label
-    handlers.State.autoscale_interval = args.autoscale_interval
-    handlers.State.metrics_stale_after = args.metrics_stale_seconds
+    State.prometheus_url = args.prometheus_url
+    State.monitor_labels = dict(args.server_monitor_label)
+    State.deployment_label = args.prometheus_deployment_label
+    State.autoscale_interval = args.autoscale_interval
+    State.metrics_stale_after = args.metrics_stale_seconds
 
     start_http_server(args.metrics_port)
     stop_asking = threading.Event()

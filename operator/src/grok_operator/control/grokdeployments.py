@@ -1,0 +1,133 @@
+"""GrokDeployment handlers: reconcile a generation not yet handled by this process (new, edited, scaled, or
+first seen after a restart), refresh its status from its children, and, as a safety net for a reconcile that
+failed for good, try again every two minutes (the one timer; without any API call once handled)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from grok_operator import metrics
+from grok_operator.control.state import State, Views, kube, plain
+from grok_operator.control.status_writer import api_message, report_refused, with_retries, write_status
+from grok_operator.reconcile import observe, planned, read_spec, reconcile
+from grok_operator.resource import GROUP, PLURAL, VERSION
+from grok_operator.startup import cache_unavailable, newest_ready_server
+from grok_operator.status import status_patch
+
+log = logging.getLogger("grok_operator")
+
+
+def reconcile_and_report(body: dict[str, Any], views: Views, trigger: str) -> bool:
+    """Returns whether the spec was handled (False after a permanent error, which is reported as an Event)."""
+    started = time.monotonic()
+    probe, groups = State.service_monitors, State.leader_worker_sets
+    assert probe is not None and groups is not None
+    try:
+        result = with_retries(lambda: reconcile(kube(), body, probe, groups))
+    except ApiException as err:
+        if err.status == 403 and "being terminated" in (err.body or ""):
+            return True  # the namespace is going away, and everything in it with it
+        metrics.RECONCILE_ERRORS.labels(trigger).inc()
+        log.exception("reconciling %s/%s failed", body["metadata"]["namespace"], body["metadata"]["name"])
+        message = f"{err.status} {err.reason}: {api_message(err)}"
+        kopf.event(body, type="Warning", reason="ReconcileFailed", message=message)
+        report_refused(body, message)
+        return False
+    except Exception:
+        metrics.RECONCILE_ERRORS.labels(trigger).inc()
+        raise
+    finally:
+        metrics.RECONCILE_DURATION.labels(trigger).observe(time.monotonic() - started)
+    metrics.RECONCILES.labels(trigger).inc()
+    meta = body["metadata"]
+    ns, name, generation = meta["namespace"], meta["name"], int(meta.get("generation", 1))
+    State.refused.pop(meta["uid"], None)
+    if result.plan_error:
+        log.warning("%s/%s: %s", ns, name, result.plan_error[1])
+    State.models[meta["uid"]] = result.model
+
+    def make(old: dict[str, Any]) -> dict[str, Any]:
+        return result.status(old, generation, views.pods(ns, name), views.deployment(ns, name))
+
+    with_retries(lambda: write_status(body, make))
+    return True
+
+
+def refresh_status(owner: dict[str, Any], views: Views) -> None:
+    """Status only (no writes to children): pods scheduled or pending, replicas becoming ready."""
+    if State.refused.get(owner["metadata"]["uid"]) == int(owner["metadata"].get("generation", 1)):
+        return  # the status says the edit was refused until a reconcile of it succeeds
+    spec = read_spec(owner)
+    the_plan, error = planned(spec)
+    if error or the_plan is None or isinstance(spec, ValueError):
+        return  # written when the spec was reconciled; children are left alone
+    model = State.models.get(owner["metadata"]["uid"])
+    if model is None:
+        return  # not reconciled by this process yet: the GrokDeployment's own event comes first
+    collect_startup(owner, views.pods(spec.namespace, spec.name), spec.server.metrics_port)
+
+    def make(old: dict[str, Any]) -> dict[str, Any]:
+        observed = observe(
+            spec,
+            the_plan,
+            views.deployment(spec.namespace, spec.name),
+            views.pods(spec.namespace, spec.name),
+            model,
+            State.startup_reports.snapshot(),
+        )
+        return status_patch(observed, old, spec.generation)
+
+    with_retries(lambda: write_status(owner, make))
+
+
+def collect_startup(owner: dict[str, Any], pods: list[dict[str, Any]], metrics_port: int) -> None:
+    """Fetches the start-up report of the server pod that turned Ready last, once per pod (outside the
+    status lock: a slow pod delays no status write for long, and fails nothing); says once per pod when the
+    compile cache volume could not be used."""
+    pod = newest_ready_server(pods)
+    report = State.startup_reports.collect(pod, metrics_port) if pod is not None else None
+    reason = cache_unavailable(report) if report is not None else None
+    reported = ((owner.get("status") or {}).get("lastStartup") or {}).get("pod")
+    if pod is not None and reason and reported != pod["metadata"]["name"]:  # (said before a restart of ours)
+        log.warning("%s/%s: pod %s runs without its compile cache: %s", owner["metadata"]["namespace"],
+                    owner["metadata"]["name"], pod["metadata"]["name"], reason)
+        kopf.event(owner, type="Warning", reason="CompileCacheUnavailable",
+                   message=f"pod {pod['metadata']['name']}: {reason}")
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def grokdeployment_event(
+    event: dict[str, Any],
+    body: kopf.Body,
+    uid: str,
+    **_: Any,
+) -> None:
+    if event.get("type") == "DELETED":
+        State.forget(uid)
+        return
+    generation = int(body["metadata"].get("generation", 1))
+    if State.handled.get(uid) == generation:
+        return  # our own status writes, or a generation already handled
+    views = Views.of(_)
+    if reconcile_and_report(plain(body), views, trigger="spec"):
+        State.handled[uid] = generation
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=120, initial_delay=120)
+def retry_unhandled(
+    body: kopf.Body, uid: str, **_: Any
+) -> None:
+    """A safety net for a reconcile that failed for good (the API server down for longer than the
+    retries): tries again every two minutes; without any API call once the generation is handled."""
+    generation = int(body["metadata"].get("generation", 1))
+    if State.handled.get(uid) != generation and reconcile_and_report(
+        plain(body), Views.of(_), trigger="retry"
+    ):
+        State.handled[uid] = generation
+
+
