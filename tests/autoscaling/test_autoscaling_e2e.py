@@ -21,7 +21,7 @@ import pytest
 from grok_devcluster import is_ready
 from grok_devcluster.podrunner import lower_priority
 from grok_devcluster.prometheus import PrometheusServer
-from grok_operator.autoscaler import metric_query
+from grok_operator.scale.prometheus import metric_query
 from grok_server.client import GrokClient
 from tests.operator.test_operator_cluster import apply, conditions, get
 from tests.operator.test_operator_cluster import events as read_events

@@ -15,8 +15,9 @@ from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
 from grok_devcluster import DevCluster
-from grok_operator.planner import plan
-from grok_operator.resource import GrokDeploymentSpec
+from grok_operator.api.resource import GrokDeploymentSpec
+from grok_operator.plan.admission import plan_request
+from grok_operator.plan.planner import plan
 from tests.chart.conftest import CRD_NAME, CRDS, EXAMPLES
 from tests.operatorlib import bind_weights, wait_for
 
@@ -83,7 +84,7 @@ def test_example_plans_on_its_gpus(path):
     grokds = of_kind(load(path), *GROKD)
     assert grokds, f"{path.name} has no GrokDeployment"
     for body in grokds:
-        result = plan(GrokDeploymentSpec.from_body(copy.deepcopy(body)).plan_request())
+        result = plan(plan_request(GrokDeploymentSpec.from_body(copy.deepcopy(body))))
         tensor = body["spec"].get("parallelism", {}).get("tensor", "auto")
         if tensor != "auto":
             assert result.tensor_parallel_size == tensor
@@ -119,7 +120,7 @@ def test_keda_example_queries_the_servers_own_metric_for_its_deployment():
     assert re.match(r"^https?://", meta["serverAddress"])
     assert isinstance(meta["threshold"], str) and float(meta["threshold"]) > 0  # KEDA metadata is strings
     name = grokd["metadata"]["name"]
-    # The series and the label the operator's own autoscaler queries (grok_operator.autoscaler).
+    # The series and the label the operator's own autoscaler queries (grok_operator.scale.prometheus).
     assert re.fullmatch(
         r'sum\(grok_requests_waiting\{namespace="[a-z0-9-]+",serving_grok_dev_deployment="'
         + re.escape(name)

@@ -4,7 +4,7 @@ import pytest
 
 from grok_devcluster.cluster import NodePool
 from grok_devcluster.nodes import cpu_node, gpu_node
-from grok_operator.gpus import GPU_PRODUCTS, gpu_product
+from grok_operator.api.gpus import GPU_PRODUCTS, gpu_product
 
 
 def test_gpu_node_is_labelled_sized_and_tainted_like_a_real_one():

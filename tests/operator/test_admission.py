@@ -4,7 +4,7 @@ import pytest
 
 from grok_common.attention import Device, refusal
 from grok_common.quantization import NAMES
-from grok_operator.reconcile import planned, read_spec
+from grok_operator.plan.admission import admit
 
 FORCE_FLASHINFER = ["--engine-arg", "attention_backend=FLASHINFER"]
 
@@ -18,9 +18,9 @@ def body(product="NVIDIA-H100-80GB-HBM3", engine_args=None, quantization="fp8_pe
 
 
 def refused(b):
-    plan, error = planned(read_spec(b))
-    assert plan is None
-    return error
+    admission = admit(b)
+    assert admission.plan is None
+    return admission.refusal
 
 
 @pytest.mark.parametrize(("product", "device"), [
@@ -55,8 +55,8 @@ def test_every_way_engine_args_name_a_backend_is_read(engine_args):
 ])
 def test_backends_that_apply_the_cap_are_admitted(product, engine_args):
     quantization = "none" if product.startswith("NVIDIA-A100") else "fp8_per_tensor"
-    plan, error = planned(read_spec(body(product, engine_args, quantization)))
-    assert error is None and plan is not None
+    admission = admit(body(product, engine_args, quantization))
+    assert admission.refusal is None and admission.plan is not None
 
 
 def test_malformed_engine_args_are_refused_with_what_is_wrong():
@@ -68,9 +68,9 @@ def test_malformed_engine_args_are_refused_with_what_is_wrong():
 
 
 def test_quantization_names_are_vllms_current_ones_and_fp8_is_read_as_fp8_per_tensor():
-    assert read_spec(body(quantization="fp8")).quantization == "fp8_per_tensor"
+    assert admit(body(quantization="fp8")).spec.quantization == "fp8_per_tensor"
     for name in NAMES:
-        assert read_spec(body(quantization=name)).quantization == name
+        assert admit(body(quantization=name)).spec.quantization == name
     reason, message = refused(body(quantization="int4"))
     assert (reason, message) == ("InvalidSpec", "unknown quantization 'int4'; known: none, fp8_per_tensor, "
                                                 "fp8_per_channel, fp8_per_block")

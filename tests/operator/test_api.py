@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 import yaml
 
+from grok_operator.api.resource import GrokDeploymentSpec
 from grok_operator.api.spec import BLOCKS, DEFAULT_REPLICAS, ModelSpec, RolloutSpec, ServerSpec, parse
-from grok_operator.resource import GrokDeploymentSpec
 from tests.chart.conftest import CRDS
 
 CRD = yaml.safe_load((CRDS / "grokdeployments.serving.grok.dev.yaml").read_text())

@@ -4,18 +4,18 @@ import copy
 
 import pytest
 
-from grok_operator import manifests
-from grok_operator.planner import plan
-from grok_operator.reconcile import (
-    ReconcileResult,
-    desired_children,
-    failing_pod_messages,
-    is_subset,
-    model_state,
-    unschedulable_messages,
-)
-from grok_operator.resource import INSTANCE_LABEL, GrokDeploymentSpec, ModelSource
-from grok_operator.status import Observed, conditions_and_phase, merge_conditions
+from grok_operator.api.resource import INSTANCE_LABEL, GrokDeploymentSpec, ModelSource
+from grok_operator.build.children import desired_children
+from grok_operator.build.group import WORKER_SWITCHES, WORKER_VALUE_FLAGS, engine_flags
+from grok_operator.build.model_cache import cache_claim_name, cache_size_gib, fetch_job, model_cache_claim
+from grok_operator.build.router import router_deployment, router_role
+from grok_operator.build.server import deployment, server_args
+from grok_operator.build.services import servers_service, service
+from grok_operator.control.reconcile import ReconcileResult, is_subset
+from grok_operator.observe.children import failing_pod_messages, model_state, unschedulable_messages
+from grok_operator.observe.status import Observed, conditions_and_phase, merge_conditions
+from grok_operator.plan.admission import plan_request
+from grok_operator.plan.planner import plan
 
 
 def body(**spec):
@@ -27,7 +27,7 @@ def body(**spec):
 
 def built(**spec):
     s = GrokDeploymentSpec.from_body(body(**spec))
-    return s, plan(s.plan_request())
+    return s, plan(plan_request(s))
 
 
 def container(deployment):
@@ -36,7 +36,7 @@ def container(deployment):
 
 def test_server_pods_request_the_planned_gpus_on_the_requested_product():
     spec, p = built(replicas=2)
-    d = manifests.deployment(spec, p)
+    d = deployment(spec, p)
     pod = d["spec"]["template"]["spec"]
     assert container(d)["resources"]["limits"]["nvidia.com/gpu"] == "8"
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
@@ -59,7 +59,7 @@ def test_server_pods_request_the_planned_gpus_on_the_requested_product():
 
 def test_pods_are_built_to_load_slowly_drain_and_share_memory():
     spec, p = built(server={"startupTimeoutSeconds": 1200, "drainSeconds": 90})
-    d = manifests.deployment(spec, p)
+    d = deployment(spec, p)
     c, pod = container(d), d["spec"]["template"]["spec"]
     startup = c["startupProbe"]
     assert startup["httpGet"] == {"path": "/readyz", "port": "metrics"}
@@ -87,7 +87,7 @@ def test_server_args_are_what_grok_server_accepts():
         server={"drainSeconds": 90, "maxConcurrentRequests": 64,
                 "engineArgs": ["--engine-arg", "max_num_batched_tokens=4096"]},
     )
-    d = manifests.deployment(spec, p)
+    d = deployment(spec, p)
     cfg = parse_args(container(d)["args"])
     assert cfg.model == "/models/grok-1" and cfg.served_model_name == "grok"
     assert cfg.tensor_parallel_size == 8 and cfg.quantization == "fp8_per_tensor" and cfg.dtype == "bfloat16"
@@ -106,7 +106,7 @@ def test_user_passthrough_is_merged_but_cannot_change_the_gpu_count():
             "priorityClassName": "inference",
         }
     )
-    d = manifests.deployment(spec, p)
+    d = deployment(spec, p)
     pod = d["spec"]["template"]["spec"]
     assert container(d)["resources"]["limits"] == {"nvidia.com/gpu": "8", "memory": "900Gi"}
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "pool": "serving"}
@@ -124,7 +124,7 @@ def _compile_cache(template):
 
 def test_the_compile_cache_is_a_folder_of_the_node_by_default():
     spec, p = built()
-    volume, mounted, flag = _compile_cache(manifests.deployment(spec, p)["spec"]["template"])
+    volume, mounted, flag = _compile_cache(deployment(spec, p)["spec"]["template"])
     assert volume == {"name": "compile-cache",
                       "hostPath": {"path": "/var/cache/grok-serve/compile", "type": "DirectoryOrCreate"}}
     assert mounted == flag == "/var/cache/grok-serve/compile"
@@ -137,14 +137,14 @@ def test_the_compile_cache_is_a_folder_of_the_node_by_default():
 ])
 def test_the_compile_cache_volume_is_the_one_the_spec_names(source):
     spec, p = built(server={"compileCache": source})
-    volume, mounted, flag = _compile_cache(manifests.deployment(spec, p)["spec"]["template"])
+    volume, mounted, flag = _compile_cache(deployment(spec, p)["spec"]["template"])
     assert volume == {"name": "compile-cache", **source}
     assert mounted == flag == "/var/cache/grok-serve/compile"  # in the pod, always the same folder
 
 
 def test_a_host_path_compile_cache_without_a_type_may_be_created():
     spec, p = built(server={"compileCache": {"hostPath": {"path": "/srv/cc"}}})
-    volume, _, _ = _compile_cache(manifests.deployment(spec, p)["spec"]["template"])
+    volume, _, _ = _compile_cache(deployment(spec, p)["spec"]["template"])
     assert volume["hostPath"] == {"path": "/srv/cc", "type": "DirectoryOrCreate"}
 
 
@@ -155,10 +155,9 @@ def test_a_host_path_compile_cache_without_a_type_may_be_created():
     ({"persistentVolumeClaim": {}}, "claimName"),
 ])
 def test_a_compile_cache_the_crd_would_refuse_is_an_invalid_spec(source, words):
-    from grok_operator.reconcile import planned, read_spec
+    from grok_operator.plan.admission import admit
 
-    spec = read_spec(body(server={"compileCache": source}))
-    _, error = planned(spec)
+    error = admit(body(server={"compileCache": source})).refusal
     assert error is not None and error[0] == "InvalidSpec" and words in error[1]
 
 
@@ -184,17 +183,17 @@ def test_fetched_models_share_one_cache_volume_and_job_per_model():
     b_body = body(model={"uri": "hf://hpcai-tech/grok-1", "quantization": "fp8"})
     b_body["metadata"]["name"] = "other"
     b = GrokDeploymentSpec.from_body(b_body)
-    assert manifests.cache_claim_name(a) == manifests.cache_claim_name(b)
-    job = manifests.fetch_job(a)
+    assert cache_claim_name(a) == cache_claim_name(b)
+    job = fetch_job(a)
     assert job["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["--uri", "hf://hpcai-tech/grok-1"]
     assert job["metadata"]["ownerReferences"][0]["controller"] is False
-    claim = manifests.model_cache_claim(a)
+    claim = model_cache_claim(a)
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
-    assert claim["spec"]["resources"]["requests"]["storage"] == f"{manifests.cache_size_gib(a)}Gi"
-    assert 700 < manifests.cache_size_gib(a) < 720  # the published bf16 checkpoint (≈633 GB) plus room
-    d = manifests.deployment(a, plan(a.plan_request()))
+    assert claim["spec"]["resources"]["requests"]["storage"] == f"{cache_size_gib(a)}Gi"
+    assert 700 < cache_size_gib(a) < 720  # the published bf16 checkpoint (≈633 GB) plus room
+    d = deployment(a, plan(plan_request(a)))
     vol = next(v for v in d["spec"]["template"]["spec"]["volumes"] if v["name"] == "model")
-    assert vol["persistentVolumeClaim"]["claimName"] == manifests.cache_claim_name(a)
+    assert vol["persistentVolumeClaim"]["claimName"] == cache_claim_name(a)
 
 
 def test_model_uri_parsing():
@@ -209,9 +208,9 @@ def test_unknown_gpu_product_needs_its_memory():
     with pytest.raises(
         ValueError, match=r"unknown GPU product 'NVIDIA-RTX-PRO-6000': set spec.gpu.memoryGiB"
     ):
-        spec.plan_request()
+        plan_request(spec)
     spec = GrokDeploymentSpec.from_body(body(gpu={"product": "NVIDIA-RTX-PRO-6000", "memoryGiB": 96}))
-    assert plan(spec.plan_request()).gpu_memory_gib == 96
+    assert plan(plan_request(spec)).gpu_memory_gib == 96
 
 
 def test_drift_detection_tolerates_server_defaults_but_not_edits():
@@ -238,7 +237,7 @@ def test_drift_detection_tolerates_server_defaults_but_not_edits():
 def test_drift_detection_knows_the_api_server_drops_empty_maps_and_lists():
     # With a ServiceMonitor the pod template has no scrape annotations: {} is stored as nothing at all.
     spec, p = built()
-    desired = manifests.deployment(spec, p, scrape_annotations=False)
+    desired = deployment(spec, p, scrape_annotations=False)
     live = copy.deepcopy(desired)
     del live["spec"]["template"]["metadata"]["annotations"]
     assert is_subset(desired, live)
@@ -317,7 +316,7 @@ def test_a_failed_fetch_says_grok_fetchs_own_reason_from_its_last_pod():
 
 def test_the_fetch_job_keeps_its_logs_tail_as_the_termination_message():
     spec, _ = built(model={"uri": "s3://bucket/grok-1"})
-    (fetch,) = manifests.fetch_job(spec)["spec"]["template"]["spec"]["containers"]
+    (fetch,) = fetch_job(spec)["spec"]["template"]["spec"]["containers"]
     assert fetch["terminationMessagePolicy"] == "FallbackToLogsOnError"
 
 
@@ -420,9 +419,9 @@ def test_the_router_fronts_the_deployment_with_least_privilege():
     kinds = [(c["kind"], c["metadata"]["name"]) for c in desired_children(spec, the_plan, None)]
     assert {("Deployment", "grok-router"), ("ServiceAccount", "grok-router"), ("Role", "grok-router"),
             ("RoleBinding", "grok-router"), ("Service", "grok"), ("Service", "grok-servers")} <= set(kinds)
-    (rule,) = manifests.router_role(spec)["rules"]
+    (rule,) = router_role(spec)["rules"]
     assert rule == {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
-    router = manifests.router_deployment(spec)
+    router = router_deployment(spec)
     pod = router["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "grok-router" and "nvidia.com/gpu" not in str(pod)
     args = pod["containers"][0]["args"]
@@ -432,10 +431,10 @@ def test_the_router_fronts_the_deployment_with_least_privilege():
     assert args[args.index("--hold-timeout-seconds") + 1] == "600"
     assert args[args.index("--prefix-blocks") + 1] == "4"
     assert args[args.index("--model-name") + 1] == "grok"  # the servers' --served-model-name
-    front = manifests.service(spec)["spec"]
+    front = service(spec)["spec"]
     assert front["selector"] == spec.router_selector_labels
     assert [p["name"] for p in front["ports"]] == ["grpc", "http"]
-    servers = manifests.servers_service(spec)["spec"]
+    servers = servers_service(spec)["spec"]
     assert servers["clusterIP"] == "None" and servers["selector"] == spec.selector_labels
 
 
@@ -443,13 +442,13 @@ def test_without_the_router_the_service_selects_the_servers():
     spec, the_plan = built(router={"enabled": False})
     kinds = {c["kind"] for c in desired_children(spec, the_plan, None)}
     assert not kinds & {"Role", "RoleBinding", "ServiceAccount"}
-    front = manifests.service(spec)["spec"]
+    front = service(spec)["spec"]
     assert front["selector"] == spec.selector_labels and "clusterIP" not in front
 
 
 def test_servers_age_their_connections_for_clients_that_bypass_the_router():
     spec, the_plan = built(server={"maxConnectionAgeSeconds": 120})
-    args = manifests.server_args(spec, the_plan)
+    args = server_args(spec, the_plan)
     assert args[args.index("--max-connection-age-seconds") + 1] == "120"
     assert int(args[args.index("--max-connection-age-grace-seconds") + 1]) >= 3600
 
@@ -502,7 +501,7 @@ def test_workers_get_the_engine_flags_of_engine_args_and_never_the_serving_ones(
             "--max-num-seqs=4", "--no-warmup", "--tokenizer", "/t", "--dtype", "float32", "--max-model-len",
             "512", "--quantization=fp8"]
     # Every rank must agree on the engine: whatever engineArgs changes of it reaches the workers too.
-    assert manifests.engine_flags(args) == ["--enforce-eager", "--kv-cache-memory-bytes", "268435456",
+    assert engine_flags(args) == ["--enforce-eager", "--kv-cache-memory-bytes", "268435456",
                                             "--engine-arg", "enable_prefix_caching=true", "--max-num-seqs=4",
                                             "--tokenizer", "/t", "--dtype", "float32", "--max-model-len",
                                             "512", "--quantization=fp8"]
@@ -516,8 +515,8 @@ def test_the_worker_flags_are_the_engine_flags_grok_server_worker_accepts():
                 if action.container.title == "model and engine" for option in action.option_strings
                 if option.startswith("--") and option not in ("--tp", "--pp")}
     switches = {o for a in build_worker_parser()._actions if a.nargs == 0 for o in a.option_strings}
-    assert accepted - planned - switches == manifests.WORKER_VALUE_FLAGS
-    assert accepted & switches == manifests.WORKER_SWITCHES
+    assert accepted - planned - switches == WORKER_VALUE_FLAGS
+    assert accepted & switches == WORKER_SWITCHES
 
 
 def test_the_leader_worker_sets_own_service_name_is_none_of_ours():

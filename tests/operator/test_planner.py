@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 
 from grok_common.attention import engine_backend_args
 from grok_common.quantization import NAMES, canonical
-from grok_operator.gpus import GPU_PRODUCTS, gpu_product
-from grok_operator.models import GROK_1, GROK_1_TINY, model_shape
-from grok_operator.planner import PlanError, PlanRequest, plan, weight_bytes
+from grok_operator.api.gpus import GPU_PRODUCTS, gpu_product
+from grok_operator.api.models import GROK_1, GROK_1_TINY, model_shape
+from grok_operator.plan.planner import PlanError, PlanRequest, plan, weight_bytes
 
 H100, H200 = gpu_product("NVIDIA-H100-80GB-HBM3"), gpu_product("NVIDIA-H200")
 
@@ -198,7 +198,7 @@ def test_a_chosen_plan_always_fits_and_is_the_smallest(product, quantization, ma
 
 
 def test_the_tiny_profiles_are_the_shapes_the_generator_writes():
-    from grok_operator.models import GROK_1_SMALL
+    from grok_operator.api.models import GROK_1_SMALL
     from grok_server.checkpoints.tiny import parameter_count
 
     assert GROK_1_TINY.parameters == parameter_count("tiny")

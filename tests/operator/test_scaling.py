@@ -5,7 +5,7 @@ import dataclasses
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grok_operator.scaling import History, Observation, Policy, decide, raw_recommendation
+from grok_operator.scale.decide import History, Observation, Policy, decide, raw_recommendation
 
 POLICY = Policy(
     min_replicas=1,
@@ -237,7 +237,7 @@ def test_no_router_series_never_scales_to_zero_and_a_warm_floor_stays():
 
 
 def test_the_last_start_up_is_the_newest_replica_to_turn_ready():
-    from grok_operator.autoscaler import last_startup_seconds
+    from grok_operator.observe.pods import last_startup_seconds
 
     def pod(created, ready_at=None):
         conditions = [{"type": "Ready", "status": "True", "lastTransitionTime": ready_at}] if ready_at else []

@@ -10,12 +10,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from grok_operator import startup_reports
-from grok_operator.planner import plan
-from grok_operator.resource import GrokDeploymentSpec
-from grok_operator.startup import cache_unavailable, last_startup, newest_ready_server, startup_status
-from grok_operator.startup_reports import NotAvailable, StartupReports, fetch_report
-from grok_operator.status import Observed, status_patch
+from grok_operator.api.resource import GrokDeploymentSpec
+from grok_operator.observe import startup_reports
+from grok_operator.observe.startup import cache_unavailable, last_startup, newest_ready_server, startup_status
+from grok_operator.observe.startup_reports import NotAvailable, StartupReports, fetch_report
+from grok_operator.observe.status import Observed, status_patch
+from grok_operator.plan.admission import plan_request
+from grok_operator.plan.planner import plan
 
 # As grok-server answers GET /startup once Ready (StartupReport.to_json).
 REPORT = {
@@ -81,7 +82,7 @@ def test_the_last_start_is_the_leaders_that_turned_ready_last():
 def test_the_status_carries_the_report_and_replaces_an_earlier_pods():
     spec = GrokDeploymentSpec.from_body({"metadata": {"name": "g", "namespace": "ml", "uid": "u"},
                                          "spec": {"model": {"uri": "pvc://w/g", "quantization": "fp8"}}})
-    p = plan(spec.plan_request())
+    p = plan(plan_request(spec))
     shaped = startup_status(REPORT, "new")
     status = status_patch(Observed(1, plan=p, last_startup_seconds=14.2, last_startup=shaped), {}, 1)
     assert status["lastStartup"] == shaped and status["lastStartupSeconds"] == 14

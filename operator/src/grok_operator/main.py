@@ -15,10 +15,11 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from grok_operator import handlers, metrics  # noqa: F401 (handlers: registers kopf's)
+from grok_operator import handlers  # noqa: F401 (registers the kopf handlers)
+from grok_operator.control import metrics
+from grok_operator.control.kube import load_config
+from grok_operator.control.leader import LeaderElector
 from grok_operator.control.state import State
-from grok_operator.kube import load_config
-from grok_operator.leader import LeaderElector
 
 
 class JsonFormatter(logging.Formatter):

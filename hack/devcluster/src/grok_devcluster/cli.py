@@ -8,7 +8,7 @@ import time
 
 from grok_devcluster.cluster import ClusterError, DevCluster, NodePool, state_root
 from grok_devcluster.tools import ToolsMissing, tools_dir
-from grok_operator.gpus import GPU_PRODUCTS
+from grok_operator.api.gpus import GPU_PRODUCTS
 
 DEFAULT_NAME = "grok"
 NODE_COLUMNS = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from grok_operator.gpus import GPUProduct
+from grok_operator.api.gpus import GPUProduct
 
 # KWOK manages the nodes that carry this annotation (kwokctl's default selector).
 KWOK_NODE_ANNOTATION = {"kwok.x-k8s.io/node": "fake"}

@@ -9,20 +9,20 @@ from typing import Any
 
 import kopf
 
-from grok_operator import metrics
+from grok_operator.api.resource import GROUP, PLURAL, VERSION
 from grok_operator.api.spec import DEFAULT_REPLICAS, AutoscalingSpec, parse
-from grok_operator.autoscaler import (
+from grok_operator.control import metrics
+from grok_operator.control.state import State, Views, kube
+from grok_operator.control.status_writer import with_retries, write_status
+from grok_operator.observe.status import condition, merge_conditions, now
+from grok_operator.scale.decide import History, Observation, Policy, decide
+from grok_operator.scale.prometheus import (
     MetricsUnavailable,
     Prometheus,
     metric_query,
     replica_startup,
     router_queries,
 )
-from grok_operator.control.state import State, Views, kube
-from grok_operator.control.status_writer import with_retries, write_status
-from grok_operator.resource import GROUP, PLURAL, VERSION
-from grok_operator.scaling import History, Observation, Policy, decide
-from grok_operator.status import condition, merge_conditions, now
 
 log = logging.getLogger("grok_operator")
 

@@ -8,11 +8,13 @@ from typing import Any
 
 import kopf
 
-from grok_operator import metrics
+from grok_operator.api.resource import INSTANCE_LABEL, MODEL_LABEL
+from grok_operator.build.children import desired_children
+from grok_operator.control import metrics
 from grok_operator.control.grokdeployments import reconcile_and_report, refresh_status
+from grok_operator.control.reconcile import is_subset
 from grok_operator.control.state import MANAGED, SERVER_PODS, State, Views, plain
-from grok_operator.reconcile import desired_children, is_subset, planned, read_spec
-from grok_operator.resource import INSTANCE_LABEL, MODEL_LABEL
+from grok_operator.plan.admission import admit
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
@@ -31,9 +33,9 @@ def child_event(
     owner = views.owner(namespace, labels.get(INSTANCE_LABEL))
     if owner is None:
         return
-    spec = read_spec(owner)
-    the_plan, error = planned(spec)
-    if error or the_plan is None or isinstance(spec, ValueError):
+    admission = admit(owner)
+    spec, the_plan = admission.spec, admission.plan
+    if spec is None or the_plan is None:
         return
     child = {**plain(body), "kind": resource.kind}
     deleted = event.get("type") == "DELETED"
@@ -74,11 +76,10 @@ def fetch_job_event(
     views = Views.of(_)
     for ref in body["metadata"].get("ownerReferences") or []:
         owner = views.owner(namespace, ref.get("name"))
-        spec = read_spec(owner) if owner else None
+        spec = admit(owner).spec if owner else None
         if (
             owner is not None
             and spec is not None
-            and not isinstance(spec, ValueError)
             and spec.model.cache_key == labels.get(MODEL_LABEL)
         ):
             reconcile_and_report(owner, views, trigger="model")
@@ -97,11 +98,10 @@ def claim_event(
     views = Views.of(_)
     for (ns, gd_name), _store in list(views.grokds.items()):
         owner = views.owner(ns, gd_name) if ns == namespace else None
-        spec = read_spec(owner) if owner else None
+        spec = admit(owner).spec if owner else None
         if (
             owner is not None
             and spec is not None
-            and not isinstance(spec, ValueError)
             and spec.model.scheme == "pvc"
             and spec.model.location == name
         ):

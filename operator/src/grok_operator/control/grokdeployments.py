@@ -11,13 +11,15 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from grok_operator import metrics
+from grok_operator.api.resource import GROUP, PLURAL, VERSION
+from grok_operator.control import metrics
+from grok_operator.control.reconcile import reconcile
 from grok_operator.control.state import State, Views, kube, plain
 from grok_operator.control.status_writer import api_message, report_refused, with_retries, write_status
-from grok_operator.reconcile import observe, planned, read_spec, reconcile
-from grok_operator.resource import GROUP, PLURAL, VERSION
-from grok_operator.startup import cache_unavailable, newest_ready_server
-from grok_operator.status import status_patch
+from grok_operator.observe.children import observe
+from grok_operator.observe.startup import cache_unavailable, newest_ready_server
+from grok_operator.observe.status import status_patch
+from grok_operator.plan.admission import admit
 
 log = logging.getLogger("grok_operator")
 
@@ -62,9 +64,9 @@ def refresh_status(owner: dict[str, Any], views: Views) -> None:
     """Status only (no writes to children): pods scheduled or pending, replicas becoming ready."""
     if State.refused.get(owner["metadata"]["uid"]) == int(owner["metadata"].get("generation", 1)):
         return  # the status says the edit was refused until a reconcile of it succeeds
-    spec = read_spec(owner)
-    the_plan, error = planned(spec)
-    if error or the_plan is None or isinstance(spec, ValueError):
+    admission = admit(owner)
+    spec, the_plan = admission.spec, admission.plan
+    if spec is None or the_plan is None:
         return  # written when the spec was reconciled; children are left alone
     model = State.models.get(owner["metadata"]["uid"])
     if model is None:

@@ -13,12 +13,12 @@ from typing import Any
 
 import kopf
 
-from grok_operator.autoscaler import DEFAULT_DEPLOYMENT_LABEL
-from grok_operator.kube import Kube, load_config
-from grok_operator.manifests import LWS_CRD
-from grok_operator.reconcile import CrdProbe, ServiceMonitorProbe
-from grok_operator.resource import MANAGED_BY
-from grok_operator.startup_reports import StartupReports
+from grok_operator.api.resource import MANAGED_BY
+from grok_operator.build.group import LWS_CRD
+from grok_operator.control.kube import Kube, load_config
+from grok_operator.control.reconcile import CrdProbe, ServiceMonitorProbe
+from grok_operator.observe.startup_reports import StartupReports
+from grok_operator.scale.prometheus import DEFAULT_DEPLOYMENT_LABEL
 
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 SERVER_PODS = {**MANAGED, "app.kubernetes.io/component": "server"}

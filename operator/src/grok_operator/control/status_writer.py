@@ -22,7 +22,7 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from grok_operator.control.state import State, kube
-from grok_operator.status import condition, merge_conditions
+from grok_operator.observe.status import condition, merge_conditions
 
 log = logging.getLogger("grok_operator")
 BAD_WHEN = {

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from grok_common.quantization import bytes_per_weight, canonical, is_fp8
-from grok_operator.gpus import GIB, GPU_PRODUCTS, GPUProduct
-from grok_operator.models import ModelShape
+from grok_operator.api.gpus import GIB, GPU_PRODUCTS, GPUProduct
+from grok_operator.api.models import ModelShape
 
 DTYPE_BYTES = {"auto": 2, "bfloat16": 2, "float16": 2, "float32": 4}
 KV_CACHE_BYTES = 2  # bf16 KV cache

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from grok_operator.startup import pod_uid, startup_status
+from grok_operator.observe.startup import pod_uid, startup_status
 
 log = logging.getLogger(__name__)
 

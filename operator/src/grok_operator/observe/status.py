@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from grok_operator.planner import Plan
-from grok_operator.startup import replacing
+from grok_operator.observe.startup import replacing
+from grok_operator.plan.planner import Plan
 
 
 @dataclass(frozen=True)

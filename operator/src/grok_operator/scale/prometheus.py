@@ -10,10 +10,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from grok_operator.scaling import DEFAULT_STARTUP_SECONDS
+from grok_operator.observe.pods import created_at, is_ready, ready_since
+from grok_operator.scale.decide import DEFAULT_STARTUP_SECONDS
 
 DEFAULT_DEPLOYMENT_LABEL = "serving_grok_dev_deployment"  # the pod label serving.grok.dev/deployment, as
 # Prometheus names it (ServiceMonitor podTargetLabels, or a kubernetes_sd labelmap)
@@ -105,55 +105,17 @@ class Prometheus:
         return value[0]
 
 
-def _time(stamp: str | None) -> float | None:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else None
-
-
-def _created(pod: dict[str, Any]) -> float | None:
-    return _time(pod.get("created") or (pod.get("metadata") or {}).get("creationTimestamp"))
-
-
-def ready_since(pod: dict[str, Any]) -> float | None:
-    """When the pod's Ready condition turned True, or None while it is not Ready."""
-    ready = next((c for c in (pod.get("status") or {}).get("conditions") or []
-                  if c.get("type") == "Ready" and c.get("status") == "True"), None)
-    return _time(ready.get("lastTransitionTime")) if ready else None
-
-
-def turned_ready_last(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Of the Ready pods, the one that turned Ready last; None before any did."""
-    newest: tuple[float, dict[str, Any]] | None = None
-    for pod in pods:
-        became = ready_since(pod)
-        if became is not None and (newest is None or became > newest[0]):
-            newest = (became, pod)
-    return None if newest is None else newest[1]
-
-
-def last_startup_seconds(pods: list[dict[str, Any]]) -> float | None:
-    """Creation to Ready of the replica that turned Ready last (its cold start: scheduling, process start,
-    model load), or None before any did."""
-    pod = turned_ready_last([p for p in pods if _created(p) is not None])
-    if pod is None:
-        return None
-    return max(0.0, (ready_since(pod) or 0.0) - (_created(pod) or 0.0))
-
-
 def replica_startup(pods: list[dict[str, Any]], now: float) -> tuple[tuple[float, ...], float]:
     """Ages of the replicas still starting, and the start-up time measured on those that became ready
     (creation to Ready; median of what is there, a default before any was seen)."""
     starting, measured = [], []
     for pod in pods:
-        created = _time(pod.get("created"))
-        ready = next(
-            (c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), None
-        )
+        created = created_at(pod)
         if created is None:
             continue
-        if ready and ready.get("status") == "True":
-            became_ready = _time(ready.get("lastTransitionTime"))
-            if became_ready is not None:
-                measured.append(max(0.0, became_ready - created))
-        elif (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+        became_ready = ready_since(pod)
+        if became_ready is not None:
+            measured.append(max(0.0, became_ready - created))
+        elif not is_ready(pod) and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
             starting.append(max(0.0, now - created))
     return tuple(starting), (statistics.median(measured) if measured else DEFAULT_STARTUP_SECONDS)

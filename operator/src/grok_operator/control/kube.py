@@ -9,7 +9,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from grok_operator.resource import GROUP, PLURAL, VERSION
+from grok_operator.api.resource import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from grok_operator.autoscaler import turned_ready_last
+from grok_operator.observe.pods import turned_ready_last
 
 SERVER_NAME = "grok-server"  # app.kubernetes.io/name of the pods that run grok-server (not the workers)
 

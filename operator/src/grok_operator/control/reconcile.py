@@ -9,18 +9,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from grok_operator import manifests
-from grok_operator.admission import check_attention_backend
-from grok_operator.autoscaler import last_startup_seconds
-from grok_operator.kube import Kube
-from grok_operator.planner import Plan, PlanError, plan
-from grok_operator.resource import MANAGED_BY, GrokDeploymentSpec
-from grok_operator.startup import last_startup
-from grok_operator.status import Observed, status_patch
+from grok_operator.api.resource import MANAGED_BY, GrokDeploymentSpec
+from grok_operator.build.children import desired_children
+from grok_operator.build.model_cache import fetch_job, model_cache_claim
+from grok_operator.control.kube import Kube
+from grok_operator.observe.children import fetch_job_failed, model_state, newest, observe
+from grok_operator.observe.status import Observed, status_patch
+from grok_operator.plan.admission import admit
+from grok_operator.plan.planner import Plan
 
 log = logging.getLogger(__name__)
 
@@ -69,34 +68,10 @@ class ReconcileResult:
         return status_patch(observed, old_status, generation)
 
 
-def newest(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Of two copies of one object, the later (resourceVersions are etcd revisions in practice)."""
-    if a is None or b is None:
-        return a or b
-
-    def version(o: dict[str, Any]) -> int:
-        return int(o["metadata"].get("resourceVersion") or 0)
-
-    return a if version(a) >= version(b) else b
 
 
-def planned(spec_or_error: GrokDeploymentSpec | ValueError) -> tuple[Plan | None, tuple[str, str] | None]:
-    if isinstance(spec_or_error, ValueError):
-        return None, ("InvalidSpec", str(spec_or_error))
-    try:
-        check_attention_backend(spec_or_error)
-        return plan(spec_or_error.plan_request()), None
-    except PlanError as err:
-        return None, (err.reason, str(err))
-    except ValueError as err:
-        return None, ("InvalidSpec", str(err))
 
 
-def read_spec(body: dict[str, Any]) -> GrokDeploymentSpec | ValueError:
-    try:
-        return GrokDeploymentSpec.from_body(body)
-    except ValueError as err:
-        return err
 
 
 def field_manager(spec: GrokDeploymentSpec) -> str:
@@ -148,140 +123,24 @@ class ServiceMonitorProbe(CrdProbe):
         return self.labels if self() else None
 
 
-# How much of a failed fetch pod's own message a condition carries (its last line: grok-fetch's error).
-FETCH_REASON_CHARS = 300
 
 
-def fetch_job_failed(job: dict[str, Any] | None) -> bool:
-    conditions = ((job or {}).get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Failed" and c.get("status") == "True" for c in conditions)
 
 
-def last_pod_reason(pods: list[dict[str, Any]]) -> str:
-    """The last line of the termination message of the fetch pod that ended last (the Job's container
-    keeps its logs' tail there: FallbackToLogsOnError), or ""."""
-    ended = [t for p in pods for cs in (p.get("status") or {}).get("containerStatuses") or []
-             if (t := (cs.get("state") or {}).get("terminated"))]
-    if not ended:
-        return ""
-    last = max(ended, key=lambda t: t.get("finishedAt") or "")
-    lines = [line.strip() for line in (last.get("message") or "").splitlines() if line.strip()]
-    return lines[-1][-FETCH_REASON_CHARS:] if lines else ""
 
 
-def model_state(job: dict[str, Any] | None, pods: list[dict[str, Any]] | None = None) -> tuple[str, str]:
-    """Fetch Job status (and, once it failed, its pods) → (ModelReady state, message)."""
-    if job is None:
-        return "Fetching", "starting the model fetch Job"
-    status = job.get("status") or {}
-    for c in status.get("conditions") or []:
-        if c.get("type") == "Complete" and c.get("status") == "True":
-            return "Ready", "weights fetched into the model cache"
-        if c.get("type") == "Failed" and c.get("status") == "True":
-            reason = last_pod_reason(pods or [])
-            return (
-                "FetchFailed",
-                f"fetch Job {job['metadata']['name']} failed: {c.get('message') or c.get('reason')}"
-                + (f"; its last pod: {reason}" if reason else ""),
-            )
-    return (
-        "Fetching",
-        f"fetch Job {job['metadata']['name']} is running ({status.get('failed', 0)} failed attempts)",
-    )
 
 
-def desired_children(
-    spec: GrokDeploymentSpec, the_plan: Plan, monitor_labels: dict[str, str] | None
-) -> list[dict[str, Any]]:
-    """`monitor_labels`: None where the ServiceMonitor CRD is missing (the pods get scrape annotations
-    instead), else the extra labels the ServiceMonitor needs for Prometheus to select it."""
-    workload = manifests.leader_worker_set if the_plan.multi_node else manifests.deployment
-    children = [
-        workload(spec, the_plan, scrape_annotations=monitor_labels is None),
-        manifests.service(spec),
-        manifests.servers_service(spec),
-        manifests.pod_disruption_budget(spec),
-        *manifests.router_children(spec),
-    ]
-    if monitor_labels is not None:
-        children.append(manifests.service_monitor(spec, monitor_labels))
-    return children
 
 
-# Container waiting reasons that do not clear by waiting: the pod needs a fix (image, config) or crashes.
-FAILING_REASONS = frozenset(
-    {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
-     "CreateContainerError", "RunContainerError"}
-)
 
 
-def failing_pod_messages(pods: list[dict[str, Any]]) -> list[str]:
-    messages = []
-    for pod in pods:
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            waiting = (cs.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in FAILING_REASONS:
-                detail = f": {waiting['message']}" if waiting.get("message") else ""
-                messages.append(f"pod {pod['metadata']['name']}: container {cs.get('name')} "
-                                f"{waiting['reason']}{detail}")
-    return messages
 
 
-def stalled_message(deployment: dict[str, Any] | None) -> str:
-    for c in ((deployment or {}).get("status") or {}).get("conditions") or []:
-        if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
-            return str(c.get("message") or "the rollout passed its progress deadline")
-    return ""
 
 
-def unschedulable_messages(pods: list[dict[str, Any]]) -> list[str]:
-    messages = []
-    for pod in pods:
-        if (pod.get("status") or {}).get("phase") != "Pending":
-            continue
-        for c in (pod.get("status") or {}).get("conditions") or []:
-            if (
-                c.get("type") == "PodScheduled"
-                and c.get("status") == "False"
-                and c.get("reason") == "Unschedulable"
-            ):
-                messages.append(c.get("message") or "no node fits")
-    return messages
 
 
-def observe(
-    spec: GrokDeploymentSpec,
-    the_plan: Plan,
-    deployment: dict[str, Any] | None,
-    pods: list[dict[str, Any]],
-    model: tuple[str, str],
-    startup_reports: Mapping[str, dict[str, Any]] | None = None,
-) -> Observed:
-    """`startup_reports`: the servers' start-up reports fetched so far, by pod uid (status.lastStartup)."""
-    dstatus = (deployment or {}).get("status") or {}
-    # A LeaderWorkerSet's status has no observedGeneration: its counts are of groups, current when read.
-    current = deployment is not None and (
-        deployment.get("kind") == "LeaderWorkerSet"
-        or dstatus.get("observedGeneration") == deployment["metadata"].get("generation"))
-    port = spec.server.grpc_port
-    return Observed(
-        desired_replicas=spec.replicas,
-        plan=the_plan,
-        model_state=model[0],
-        model_message=model[1],
-        replicas=int(dstatus.get("replicas", 0)),
-        ready_replicas=int(dstatus.get("readyReplicas", 0)),
-        updated_replicas=int(dstatus.get("updatedReplicas", 0)) if current else 0,
-        unschedulable=unschedulable_messages(pods),
-        failing_pods=failing_pod_messages(pods),
-        stalled=stalled_message(deployment),
-        last_startup_seconds=last_startup_seconds(pods),
-        last_startup=last_startup(pods, startup_reports or {}),
-        endpoint=f"{spec.name}.{spec.namespace}.svc:{port}",
-        http_endpoint=(f"http://{spec.name}.{spec.namespace}.svc:{spec.router.http_port}/v1"
-                       if spec.router_enabled else ""),
-        selector=spec.selector,
-    )
 
 
 def ensure_shared(kube: Kube, manifest: dict[str, Any], manager: str) -> dict[str, Any]:
@@ -310,11 +169,11 @@ LWS_MISSING = (
 def reconcile(kube: Kube, body: dict[str, Any], service_monitors: ServiceMonitorProbe,
               leader_worker_sets: CrdProbe) -> ReconcileResult:
     """Brings the children in line with the spec; the caller writes the status from the result."""
-    spec = read_spec(body)
-    the_plan, plan_error = planned(spec)
-    if the_plan is None or isinstance(spec, ValueError):
+    admission = admit(body)
+    spec, the_plan = admission.spec, admission.plan
+    if spec is None or the_plan is None:
         # Leave running children alone: a bad edit must not take down what serves now.
-        return ReconcileResult(None, None, plan_error)
+        return ReconcileResult(None, None, admission.refusal)
 
     manager = field_manager(spec)
     applied: list[str] = []
@@ -329,8 +188,8 @@ def reconcile(kube: Kube, body: dict[str, Any], service_monitors: ServiceMonitor
             f"{spec.namespace}: create it with the weights, or use an hf:// or s3:// uri",
         )
     elif spec.model.needs_fetch:
-        ensure_shared(kube, manifests.model_cache_claim(spec), manager)
-        job = ensure_shared(kube, manifests.fetch_job(spec), manager)
+        ensure_shared(kube, model_cache_claim(spec), manager)
+        job = ensure_shared(kube, fetch_job(spec), manager)
         applied += ["PersistentVolumeClaim", "Job"]
         # Only a failed Job's pods are read (why it failed is in their termination message).
         selector = f"batch.kubernetes.io/job-name={job['metadata']['name']}"

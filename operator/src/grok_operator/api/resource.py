@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grok_common.quantization import canonical
+from grok_operator.api.gpus import GPU_PRODUCTS, GPUProduct
+from grok_operator.api.models import ModelShape, model_shape
 from grok_operator.api.spec import (
     DEFAULT_REPLICAS,
     AutoscalingSpec,
@@ -18,9 +20,6 @@ from grok_operator.api.spec import (
     ServerSpec,
     parse,
 )
-from grok_operator.gpus import GPU_PRODUCTS, GPUProduct
-from grok_operator.models import ModelShape, model_shape
-from grok_operator.planner import PlanRequest
 
 GROUP = "serving.grok.dev"
 VERSION = "v1alpha1"
@@ -144,33 +143,6 @@ class GrokDeploymentSpec:
     @property
     def gpus_per_node(self) -> int:
         return self.gpu_spec.per_node
-
-    def plan_request(self) -> PlanRequest:
-        pipeline = self.parallelism.pipeline
-        gpu = self.gpu
-        if gpu is None:
-            memory_gib = self.gpu_spec.memory_gib
-            if memory_gib is None:
-                known = ", ".join(sorted(GPU_PRODUCTS))
-                raise ValueError(
-                    f"unknown GPU product {self.gpu_product_name!r}: set spec.gpu.memoryGiB to plan "
-                    f"for it, or use one of {known}"
-                )
-            gpu = GPUProduct(self.gpu_product_name, int(memory_gib * 1024))
-        return PlanRequest(
-            shape=self.shape,
-            gpu=gpu,
-            quantization=self.quantization,
-            dtype=self.dtype,
-            max_model_len=self.max_model_len,
-            tensor_parallel=self.tensor_parallel,
-            gpus_per_node=self.gpus_per_node,
-            gpu_memory_utilization=self.server.gpu_memory_utilization,
-            gpu_memory_gib=self.gpu_spec.memory_gib,
-            min_sequences=self.server.min_concurrent_sequences,
-            pipeline=None if pipeline == "auto" else int(pipeline),
-            max_nodes_per_replica=self.parallelism.max_nodes_per_replica,
-        )
 
     @property
     def selector_labels(self) -> dict[str, str]:

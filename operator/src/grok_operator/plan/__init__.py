@@ -1,0 +1,1 @@
+"""Sizing a replica (pure): the planner, the model shapes, the GPU products, and what admission refuses."""

@@ -1,0 +1,1 @@
+"""Autoscaling: the decision (pure) and the Prometheus queries it decides from."""
