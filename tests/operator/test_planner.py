@@ -206,7 +206,7 @@ def test_the_tiny_profiles_are_the_shapes_the_generator_writes():
 
 
 def test_the_readmes_sizing_table_is_what_the_planner_and_the_attention_rule_say():
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "resource.md").read_text()
     rows = re.findall(r"^\| (NVIDIA-\S+|AMD-\S+)(?: \(`amd.com/gpu`\))? \| (\S+)[^|]* \| ([^|]+) \|(.*)\|$",
                       readme, re.M)
     assert len(rows) >= 12
