@@ -60,7 +60,7 @@ from benchlib import cpu_seconds, percentile
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
-from grok_server.local import LocalServer, free_port, http_status, launch_server, parse_metrics
+from grok_devcluster.local import LocalServer, free_port, http_status, launch_server, parse_metrics
 from grok_server.router.picker import prefix_key, ranking
 from grok_server.server.placement import descendants, process_title
 

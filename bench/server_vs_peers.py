@@ -49,7 +49,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grok_server.local import free_port
+from grok_devcluster.local import free_port
 from grok_server.server import placement
 
 REPO = Path(__file__).resolve().parents[1]

@@ -33,9 +33,9 @@ import yaml
 
 from grok_devcluster import DevCluster, NodePool, is_ready
 from grok_devcluster.cluster import ClusterError
+from grok_devcluster.local import parse_metrics
 from grok_devcluster.podrunner import lower_priority
 from grok_devcluster.prometheus import PrometheusServer, free_port
-from grok_server.local import parse_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = "grok-demo"

@@ -21,9 +21,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 # v1 and v1alpha reflection messages are the same on the wire: one set of classes asks both.
 from grpc_reflection.v1alpha import reflection_pb2
 
-from grok_server import local
-from grok_server.local import LocalServer as ServerProcess
-from grok_server.local import free_port, parse_metrics
+from grok_devcluster import local
+from grok_devcluster.local import LocalServer as ServerProcess
+from grok_devcluster.local import free_port, parse_metrics
 
 __all__ = [
     "BASE_FLAGS",

@@ -14,7 +14,7 @@ import pytest
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
-from grok_server.local import free_port, parse_metrics
+from grok_devcluster.local import free_port, parse_metrics
 from tests.operatorlib import wait_for
 from tests.server.serverlib import ServerProcess
 

@@ -1,5 +1,6 @@
 """Run `grok-server` as a child process on this machine: the one way the tests, the demo and the benchmarks
-start it, read its metrics and stop it."""
+start it, read its metrics and stop it. Development tooling (no product code imports it), so it lives here
+and ships in no image."""
 
 from __future__ import annotations
 
