@@ -49,6 +49,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchlib import percentile
+
 from grok_devcluster.local import free_port
 from grok_server.server import placement
 
@@ -77,14 +79,6 @@ class Result:
     ttft_p99_ms: float
     errors: int = 0
     round: int = 0
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[k]
 
 
 async def closed_loop(

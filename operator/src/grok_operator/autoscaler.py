@@ -10,9 +10,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
+from grok_operator.readiness import is_ready, ready_since
+from grok_operator.readiness import timestamp as _time
 from grok_operator.scaling import DEFAULT_STARTUP_SECONDS
 
 DEFAULT_DEPLOYMENT_LABEL = "serving_grok_dev_deployment"  # the pod label serving.grok.dev/deployment, as
@@ -105,19 +106,8 @@ class Prometheus:
         return value[0]
 
 
-def _time(stamp: str | None) -> float | None:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else None
-
-
 def _created(pod: dict[str, Any]) -> float | None:
     return _time(pod.get("created") or (pod.get("metadata") or {}).get("creationTimestamp"))
-
-
-def ready_since(pod: dict[str, Any]) -> float | None:
-    """When the pod's Ready condition turned True, or None while it is not Ready."""
-    ready = next((c for c in (pod.get("status") or {}).get("conditions") or []
-                  if c.get("type") == "Ready" and c.get("status") == "True"), None)
-    return _time(ready.get("lastTransitionTime")) if ready else None
 
 
 def turned_ready_last(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -145,13 +135,10 @@ def replica_startup(pods: list[dict[str, Any]], now: float) -> tuple[tuple[float
     starting, measured = [], []
     for pod in pods:
         created = _time(pod.get("created"))
-        ready = next(
-            (c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), None
-        )
         if created is None:
             continue
-        if ready and ready.get("status") == "True":
-            became_ready = _time(ready.get("lastTransitionTime"))
+        if is_ready(pod):
+            became_ready = ready_since(pod)
             if became_ready is not None:
                 measured.append(max(0.0, became_ready - created))
         elif (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):

@@ -6,36 +6,47 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.error import URLError
 from urllib.request import urlopen
 
-_SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
+from grok_server.exposition import samples as parse_metrics
+
+T = TypeVar("T")
+
+
+def wait(predicate: Callable[[], T], timeout: float, what: str, *, interval: float = 0.2,
+         transient: tuple[type[BaseException], ...] = ()) -> T:
+    """Polls `predicate` until it returns something truthy, and returns that. It is asked at least once and
+    once more at the deadline; an exception of a `transient` type counts as "not yet" (a busy API server's
+    failed kubectl call, a refused connection). TimeoutError names `what` and the last error or value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value, error = predicate(), None
+        except transient as e:
+            value, error = None, e
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    last = f"last error: {error!r}" if error is not None else f"last: {value!r}"
+    raise TimeoutError(f"timed out waiting for {what} ({last})") from error
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """`name{labels}` -> value, labels kept verbatim as Prometheus prints them (sorted by name)."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE_RE.match(line)
-        if m:
-            out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
-    return out
 
 
 def http_status(url: str) -> int:
