@@ -61,7 +61,7 @@ from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
 from grok_devcluster.local import LocalServer, free_port, http_status, launch_server, parse_metrics
-from grok_server.router.picker import prefix_key, ranking
+from grok_router.picker import prefix_key, ranking
 from grok_server.server.placement import descendants, process_title
 
 CACHE = Path(os.environ.get("GROK_SERVE_CACHE", Path.home() / ".cache" / "grok-serve")) / "bench"
@@ -159,7 +159,7 @@ class Fleet:
 
     def router(self, name: str, replicas: Sequence[LocalServer], *flags: str) -> Proc:
         port, http_port = free_port(), free_port()
-        cmd = [sys.executable, "-m", "grok_server.router.main", "--host", "127.0.0.1", "--port", str(port),
+        cmd = [sys.executable, "-m", "grok_router.main", "--host", "127.0.0.1", "--port", str(port),
                "--http-port", str(http_port), "--model-name", "tiny", *flags]
         for s in replicas:
             cmd += ["--replica", f"127.0.0.1:{s.port},127.0.0.1:{s.metrics_port}"]

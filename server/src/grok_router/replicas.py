@@ -25,8 +25,8 @@ from typing import Any
 import grpc
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
+from grok_router import picker
 from grok_server.exposition import samples
-from grok_server.router import picker
 
 log = logging.getLogger("grok_router.replicas")
 

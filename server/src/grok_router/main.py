@@ -19,12 +19,12 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
+from grok_router.forward import Forwarder, RouteError
+from grok_router.http import RouterHTTP
+from grok_router.metrics import RouterMetrics
+from grok_router.replicas import Endpoint, PodWatcher, ReplicaSet, scrape_forever
+from grok_router.service import RouterServicer
 from grok_server.grpc_setup import SERVICE_NAME, generation_server
-from grok_server.router.forward import Forwarder, RouteError
-from grok_server.router.http import RouterHTTP
-from grok_server.router.metrics import RouterMetrics
-from grok_server.router.replicas import Endpoint, PodWatcher, ReplicaSet, scrape_forever
-from grok_server.router.service import RouterServicer
 
 log = logging.getLogger("grok_router")
 
