@@ -60,7 +60,14 @@ from benchlib import cpu_seconds, percentile
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
-from grok_devcluster.local import LocalServer, free_port, http_status, launch_server, parse_metrics
+from grok_devcluster.local import (
+    LocalServer,
+    engine_env,
+    free_port,
+    http_status,
+    launch_server,
+    parse_metrics,
+)
 from grok_router.picker import prefix_key, ranking
 from grok_server.server.placement import descendants, process_title
 
@@ -128,8 +135,7 @@ def spawn(name: str, cmd: list[str], workdir: Path,
     with (workdir / f"{name}.log").open("wb") as log:
         return subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
-            env={**os.environ, "TMPDIR": str(workdir), "VLLM_CACHE_ROOT": str(workdir / "vllm-cache"),
-                 "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})},
+            env=engine_env(workdir, env),
             process_group=0,  # its own group (stop() reaches its children), this session (see local.py)
         )
 

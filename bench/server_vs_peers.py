@@ -51,7 +51,7 @@ from pathlib import Path
 
 from benchlib import percentile
 
-from grok_devcluster.local import free_port
+from grok_devcluster.local import engine_env, free_port
 from grok_server.server import placement
 
 REPO = Path(__file__).resolve().parents[1]
@@ -351,14 +351,7 @@ def spawn(
     stdout: int | None = None,
 ) -> Proc:
     workdir.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "TMPDIR": str(workdir),
-        "VLLM_CACHE_ROOT": str(workdir / "vllm-cache"),
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-        **(env_extra or {}),
-    }
+    env = engine_env(workdir, env_extra)
     log = workdir / f"{name}.log"
     with log.open("wb") as f:
         popen = subprocess.Popen(

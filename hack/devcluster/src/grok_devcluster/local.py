@@ -129,6 +129,19 @@ class LocalServer:
         return self.proc.returncode
 
 
+def engine_env(workdir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment for a local engine process (grok-server, or a peer server a benchmark runs): its
+    temporary files and vLLM's caches in `workdir`, no Hub downloads, unbuffered output; then `extra`."""
+    return {
+        **os.environ,
+        "TMPDIR": str(workdir),
+        "VLLM_CACHE_ROOT": str(workdir / "vllm-cache"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        **(extra or {}),
+    }
+
+
 def launch_server(model: Path, workdir: Path, *flags: str, nice: int = 0,
                   env: dict[str, str] | None = None) -> LocalServer:
     """Starts grok-server on loopback with free ports, without waiting for it to load; its log, sockets and
@@ -149,14 +162,7 @@ def launch_server(model: Path, workdir: Path, *flags: str, nice: int = 0,
             cmd,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={
-                **os.environ,
-                "TMPDIR": str(workdir),
-                "VLLM_CACHE_ROOT": str(workdir / "vllm-cache"),
-                "HF_HUB_OFFLINE": "1",
-                "PYTHONUNBUFFERED": "1",
-                **(env or {}),
-            },
+            env=engine_env(workdir, env),
             cwd=workdir,
             # Its own process group, so that stop() reaches the engine processes, but the caller's session:
             # with the kernel's autogroup scheduling a session is a scheduling group, and a server in another
