@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -20,3 +23,24 @@ def percentile(values: Sequence[float], q: float) -> float:
     if not ordered:
         return float("nan")
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+async def stream_completion(session: Any, url: str, body: dict[str, Any]) -> tuple[float, int]:
+    """One streamed OpenAI completion (POST `url`, an aiohttp session): seconds to its first text chunk, and
+    the completion tokens its usage chunk reports."""
+    start = time.perf_counter()
+    ttft, tokens, chunks = 0.0, 0, 0
+    async with session.post(url, json=body) as resp:
+        resp.raise_for_status()
+        async for raw in resp.content:
+            line = raw.strip()
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if event.get("choices"):
+                chunks += 1
+                if chunks == 1:
+                    ttft = time.perf_counter() - start
+            if event.get("usage"):
+                tokens = event["usage"]["completion_tokens"]
+    return ttft, tokens

@@ -56,7 +56,7 @@ from pathlib import Path
 from urllib.request import urlopen
 
 import grpc
-from benchlib import cpu_seconds, percentile
+from benchlib import cpu_seconds, percentile, stream_completion
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
@@ -284,23 +284,7 @@ async def openai_load(url: str, prompt: list[int], max_tokens: int, count: int, 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
         async def one(_: object) -> Sample:
-            start = time.perf_counter()
-            s = Sample(0.0, 0)
-            chunks = 0
-            async with session.post(f"{url}/v1/completions", json=body) as resp:
-                resp.raise_for_status()
-                async for raw in resp.content:
-                    line = raw.strip()
-                    if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                        continue
-                    event = json.loads(line[6:])
-                    if event.get("choices"):
-                        chunks += 1
-                        if chunks == 1:
-                            s.ttft = time.perf_counter() - start
-                    if event.get("usage"):
-                        s.tokens = event["usage"]["completion_tokens"]
-            return s
+            return Sample(*await stream_completion(session, f"{url}/v1/completions", body))
 
         return await pool(range(count), concurrency, one)
 

@@ -49,7 +49,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchlib import percentile
+from benchlib import percentile, stream_completion
 
 from grok_devcluster.local import engine_env, free_port
 from grok_server.server import placement
@@ -213,22 +213,7 @@ class OpenAIClient:
         }
 
     async def one(self, i: int) -> Sample:
-        start = time.perf_counter()
-        ttft, tokens, chunks = 0.0, 0, 0
-        async with self._session.post(self._url, json=self._body) as resp:
-            resp.raise_for_status()
-            async for raw in resp.content:
-                line = raw.strip()
-                if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                    continue
-                event = json.loads(line[6:])
-                if event.get("choices"):
-                    chunks += 1
-                    if chunks == 1:
-                        ttft = time.perf_counter() - start
-                if event.get("usage"):
-                    tokens = event["usage"]["completion_tokens"]
-        return Sample(ttft, tokens)
+        return Sample(*await stream_completion(self._session, self._url, self._body))
 
     async def close(self) -> None:
         await self._session.close()
