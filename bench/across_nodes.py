@@ -37,7 +37,7 @@ import psutil
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
-from grok_server import local
+from grok_devcluster import local
 from grok_server.checkpoints.tiny import make_tiny_checkpoint
 
 ENGINE_FLAGS = ("--dtype", "float32", "--enforce-eager", "--kv-cache-memory-bytes", str(256 << 20),

@@ -25,8 +25,8 @@ import yaml
 
 from grok_devcluster import DevCluster, NodePool
 from grok_devcluster.cluster import ClusterError
-from grok_devcluster.prometheus import PrometheusServer, free_port
-from grok_server.local import launch_server
+from grok_devcluster.local import free_port, launch_server
+from grok_devcluster.prometheus import PrometheusServer
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 10  # waiting requests per replica; the engine runs 2 sequences at a time (--max-num-seqs 2)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import datetime
+import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
 TICKS = os.sysconf("SC_CLK_TCK")
-T = TypeVar("T")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -26,16 +25,22 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
-def wait(predicate: Callable[[], T], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise SystemExit(f"timed out waiting for {what}")
-
-
-def stamp(text: str) -> float:
-    """An API server timestamp (RFC 3339, one-second resolution) as seconds since the epoch."""
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+async def stream_completion(session: Any, url: str, body: dict[str, Any]) -> tuple[float, int]:
+    """One streamed OpenAI completion (POST `url`, an aiohttp session): seconds to its first text chunk, and
+    the completion tokens its usage chunk reports."""
+    start = time.perf_counter()
+    ttft, tokens, chunks = 0.0, 0, 0
+    async with session.post(url, json=body) as resp:
+        resp.raise_for_status()
+        async for raw in resp.content:
+            line = raw.strip()
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if event.get("choices"):
+                chunks += 1
+                if chunks == 1:
+                    ttft = time.perf_counter() - start
+            if event.get("usage"):
+                tokens = event["usage"]["completion_tokens"]
+    return ttft, tokens

@@ -35,8 +35,8 @@ from benchlib import percentile
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
+from grok_devcluster.local import LocalServer, launch_server
 from grok_server.checkpoints.tiny import make_tiny_checkpoint
-from grok_server.local import LocalServer, launch_server
 from grok_server.server.startup import PHASES
 
 BASE = ("--dtype", "float32", "--kv-cache-memory-bytes", str(256 * 1024 * 1024), "--max-model-len", "2048",

@@ -27,10 +27,11 @@ from datetime import datetime
 from pathlib import Path
 
 import yaml
+from benchlib import percentile
 from kubernetes import client, config
 
 from grok_devcluster import DevCluster, NodePool
-from grok_devcluster.prometheus import free_port
+from grok_devcluster.local import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -46,11 +47,6 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return math.nan
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 def parse_time(stamp: str) -> datetime:

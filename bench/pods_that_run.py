@@ -24,12 +24,13 @@ from pathlib import Path
 
 import grpc
 import yaml
-from benchlib import cpu_seconds, stamp, wait
+from benchlib import cpu_seconds
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
 from grok_devcluster import DevCluster, NodePool, is_ready
-from grok_devcluster.prometheus import free_port
+from grok_devcluster.local import free_port, wait
+from grok_operator.observe.pods import timestamp as stamp
 from grok_server.checkpoints.tiny import make_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

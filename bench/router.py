@@ -56,12 +56,19 @@ from pathlib import Path
 from urllib.request import urlopen
 
 import grpc
-from benchlib import cpu_seconds, percentile
+from benchlib import cpu_seconds, percentile, stream_completion
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
-from grok_server.local import LocalServer, free_port, http_status, launch_server, parse_metrics
-from grok_server.router.picker import prefix_key, ranking
+from grok_devcluster.local import (
+    LocalServer,
+    engine_env,
+    free_port,
+    http_status,
+    launch_server,
+    parse_metrics,
+)
+from grok_router.picker import prefix_key, ranking
 from grok_server.server.placement import descendants, process_title
 
 CACHE = Path(os.environ.get("GROK_SERVE_CACHE", Path.home() / ".cache" / "grok-serve")) / "bench"
@@ -128,8 +135,7 @@ def spawn(name: str, cmd: list[str], workdir: Path,
     with (workdir / f"{name}.log").open("wb") as log:
         return subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
-            env={**os.environ, "TMPDIR": str(workdir), "VLLM_CACHE_ROOT": str(workdir / "vllm-cache"),
-                 "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})},
+            env=engine_env(workdir, env),
             process_group=0,  # its own group (stop() reaches its children), this session (see local.py)
         )
 
@@ -159,7 +165,7 @@ class Fleet:
 
     def router(self, name: str, replicas: Sequence[LocalServer], *flags: str) -> Proc:
         port, http_port = free_port(), free_port()
-        cmd = [sys.executable, "-m", "grok_server.router.main", "--host", "127.0.0.1", "--port", str(port),
+        cmd = [sys.executable, "-m", "grok_router.main", "--host", "127.0.0.1", "--port", str(port),
                "--http-port", str(http_port), "--model-name", "tiny", *flags]
         for s in replicas:
             cmd += ["--replica", f"127.0.0.1:{s.port},127.0.0.1:{s.metrics_port}"]
@@ -278,23 +284,7 @@ async def openai_load(url: str, prompt: list[int], max_tokens: int, count: int, 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
         async def one(_: object) -> Sample:
-            start = time.perf_counter()
-            s = Sample(0.0, 0)
-            chunks = 0
-            async with session.post(f"{url}/v1/completions", json=body) as resp:
-                resp.raise_for_status()
-                async for raw in resp.content:
-                    line = raw.strip()
-                    if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                        continue
-                    event = json.loads(line[6:])
-                    if event.get("choices"):
-                        chunks += 1
-                        if chunks == 1:
-                            s.ttft = time.perf_counter() - start
-                    if event.get("usage"):
-                        s.tokens = event["usage"]["completion_tokens"]
-            return s
+            return Sample(*await stream_completion(session, f"{url}/v1/completions", body))
 
         return await pool(range(count), concurrency, one)
 

@@ -29,12 +29,13 @@ from datetime import datetime
 from pathlib import Path
 
 import grpc
-from benchlib import stamp, wait
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
 from grok_devcluster import DevCluster, NodePool, is_ready
-from grok_devcluster.prometheus import PrometheusServer, free_port
+from grok_devcluster.local import free_port, wait
+from grok_devcluster.prometheus import PrometheusServer
+from grok_operator.observe.pods import timestamp as stamp
 from grok_server.checkpoints.tiny import make_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

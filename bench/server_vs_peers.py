@@ -49,7 +49,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grok_server.local import free_port
+from benchlib import percentile, stream_completion
+
+from grok_devcluster.local import engine_env, free_port
 from grok_server.server import placement
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,14 +79,6 @@ class Result:
     ttft_p99_ms: float
     errors: int = 0
     round: int = 0
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[k]
 
 
 async def closed_loop(
@@ -219,22 +213,7 @@ class OpenAIClient:
         }
 
     async def one(self, i: int) -> Sample:
-        start = time.perf_counter()
-        ttft, tokens, chunks = 0.0, 0, 0
-        async with self._session.post(self._url, json=self._body) as resp:
-            resp.raise_for_status()
-            async for raw in resp.content:
-                line = raw.strip()
-                if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                    continue
-                event = json.loads(line[6:])
-                if event.get("choices"):
-                    chunks += 1
-                    if chunks == 1:
-                        ttft = time.perf_counter() - start
-                if event.get("usage"):
-                    tokens = event["usage"]["completion_tokens"]
-        return Sample(ttft, tokens)
+        return Sample(*await stream_completion(self._session, self._url, self._body))
 
     async def close(self) -> None:
         await self._session.close()
@@ -357,14 +336,7 @@ def spawn(
     stdout: int | None = None,
 ) -> Proc:
     workdir.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "TMPDIR": str(workdir),
-        "VLLM_CACHE_ROOT": str(workdir / "vllm-cache"),
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-        **(env_extra or {}),
-    }
+    env = engine_env(workdir, env_extra)
     log = workdir / f"{name}.log"
     with log.open("wb") as f:
         popen = subprocess.Popen(

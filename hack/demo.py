@@ -31,11 +31,11 @@ from pathlib import Path
 
 import yaml
 
-from grok_devcluster import DevCluster, NodePool, is_ready
+from grok_devcluster import DevCluster, NodePool, is_ready, local
 from grok_devcluster.cluster import ClusterError
+from grok_devcluster.local import free_port, parse_metrics
 from grok_devcluster.podrunner import lower_priority
-from grok_devcluster.prometheus import PrometheusServer, free_port
-from grok_server.local import parse_metrics
+from grok_devcluster.prometheus import PrometheusServer
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = "grok-demo"
@@ -69,17 +69,11 @@ def run(*cmd: str | Path, env: dict[str, str] | None = None) -> str:
 
 def wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
     """Polls `predicate`; a failed kubectl call (the API server busy on this small machine) is a "not yet"."""
-    deadline = time.monotonic() + timeout
-    error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value, error = predicate(), None
-        except (ClusterError, subprocess.TimeoutExpired) as e:
-            value, error = None, e
-        if value:
-            return value
-        time.sleep(0.5)
-    raise SystemExit(f"demo: timed out waiting for {what}" + (f" (last error: {error})" if error else ""))
+    try:
+        return local.wait(predicate, timeout, what, interval=0.5,
+                          transient=(ClusterError, subprocess.TimeoutExpired))
+    except TimeoutError as e:
+        raise SystemExit(f"demo: {e}") from None
 
 
 def tiny_checkpoint() -> Path:

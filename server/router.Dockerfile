@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
-# The grok-router image: grok-server's distribution with the `router` extra (aiohttp, the Kubernetes client)
-# and without the engine: no vLLM, no torch, so it is small and starts in seconds. Runs as uid 65532 on a
-# read-only root filesystem.
+# The grok-router image: the package grok_router (server/src/grok_router), installed with grok-server's
+# distribution and its `router` extra (aiohttp, the Kubernetes client) and without the engine: no vLLM, no
+# torch, so it is small and starts in seconds. Runs as uid 65532 on a read-only root filesystem.
 #
 # Build from the repository root (the build needs protos/, common/, server/ and requirements/):
 #   docker build -f server/router.Dockerfile -t grok-serve/router:0.1.0 .

@@ -18,7 +18,7 @@ import yaml
 
 from grok_devcluster import DevCluster
 from grok_devcluster.cluster import ClusterError
-from grok_devcluster.prometheus import free_port
+from grok_devcluster.local import free_port, wait
 from tests.caches import run_compile_cache
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,21 +160,10 @@ TRANSIENT_ERRORS = (ClusterError, subprocess.TimeoutExpired, OSError)
 def wait_for(predicate, timeout: float = 90, interval: float = 0.3, message: str = "condition"):
     """Polls `predicate` until it returns something truthy; returns that value. A transient error from it
     counts as "not yet"; if the deadline passes with one, the failure names it."""
-    deadline = time.monotonic() + timeout
-    last, error = None, None
-    while True:
-        try:
-            last, error = predicate(), None
-        except TRANSIENT_ERRORS as e:
-            last, error = None, e
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(interval)
-    if error is not None:
-        raise AssertionError(f"timed out waiting for {message} (last error: {error!r})") from error
-    raise AssertionError(f"timed out waiting for {message} (last: {last!r})")
+    try:
+        return wait(predicate, timeout, message, interval=interval, transient=TRANSIENT_ERRORS)
+    except TimeoutError as e:
+        raise AssertionError(str(e)) from e.__cause__
 
 
 def tiny_grokd(name: str, server: dict, claim: str = "weights", replicas: int = 1, **spec: object) -> dict:

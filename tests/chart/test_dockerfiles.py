@@ -150,7 +150,7 @@ def test_router_image_has_no_engine_and_is_pinned():
 
 
 def test_router_package_imports_neither_vllm_nor_torch():
-    code = ("import sys, grok_server.router.main, grok_server.router.http; "
+    code = ("import sys, grok_router.main, grok_router.http; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('vllm', 'torch')))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"

@@ -28,7 +28,7 @@ from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
 from grok_devcluster import images
 from grok_devcluster.cluster import DevCluster, is_ready
-from grok_devcluster.prometheus import free_port
+from grok_devcluster.local import free_port
 from tests.operatorlib import OperatorProcess, wait_for
 
 S3_SERVER_ENV = Path(sys.prefix) / "s3-server"  # moto_server (hack/setup-python.sh)

@@ -33,7 +33,7 @@ import pytest
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
-from grok_server import local
+from grok_devcluster import local
 from grok_server.server.placement import descendants, process_title
 from tests.caches import run_compile_cache
 from tests.server.serverlib import beyond_loopback, listening_addresses, stream_outcome

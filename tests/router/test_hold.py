@@ -9,9 +9,9 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from grok_server.router.forward import Forwarder, RouteError
-from grok_server.router.metrics import RouterMetrics
-from grok_server.router.replicas import Endpoint, ReplicaSet
+from grok_router.forward import Forwarder, RouteError
+from grok_router.metrics import RouterMetrics
+from grok_router.replicas import Endpoint, ReplicaSet
 
 
 def forwarder(hold: float, max_held: int) -> Forwarder:

@@ -6,7 +6,7 @@ import grpc
 import pytest
 from grok.serving.v1 import generation_pb2 as pb
 
-from grok_server.router import openai_api as oai
+from grok_router import openai_api as oai
 
 
 def test_a_full_request_maps_to_generate_request() -> None:

@@ -7,8 +7,8 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from grok_server.router import picker
-from grok_server.router.picker import AFFINITY, LOAD, SPILL, Candidate, pick, prefix_key, ranking
+from grok_router import picker
+from grok_router.picker import AFFINITY, LOAD, SPILL, Candidate, pick, prefix_key, ranking
 
 
 def test_prefix_keys_are_whole_blocks_of_the_prompt() -> None:

@@ -29,8 +29,8 @@ from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grok_devcluster.cluster import DevCluster, is_ready
+from grok_devcluster.local import parse_metrics
 from grok_server.client import GrokClient
-from grok_server.local import parse_metrics
 from grok_server.server.placement import descendants, process_title
 from tests.operatorlib import OperatorProcess, bind_weights, tiny_grokd, wait_for
 from tests.server.serverlib import EngineHold, reflect

@@ -21,9 +21,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 # v1 and v1alpha reflection messages are the same on the wire: one set of classes asks both.
 from grpc_reflection.v1alpha import reflection_pb2
 
-from grok_server import local
-from grok_server.local import LocalServer as ServerProcess
-from grok_server.local import free_port, parse_metrics
+from grok_devcluster import local
+from grok_devcluster.local import LocalServer as ServerProcess
+from grok_devcluster.local import free_port, parse_metrics, wait
 
 __all__ = [
     "BASE_FLAGS",
@@ -184,22 +184,17 @@ def _stopped(pid: int) -> bool:
 def wait_metric(server: ServerProcess, name: str, value: float, timeout: float = 60) -> None:
     """Polls a metric until it equals `value`: gauges and counters move a moment after the client sees the
     call end (the server frees a request's slot, then counts its outcome)."""
-    deadline = time.monotonic() + timeout
-    while (current := server.metric(name)) != value:
-        assert time.monotonic() < deadline, f"{name} never reached {value} in {timeout} s: {current}"
-        time.sleep(0.05)
+    wait(lambda: server.metric(name) == value, timeout, f"{name} to reach {value}", interval=0.05)
 
 
 def wait_idle(server: ServerProcess, timeout: float = 120) -> dict[str, float]:
     """Until nothing is in flight or running; returns that scrape. (The gauges follow the end of a call by a
     moment, and a call's end reaches the server a moment after the client saw it.)"""
-    deadline = time.monotonic() + timeout
-    while True:
+    def idle() -> dict[str, float] | None:
         m = server.metrics()
-        if m["grok_requests_running"] == 0 and m["grok_requests_in_flight"] == 0:
-            return m
-        assert time.monotonic() < deadline, f"the server is not idle after {timeout} s: {m}"
-        time.sleep(0.05)
+        return m if m["grok_requests_running"] == 0 and m["grok_requests_in_flight"] == 0 else None
+
+    return wait(idle, timeout, "the server to be idle", interval=0.05)
 
 
 @dataclass

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from grok_devcluster.local import wait
 from grok_server.server import rendezvous
 from grok_server.server.config import parse_args, parse_worker_args
 from grok_server.server.group import LeaderWatch, PeerWatch, heartbeat_interval, heartbeat_key, port_open
@@ -120,10 +121,7 @@ def listening() -> socket.socket:
 
 
 def _wait(condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
+    wait(condition, timeout, "the condition", interval=0.02)
 
 
 def test_heartbeat_interval_is_several_per_timeout() -> None:

@@ -14,7 +14,7 @@ import pytest
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
-from grok_server.local import free_port, parse_metrics
+from grok_devcluster.local import free_port, parse_metrics
 from tests.operatorlib import wait_for
 from tests.server.serverlib import ServerProcess
 
@@ -33,7 +33,7 @@ def router(grok_server_proc: ServerProcess, tmp_path_factory: pytest.TempPathFac
     port, http_port, dead = free_port(), free_port(), free_port()  # nothing listens on `dead`
     log = tmp_path_factory.mktemp("router") / "router.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "grok_server.router.main", "--host", "127.0.0.1", "--port", str(port),
+        [sys.executable, "-m", "grok_router.main", "--host", "127.0.0.1", "--port", str(port),
          "--http-port", str(http_port), "--model-name", "tiny", "--hold-timeout-seconds", "0",
          "--replica", f"127.0.0.1:{dead}",
          "--replica", f"127.0.0.1:{grok_server_proc.port},127.0.0.1:{grok_server_proc.metrics_port}"],

@@ -10,12 +10,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import grpc
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
+from grok_devcluster.local import wait
 from tests.server.serverlib import EngineHold, ServerProcess, wait_idle, wait_metric
 
 # Long enough for a call to reach the engine on a loaded machine; then it is held until its deadline.
@@ -42,10 +42,8 @@ def wait_generating(server: ServerProcess, tokens_before: float, timeout: float 
     """Until the engine has generated a token since `tokens_before` (of grok_generation_tokens_total): the
     only request in flight is in the engine's batch. (The running gauge may still show a finished request's
     last step until the engine steps again.)"""
-    deadline = time.monotonic() + timeout
-    while (tokens := server.metric("grok_generation_tokens_total")) <= tokens_before:
-        assert time.monotonic() < deadline, f"no token generated in {timeout} s ({tokens})"
-        time.sleep(0.02)
+    wait(lambda: server.metric("grok_generation_tokens_total") > tokens_before, timeout, "a token generated",
+         interval=0.02)
 
 
 def running_during_probe(

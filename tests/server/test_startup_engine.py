@@ -16,7 +16,7 @@ import pytest
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
-from grok_server import local
+from grok_devcluster import local
 from grok_server.server.startup import PHASES
 from tests.server.serverlib import SERVER_START_TIMEOUT, ServerProcess, running_server, wait_serving
 

@@ -32,6 +32,7 @@ from grok_devcluster.lws import CRDS as lws_crds
 from grok_devcluster.lws import LwsError, LwsManager
 from grok_devcluster.tools import tools_dir
 from grok_operator.api.gpus import gpu_product
+from grok_operator.observe.pods import is_ready
 
 KUBE_VERSION = "v1.36.3"
 # Pods KWOK simulates get loopback addresses from here; the pod runner's from podrunner.RUNNER_POD_CIDR.
@@ -73,12 +74,6 @@ def _running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def is_ready(obj: dict[str, Any]) -> bool:
-    """Whether a pod or a node has its Ready condition True."""
-    conditions = (obj.get("status") or {}).get("conditions") or []
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
 def state_root() -> Path:

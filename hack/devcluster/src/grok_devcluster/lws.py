@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from grok_devcluster.local import free_port
+
 API_VERSION = "leaderworkerset.x-k8s.io/v1"
 # The module's CRDs (config/crd/bases): the manager runs the controllers of both, so it needs both.
 CRDS = ("leaderworkersets.leaderworkerset.x-k8s.io", "disaggregatedsets.disaggregatedset.x-k8s.io")
@@ -125,12 +127,6 @@ def crd_files(config_dir: Path) -> list[Path]:
 # ---- the process ------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _probe_lws(name: str) -> dict[str, Any]:
     """A LeaderWorkerSet for a server-side dry run: goes through both of its webhooks, stores nothing."""
     return {
@@ -182,7 +178,7 @@ class LwsManager:
         shutil.copyfile(self.pki / "admin.crt", certs / "tls.crt")
         shutil.copyfile(self.pki / "admin.key", certs / "tls.key")
         (certs / "tls.key").chmod(0o600)
-        self.port = _free_port()
+        self.port = free_port()
         config = self.state / "config.yaml"
         config.write_text(yaml.safe_dump(manager_config(self.port, certs)))
         log = self.log_path.open("ab")

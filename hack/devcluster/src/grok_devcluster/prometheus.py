@@ -8,7 +8,6 @@ scrapes the targets listed in a file, which can change while it runs."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -17,13 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from grok_devcluster.local import free_port
 from grok_devcluster.tools import tools_dir
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pod_discovery_job(kubeconfig: Path, scrape_interval: str) -> dict:

@@ -1,4 +1,6 @@
-"""Reading pods (pure): when they were made and turned Ready, and which turned Ready last."""
+"""Reading pods (pure): a pod's (or node's) Ready condition and since when, when a pod was made, and which
+turned Ready last. The one reading of Ready that the autoscaler, status.lastStartup and the development
+cluster share."""
 
 from __future__ import annotations
 
@@ -6,29 +8,31 @@ from datetime import datetime
 from typing import Any
 
 
-def _time(stamp: str | None) -> float | None:
+def timestamp(stamp: str | None) -> float | None:
+    """An API server timestamp (RFC 3339) as seconds since the epoch; None for none."""
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else None
+
+
+def ready_condition(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """The object's Ready condition (any status), or None where it has none yet."""
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c.get("type") == "Ready"), None)
+
+
+def is_ready(obj: dict[str, Any]) -> bool:
+    """Whether a pod or a node has its Ready condition True."""
+    ready = ready_condition(obj)
+    return ready is not None and ready.get("status") == "True"
+
+
+def ready_since(pod: dict[str, Any]) -> float | None:
+    """When the pod's Ready condition turned True, or None while it is not Ready."""
+    return timestamp((ready_condition(pod) or {}).get("lastTransitionTime")) if is_ready(pod) else None
 
 
 def created_at(pod: dict[str, Any]) -> float | None:
     """The pod's creation time (an index entry's `created`, or the object's creationTimestamp)."""
-    return _time(pod.get("created") or (pod.get("metadata") or {}).get("creationTimestamp"))
-
-
-def _ready_condition(pod: dict[str, Any]) -> dict[str, Any] | None:
-    """The pod's Ready condition while it is True."""
-    return next((c for c in (pod.get("status") or {}).get("conditions") or []
-                 if c.get("type") == "Ready" and c.get("status") == "True"), None)
-
-
-def is_ready(pod: dict[str, Any]) -> bool:
-    return _ready_condition(pod) is not None
-
-
-def ready_since(pod: dict[str, Any]) -> float | None:
-    """When the pod's Ready condition turned True, or None while it is not Ready (or does not say when)."""
-    ready = _ready_condition(pod)
-    return _time(ready.get("lastTransitionTime")) if ready else None
+    return timestamp(pod.get("created") or (pod.get("metadata") or {}).get("creationTimestamp"))
 
 
 def turned_ready_last(pods: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import re
 import shutil
 import sys
@@ -37,11 +36,11 @@ from typing import Any
 import numpy as np
 
 from grok_server.checkpoints.naming import (
-    ARCHITECTURE_BY_NAMING,
     NAMINGS,
     XAI_SHAPE_PROBES,
     Grok1Shape,
     XaiLeaf,
+    hpcai_config,
     infer_shape_from_xai,
     rename,
     xai_leaf_targets,
@@ -232,37 +231,6 @@ def _header_for(shard: OutputShard) -> bytes:
 # --- conversion -------------------------------------------------------------------------------------------
 
 
-def grok1_config(shape: Grok1Shape, naming: str, dtype: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """hpcai-tech's config.json layout; Grok-1's multipliers follow from its shapes."""
-    config: dict[str, Any] = {
-        "architectures": [ARCHITECTURE_BY_NAMING[naming]],
-        "model_type": "grok-1",
-        "vocab_size": shape.vocab_size,
-        "hidden_size": shape.hidden_size,
-        "intermediate_size": shape.intermediate_size,
-        "num_hidden_layers": shape.num_hidden_layers,
-        "num_attention_heads": shape.num_attention_heads,
-        "num_key_value_heads": shape.num_key_value_heads,
-        "num_experts": shape.num_experts,
-        "num_experts_per_tok": 2,
-        "attn_output_multiplier": shape.head_dim**-0.5,
-        "embedding_multiplier_scale": math.sqrt(shape.hidden_size),
-        "output_multiplier_scale": 3**-0.5,
-        "max_attn_value": 30.0,
-        "max_position_embeddings": 8192,
-        "rms_norm_eps": 1e-5,
-        "pad_token_id": 0,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "tie_word_embeddings": True,
-        "torch_dtype": dtype,
-    }
-    if shape.head_dim * shape.num_attention_heads != shape.hidden_size:
-        config["head_dim"] = shape.head_dim
-    config.update(overrides)
-    return config
-
-
 @dataclass
 class ConversionReport:
     output: Path
@@ -293,7 +261,7 @@ def convert(
     shape = probe_shape(shards, head_dim)
     leaves = xai_leaves(shape)
     plan = plan_output(shape, dtype, naming)
-    config = grok1_config(shape, naming, dtype, config_overrides or {})
+    config = hpcai_config(shape, naming, dtype, overrides=config_overrides)
     fingerprint = _fingerprint(shards, plan, {"dtype": dtype, "naming": naming, "config": config})
     log(
         f"{ckpt_dir}: {len(shards)} shards, {shape.num_hidden_layers} layers, hidden {shape.hidden_size}, "

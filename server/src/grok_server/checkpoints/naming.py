@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -59,6 +61,46 @@ class Grok1Shape:
             head_dim=get("head_dim") or get("hidden_size") // heads,
             num_experts=get("num_experts"),
         )
+
+
+def hpcai_config(
+    shape: Grok1Shape,
+    naming: str,
+    dtype: str,
+    max_position_embeddings: int = 8192,
+    num_experts_per_tok: int = 2,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """config.json content in the layout of hpcai-tech/grok-1's (no rope_theta; head_dim only where it is not
+    hidden / heads). Grok-1's multipliers follow from its shapes (sqrt(6144), 1/sqrt(128), 1/sqrt(3));
+    `overrides` come last."""
+    config: dict[str, Any] = {
+        "architectures": [ARCHITECTURE_BY_NAMING[naming]],
+        "model_type": "grok-1",
+        "vocab_size": shape.vocab_size,
+        "hidden_size": shape.hidden_size,
+        "intermediate_size": shape.intermediate_size,
+        "num_hidden_layers": shape.num_hidden_layers,
+        "num_attention_heads": shape.num_attention_heads,
+        "num_key_value_heads": shape.num_key_value_heads,
+        "num_experts": shape.num_experts,
+        "num_experts_per_tok": num_experts_per_tok,
+        "attn_output_multiplier": shape.head_dim**-0.5,
+        "embedding_multiplier_scale": math.sqrt(shape.hidden_size),
+        "output_multiplier_scale": 3**-0.5,
+        "max_attn_value": 30.0,
+        "max_position_embeddings": max_position_embeddings,
+        "rms_norm_eps": 1e-5,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "tie_word_embeddings": True,
+        "torch_dtype": dtype,
+    }
+    if shape.head_dim * shape.num_attention_heads != shape.hidden_size:
+        config["head_dim"] = shape.head_dim
+    config.update(overrides or {})
+    return config
 
 
 def hpcai_tensor_specs(shape: Grok1Shape) -> list[TensorSpec]:

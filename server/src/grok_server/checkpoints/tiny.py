@@ -42,6 +42,7 @@ from grok_server.checkpoints.naming import (
     NAMINGS,
     Grok1Shape,
     TensorSpec,
+    hpcai_config,
     hpcai_tensor_specs,
     rename,
 )
@@ -93,28 +94,25 @@ def grok1_config(size: str, naming: str, **overrides: Any) -> dict[str, Any]:
     if naming not in ARCHITECTURE_BY_NAMING:
         raise ValueError(f"unknown naming {naming!r}; expected one of {NAMINGS}")
     dims = SIZES[size]
-    head_dim = dims["hidden_size"] // dims["num_attention_heads"]
-    config: dict[str, Any] = {
-        "architectures": [ARCHITECTURE_BY_NAMING[naming]],
-        "model_type": "grok-1",
-        **dims,
-        # Grok-1's multipliers relate to its shapes this way (sqrt(6144), 1/sqrt(128), 1/sqrt(3)).
-        "attn_output_multiplier": head_dim**-0.5,
-        "embedding_multiplier_scale": math.sqrt(dims["hidden_size"]),
-        "output_multiplier_scale": 3**-0.5,
-        "max_attn_value": 30.0,
-        "rms_norm_eps": 1e-5,
-        "pad_token_id": 0,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "tie_word_embeddings": True,
-        "output_router_logits": False,
-        "router_aux_loss_coef": 0.001,
-        "use_cache": True,
-        "torch_dtype": "float32",
-    }
-    config.update(overrides)
-    return config
+    shape = Grok1Shape(
+        vocab_size=dims["vocab_size"],
+        hidden_size=dims["hidden_size"],
+        intermediate_size=dims["intermediate_size"],
+        num_hidden_layers=dims["num_hidden_layers"],
+        num_attention_heads=dims["num_attention_heads"],
+        num_key_value_heads=dims["num_key_value_heads"],
+        head_dim=dims["hidden_size"] // dims["num_attention_heads"],
+        num_experts=dims["num_experts"],
+    )
+    extra = {"output_router_logits": False, "router_aux_loss_coef": 0.001, "use_cache": True}
+    return hpcai_config(
+        shape,
+        naming,
+        "float32",
+        max_position_embeddings=dims["max_position_embeddings"],
+        num_experts_per_tok=dims["num_experts_per_tok"],
+        overrides=extra | overrides,
+    )
 
 
 def _rng(seed: int, name: str) -> np.random.Generator:

@@ -99,7 +99,7 @@ def _non_negative_seconds(text: str) -> float:
 
 
 UINT32_MAX = 2**32 - 1
-# The transport's own cap is 4x this plus headroom (see main._grpc_options), and grpc takes it as a C int.
+# The transport's own cap is 4x this plus headroom (see Server._build_grpc), and grpc takes it as a C int.
 MAX_REQUEST_BYTES = 256 * 1024 * 1024
 
 

@@ -21,13 +21,11 @@ import sys
 from typing import Any
 
 import grpc
-from grok.serving.v1 import generation_pb2 as pb
-from grok.serving.v1 import generation_pb2_grpc as pb_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from grok_common.attention import AttentionBackendRefused
-from grok_server import __version__, reflection
+from grok_server import __version__
+from grok_server.grpc_setup import SERVICE_NAME, generation_server
 from grok_server.server import placement
 from grok_server.server.admission import Admission
 from grok_server.server.config import ServerConfig, parse_args
@@ -39,7 +37,6 @@ from grok_server.server.startup_run import StartupRun
 
 log = logging.getLogger("grok_server")
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
 EXIT_OK = 0
 EXIT_ENGINE_FAILED = 1
 # Time for calls that already have their final status (engine death, drain abort) to send it.
@@ -51,18 +48,9 @@ DRAIN_NOTICE_SECONDS = 5.0
 
 
 def _grpc_options(cfg: ServerConfig) -> list[tuple[str, int]]:
+    """Options beyond grpc_setup.SHARED_OPTIONS."""
     return [
-        # The servicer rejects requests over --max-request-bytes with a precise INVALID_ARGUMENT; the
-        # transport cap sits above it so that only absurd messages get gRPC's own RESOURCE_EXHAUSTED.
-        ("grpc.max_receive_message_length", cfg.max_request_bytes * 4 + 65536),
-        ("grpc.max_send_message_length", -1),
-        # Fail loudly when the port is taken instead of silently sharing it with another process.
-        ("grpc.so_reuseport", 0),
-        # A unary Generate sends nothing while the engine decodes: client keepalive pings in that window must
-        # not count as abuse (GOAWAY "too_many_pings" would fail every call on the connection).
-        ("grpc.http2.max_ping_strikes", 0),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
     ] + ([
         # Aged connections get GOAWAY; their calls run on for the grace (grpc's own connection-age options).
         ("grpc.max_connection_age_ms", int(cfg.max_connection_age_seconds * 1000)),
@@ -100,10 +88,10 @@ class Server:
             interceptors.append(BearerTokenInterceptor(
                 tokens, on_reject=lambda m: self.metrics.requests.labels(m.rsplit("/", 1)[-1],
                                                                          "UNAUTHENTICATED").inc()))
-        server = grpc.aio.server(interceptors=interceptors, options=_grpc_options(self.cfg))
-        pb_grpc.add_GenerationServiceServicer_to_server(self.servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable([SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server)
+        # The servicer rejects requests over --max-request-bytes with a precise INVALID_ARGUMENT; the
+        # transport cap sits above it so that only absurd messages get gRPC's own RESOURCE_EXHAUSTED.
+        server = generation_server(self.servicer, self.health, self.cfg.max_request_bytes * 4 + 65536,
+                                   _grpc_options(self.cfg), interceptors)
         address = f"{self.cfg.host}:{self.cfg.port}"
         if self.cfg.tls_cert is not None and self.cfg.tls_key is not None:
             creds = server_credentials(self.cfg.tls_cert, self.cfg.tls_key, self.cfg.tls_client_ca)

@@ -25,7 +25,8 @@ from typing import Any
 import grpc
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
-from grok_server.router import picker
+from grok_router import picker
+from grok_server.exposition import samples
 
 log = logging.getLogger("grok_router.replicas")
 
@@ -87,13 +88,8 @@ def endpoint_of(
 
 def parse_gauges(exposition: str) -> dict[str, float]:
     """The SCRAPED gauges from a Prometheus text exposition (unlabelled samples only)."""
-    found: dict[str, float] = {}
-    for line in exposition.splitlines():
-        name, _, value = line.partition(" ")
-        if name in SCRAPED:
-            with contextlib.suppress(ValueError):
-                found[name] = float(value.split(" ")[0])
-    return found
+    found = samples(exposition)
+    return {name: found[name] for name in SCRAPED if name in found}
 
 
 @dataclass

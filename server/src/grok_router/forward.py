@@ -16,9 +16,9 @@ from typing import Any
 import grpc
 from grok.serving.v1 import generation_pb2 as pb
 
-from grok_server.router import picker
-from grok_server.router.metrics import RouterMetrics
-from grok_server.router.replicas import Replica, ReplicaSet
+from grok_router import picker
+from grok_router.metrics import RouterMetrics
+from grok_router.replicas import Replica, ReplicaSet
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 # Request headers that belong to this hop, not to the replica's call.

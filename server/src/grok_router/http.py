@@ -13,8 +13,8 @@ import grpc
 from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from grok_server.router import openai_api as oai
-from grok_server.router.forward import Forwarder, RouteError, request_key
+from grok_router import openai_api as oai
+from grok_router.forward import Forwarder, RouteError, request_key
 
 API = "openai"
 NO_CHAT = (

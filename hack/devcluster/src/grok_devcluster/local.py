@@ -1,40 +1,52 @@
 """Run `grok-server` as a child process on this machine: the one way the tests, the demo and the benchmarks
-start it, read its metrics and stop it."""
+start it, read its metrics and stop it. Development tooling (no product code imports it), so it lives here
+and ships in no image."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.error import URLError
 from urllib.request import urlopen
 
-_SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
+from grok_server.exposition import samples as parse_metrics
+
+T = TypeVar("T")
+
+
+def wait(predicate: Callable[[], T], timeout: float, what: str, *, interval: float = 0.2,
+         transient: tuple[type[BaseException], ...] = ()) -> T:
+    """Polls `predicate` until it returns something truthy, and returns that. It is asked at least once and
+    once more at the deadline; an exception of a `transient` type counts as "not yet" (a busy API server's
+    failed kubectl call, a refused connection). TimeoutError names `what` and the last error or value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value, error = predicate(), None
+        except transient as e:
+            value, error = None, e
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    last = f"last error: {error!r}" if error is not None else f"last: {value!r}"
+    raise TimeoutError(f"timed out waiting for {what} ({last})") from error
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """`name{labels}` -> value, labels kept verbatim as Prometheus prints them (sorted by name)."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE_RE.match(line)
-        if m:
-            out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
-    return out
 
 
 def http_status(url: str) -> int:
@@ -117,6 +129,19 @@ class LocalServer:
         return self.proc.returncode
 
 
+def engine_env(workdir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment for a local engine process (grok-server, or a peer server a benchmark runs): its
+    temporary files and vLLM's caches in `workdir`, no Hub downloads, unbuffered output; then `extra`."""
+    return {
+        **os.environ,
+        "TMPDIR": str(workdir),
+        "VLLM_CACHE_ROOT": str(workdir / "vllm-cache"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        **(extra or {}),
+    }
+
+
 def launch_server(model: Path, workdir: Path, *flags: str, nice: int = 0,
                   env: dict[str, str] | None = None) -> LocalServer:
     """Starts grok-server on loopback with free ports, without waiting for it to load; its log, sockets and
@@ -137,14 +162,7 @@ def launch_server(model: Path, workdir: Path, *flags: str, nice: int = 0,
             cmd,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={
-                **os.environ,
-                "TMPDIR": str(workdir),
-                "VLLM_CACHE_ROOT": str(workdir / "vllm-cache"),
-                "HF_HUB_OFFLINE": "1",
-                "PYTHONUNBUFFERED": "1",
-                **(env or {}),
-            },
+            env=engine_env(workdir, env),
             cwd=workdir,
             # Its own process group, so that stop() reaches the engine processes, but the caller's session:
             # with the kernel's autogroup scheduling a session is a scheduling group, and a server in another

@@ -11,7 +11,7 @@ import grpc
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
-from grok_server.router.forward import Forwarder, RouteError, forwardable, request_key
+from grok_router.forward import Forwarder, RouteError, forwardable, request_key
 
 API = "grpc"
 

@@ -16,20 +16,17 @@ import sys
 
 import grpc
 from aiohttp import web
-from grok.serving.v1 import generation_pb2 as pb
-from grok.serving.v1 import generation_pb2_grpc as pb_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
-from grok_server import reflection
-from grok_server.router.forward import Forwarder, RouteError
-from grok_server.router.http import RouterHTTP
-from grok_server.router.metrics import RouterMetrics
-from grok_server.router.replicas import Endpoint, PodWatcher, ReplicaSet, scrape_forever
-from grok_server.router.service import RouterServicer
+from grok_router.forward import Forwarder, RouteError
+from grok_router.http import RouterHTTP
+from grok_router.metrics import RouterMetrics
+from grok_router.replicas import Endpoint, PodWatcher, ReplicaSet, scrape_forever
+from grok_router.service import RouterServicer
+from grok_server.grpc_setup import SERVICE_NAME, generation_server
 
 log = logging.getLogger("grok_router")
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
 
 
 def _fraction(text: str) -> float:
@@ -132,20 +129,7 @@ class Router:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         a = self.args
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", -1),
-                ("grpc.max_send_message_length", -1),
-                ("grpc.so_reuseport", 0),
-                ("grpc.http2.max_ping_strikes", 0),
-                ("grpc.keepalive_permit_without_calls", 1),
-            ]
-        )
-        pb_grpc.add_GenerationServiceServicer_to_server(
-            RouterServicer(self.forwarder, a.prefix_blocks), server
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable([SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server)
+        server = generation_server(RouterServicer(self.forwarder, a.prefix_blocks), self.health, -1)
         port = server.add_insecure_port(f"{a.host}:{a.port}")
         http = RouterHTTP(self.forwarder, a.model_name, a.prefix_blocks, self.ready, self.metrics.exposition)
         # A caller that disconnects cancels its handler, and with it the replica's generation.
