@@ -1,4 +1,4 @@
-"""The operator's modules form layers: the API types at the bottom, then planning, building and observing
+"""The operator's modules form layers: the API types at the bottom, then planning, the manifests and observing
 (pure), scaling, and the control loop on top; nothing imports upward and no two modules import each other
 round a circle. A newcomer finds a change's folder by what it is about."""
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import grok_operator
 
 ROOT = Path(grok_operator.__file__).parent
-LAYERS = {"api": 0, "plan": 1, "build": 2, "observe": 2, "scale": 3, "control": 4, "handlers": 5, "main": 6}
+LAYERS = {"api": 0, "plan": 1, "manifests": 2, "observe": 2, "scale": 3, "control": 4, "handlers": 5,
+          "main": 6}
 
 
 def _modules() -> dict[str, set[str]]:

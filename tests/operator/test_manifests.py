@@ -5,13 +5,13 @@ import copy
 import pytest
 
 from grok_operator.api.resource import INSTANCE_LABEL, GrokDeploymentSpec, ModelSource
-from grok_operator.build.children import desired_children
-from grok_operator.build.group import WORKER_SWITCHES, WORKER_VALUE_FLAGS, engine_flags
-from grok_operator.build.model_cache import cache_claim_name, cache_size_gib, fetch_job, model_cache_claim
-from grok_operator.build.router import router_deployment, router_role
-from grok_operator.build.server import deployment, server_args
-from grok_operator.build.services import servers_service, service
 from grok_operator.control.reconcile import ReconcileResult, is_subset
+from grok_operator.manifests.children import desired_children
+from grok_operator.manifests.group import WORKER_SWITCHES, WORKER_VALUE_FLAGS, engine_flags
+from grok_operator.manifests.model_cache import cache_claim_name, cache_size_gib, fetch_job, model_cache_claim
+from grok_operator.manifests.router import router_deployment, router_role
+from grok_operator.manifests.server import deployment, server_args
+from grok_operator.manifests.services import servers_service, service
 from grok_operator.observe.children import failing_pod_messages, model_state, unschedulable_messages
 from grok_operator.observe.status import Observed, conditions_and_phase, merge_conditions
 from grok_operator.plan.admission import plan_request

@@ -9,11 +9,11 @@ from typing import Any
 import kopf
 
 from grok_operator.api.resource import INSTANCE_LABEL, MODEL_LABEL
-from grok_operator.build.children import desired_children
 from grok_operator.control import metrics
 from grok_operator.control.grokdeployments import reconcile_and_report, refresh_status
 from grok_operator.control.reconcile import is_subset
 from grok_operator.control.state import MANAGED, SERVER_PODS, State, Views, plain
+from grok_operator.manifests.children import desired_children
 from grok_operator.plan.admission import admit
 
 

@@ -50,7 +50,7 @@ def deployments(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[An
 # Multi-node replicas' workload (kopf starts watching it once the LeaderWorkerSet CRD exists).
 @kopf.index("leaderworkerset.x-k8s.io", "v1", "leaderworkersets", labels=MANAGED)
 def groups(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    # Keyed by its GrokDeployment (it is named <name>-group: see build.group.leader_worker_set_name).
+    # Keyed by its GrokDeployment (it is named <name>-group: see manifests.group.leader_worker_set_name).
     return {(namespace, labels.get(INSTANCE_LABEL)): {**plain(body), "kind": "LeaderWorkerSet"}}
 
 

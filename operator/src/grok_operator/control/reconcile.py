@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grok_operator.api.resource import MANAGED_BY, GrokDeploymentSpec
-from grok_operator.build.children import desired_children
-from grok_operator.build.model_cache import fetch_job, model_cache_claim
 from grok_operator.control.kube import Kube
+from grok_operator.manifests.children import desired_children
+from grok_operator.manifests.model_cache import fetch_job, model_cache_claim
 from grok_operator.observe.children import fetch_job_failed, model_state, newest, observe
 from grok_operator.observe.status import Observed, status_patch
 from grok_operator.plan.admission import admit

@@ -14,9 +14,9 @@ from typing import Any
 import kopf
 
 from grok_operator.api.resource import MANAGED_BY
-from grok_operator.build.group import LWS_CRD
 from grok_operator.control.kube import Kube, load_config
 from grok_operator.control.reconcile import CrdProbe, ServiceMonitorProbe
+from grok_operator.manifests.group import LWS_CRD
 from grok_operator.observe.startup_reports import StartupReports
 from grok_operator.scale.prometheus import DEFAULT_DEPLOYMENT_LABEL
 
