@@ -175,6 +175,14 @@ def test_server_side_dry_run_refuses_an_invalid_example(devcluster, k8s_namespac
     assert "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" in refused(
         lambda spec: spec["autoscaling"].update(minReplicas=9)
     )
+    # Limits are per tenant, and tenants are who the keys name; tenant names are the Secret's prefixes.
+    assert "router.limits needs router.auth" in refused(
+        lambda spec: spec.setdefault("router", {}).update(limits={"default": {"requestsPerSecond": 1}}))
+    assert "a tenant name is lowercase letters, digits and '-'" in refused(
+        lambda spec: spec.setdefault("router", {}).update(auth={"secretName": "keys"},
+                                                         limits={"tenants": {"Team A": {}}}))
+    assert "spec.router.auth.secretName: Required value" in refused(
+        lambda spec: spec.setdefault("router", {}).update(auth={}))
 
 
 def ready(cluster: DevCluster, ns: str, name: str) -> dict | None:

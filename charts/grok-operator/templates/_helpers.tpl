@@ -70,6 +70,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors]
   verbs: [get, create, patch]
+# spec.router.auth: the operator reads the named Secret of API keys (to say when it holds none) and creates
+# the router's credential for the servers (a Secret it never changes); it makes a NetworkPolicy per
+# GrokDeployment that lets only the router reach the servers.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, create]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, create, patch]
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create, patch]

@@ -47,6 +47,16 @@ def _label(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _peers(text: str) -> list[dict[str, Any]]:
+    try:
+        peers = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON: {err}") from None
+    if not isinstance(peers, list) or not all(isinstance(p, dict) for p in peers):
+        raise argparse.ArgumentTypeError("expected a JSON list of NetworkPolicy peers (objects)")
+    return peers
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="grok-operator", description=__doc__)
     p.add_argument(
@@ -70,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--server-monitor-label", action="append", default=[], metavar="KEY=VALUE", type=_label,
                    help="extra label on the servers' ServiceMonitors, e.g. release=kube-prometheus-stack "
                         "(what your Prometheus's serviceMonitorSelector matches); repeatable")
+    p.add_argument("--network-policy-metrics-from", type=_peers, default=[], metavar="JSON",
+                   help="who may reach the servers' metrics port where spec.router.auth closes the front "
+                        "door: a JSON list of NetworkPolicy peers (Prometheus, and this operator, which "
+                        "reads the servers' start-up reports); default: any pod")
     p.add_argument("--lease-name", default="grok-operator",
                    help="the leader-election Lease: one per installation (the chart uses the release's name)")
     p.add_argument(
@@ -105,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("grok_operator")
     State.prometheus_url = args.prometheus_url
     State.monitor_labels = dict(args.server_monitor_label)
+    State.metrics_from = args.network_policy_metrics_from
     State.deployment_label = args.prometheus_deployment_label
     State.autoscale_interval = args.autoscale_interval
     State.metrics_stale_after = args.metrics_stale_seconds

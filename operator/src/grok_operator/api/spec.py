@@ -114,6 +114,30 @@ class ServerSpec:
 
 
 @dataclass(frozen=True)
+class RouterAuth:
+    """spec.router.auth: the Secret of API keys (data key: tenant[.anything]; value: the key)."""
+
+    secret_name: str = _field("secretName")
+
+
+@dataclass(frozen=True)
+class TenantLimits:
+    """One tenant's limits; None: unlimited."""
+
+    requests_per_second: float | None = _field("requestsPerSecond", None, float)
+    generated_tokens_per_minute: int | None = _field("generatedTokensPerMinute", None, int)
+    concurrent_requests: int | None = _field("concurrentRequests", None, int)
+
+
+@dataclass(frozen=True)
+class RouterLimits:
+    """spec.router.limits: a default for every tenant, and tenants by name."""
+
+    default: TenantLimits = _field("default", kind=TenantLimits, factory=TenantLimits)
+    tenants: dict[str, TenantLimits] = _field("tenants", kind=(dict, TenantLimits), factory=dict)
+
+
+@dataclass(frozen=True)
 class RouterSpec:
     enabled: bool = _field("enabled", True, bool)
     replicas: int = _field("replicas", 1, int)
@@ -125,6 +149,8 @@ class RouterSpec:
     max_attempts: int = _field("maxAttempts", 3, int)
     hold_timeout_seconds: int = _field("holdTimeoutSeconds", 1800, int)
     max_held_requests: int = _field("maxHeldRequests", 1024, int)
+    auth: RouterAuth | None = _field("auth", None, RouterAuth)
+    limits: RouterLimits | None = _field("limits", None, RouterLimits)
     resources: dict[str, Any] = _field("resources", kind=dict, factory=dict)
     node_selector: dict[str, str] = _field("nodeSelector", kind=dict, factory=dict)
     tolerations: list[dict[str, Any]] = _field("tolerations", kind=list, factory=list)
@@ -206,6 +232,10 @@ def _value(kind: type | str, value: Any, path: str) -> Any:
         if not isinstance(value, list):
             raise wrong("a list")
         return list(value)
+    if isinstance(kind, tuple):  # (dict, Block): an object of blocks by name
+        if not isinstance(value, dict):
+            raise wrong("an object")
+        return {str(k): _value(kind[1], v, f"{path}.{k}") for k, v in value.items()}
     if isinstance(kind, type) and dataclasses.is_dataclass(kind):
         if not isinstance(value, dict):
             raise wrong("an object")

@@ -48,7 +48,8 @@ def child_event(
     assert State.service_monitors is not None
     wanted = {
         (c["kind"], c["metadata"]["name"]): c
-        for c in desired_children(spec, the_plan, State.service_monitors.monitor_labels())
+        for c in desired_children(spec, the_plan, State.service_monitors.monitor_labels(),
+                                   State.metrics_from)
     }
     desired = wanted.get((child["kind"], child["metadata"]["name"]))
     if desired is not None and (deleted or not is_subset(desired, child)):

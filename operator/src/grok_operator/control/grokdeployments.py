@@ -22,6 +22,9 @@ from grok_operator.observe.status import status_patch
 from grok_operator.plan.admission import admit
 
 log = logging.getLogger("grok_operator")
+FRONT_DOOR_OPEN = ("the router takes calls without credentials, and the servers take calls from any pod: set "
+                   "spec.router.auth to a Secret of API keys to admit only the tenants it names (and to let "
+                   "only the router reach the servers)")
 
 
 def reconcile_and_report(body: dict[str, Any], views: Views, trigger: str) -> bool:
@@ -30,7 +33,7 @@ def reconcile_and_report(body: dict[str, Any], views: Views, trigger: str) -> bo
     probe, groups = State.service_monitors, State.leader_worker_sets
     assert probe is not None and groups is not None
     try:
-        result = with_retries(lambda: reconcile(kube(), body, probe, groups))
+        result = with_retries(lambda: reconcile(kube(), body, probe, groups, State.metrics_from))
     except ApiException as err:
         if err.status == 403 and "being terminated" in (err.body or ""):
             return True  # the namespace is going away, and everything in it with it
@@ -52,6 +55,13 @@ def reconcile_and_report(body: dict[str, Any], views: Views, trigger: str) -> bo
     if result.plan_error:
         log.warning("%s/%s: %s", ns, name, result.plan_error[1])
     State.models[meta["uid"]] = result.model
+    for reason, message in result.warnings:
+        log.warning("%s/%s: %s", ns, name, message)
+        kopf.event(body, type="Warning", reason=reason, message=message)
+    if trigger == "spec" and result.spec is not None and result.spec.router_enabled \
+            and result.spec.router.auth is None:
+        # Said once per generation: an open front door is a choice, not an accident.
+        kopf.event(body, type="Normal", reason="FrontDoorOpen", message=FRONT_DOOR_OPEN)
 
     def make(old: dict[str, Any]) -> dict[str, Any]:
         return result.status(old, generation, views.pods(ns, name), views.deployment(ns, name))

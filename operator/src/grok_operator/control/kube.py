@@ -40,6 +40,8 @@ PLURALS = {
     "ServiceAccount": "serviceaccounts",
     "Role": "roles",
     "RoleBinding": "rolebindings",
+    "Secret": "secrets",
+    "NetworkPolicy": "networkpolicies",
     "GrokDeployment": PLURAL,
 }
 
@@ -92,6 +94,17 @@ class Kube:
         return self._call(
             "PATCH", path, body=manifest, query=query, content_type="application/apply-patch+yaml"
         )
+
+    def create(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """Creates an object unless one of its name exists (None then: someone made it first)."""
+        meta = manifest["metadata"]
+        try:
+            return self._call("POST", _path(manifest["apiVersion"], manifest["kind"], meta["namespace"]),
+                              body=manifest)
+        except ApiException as err:
+            if err.status == 409:
+                return None
+            raise
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -32,6 +32,7 @@ class State:
     leader_worker_sets: CrdProbe | None = None
     prometheus_url: str = ""
     monitor_labels: dict[str, str] = {}  # extra labels on the server ServiceMonitors
+    metrics_from: list[dict[str, Any]] = []  # NetworkPolicy peers that may scrape servers behind auth
     deployment_label: str = DEFAULT_DEPLOYMENT_LABEL
     autoscale_interval: float = 15.0
     last_decisions: dict[str, tuple[str, int, int]] = {}

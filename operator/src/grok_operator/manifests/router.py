@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from grok_operator.api.resource import GrokDeploymentSpec
+from grok_operator.manifests.front_door import router_auth_args, router_auth_volumes
 from grok_operator.manifests.meta import POD_SECURITY, labels, metadata
 
 
@@ -57,6 +58,7 @@ def router_args(spec: GrokDeploymentSpec) -> list[str]:
         "--max-held", str(r.max_held_requests),
         # Calls in flight through a router that stops go on for as long as the servers would let them.
         "--drain-grace-seconds", str(spec.server.drain_seconds),
+        *router_auth_args(spec),
     ]
 
 
@@ -68,6 +70,7 @@ def router_deployment(spec: GrokDeploymentSpec) -> dict[str, Any]:
     drain = spec.server.drain_seconds
     probe = {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "failureThreshold": 2,
              "timeoutSeconds": 5}
+    volumes, mounts = router_auth_volumes(spec)
     pod_spec: dict[str, Any] = {
         "serviceAccountName": name,
         "terminationGracePeriodSeconds": drain + 15,
@@ -88,7 +91,9 @@ def router_deployment(spec: GrokDeploymentSpec) -> dict[str, Any]:
                               "failureThreshold": 6},
             "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                                 "readOnlyRootFilesystem": True},
+            **({"volumeMounts": mounts} if mounts else {}),
         }],
+        **({"volumes": volumes} if volumes else {}),
         "securityContext": dict(POD_SECURITY),
         # Router replicas on different nodes: losing a node must not take the front door with it.
         "topologySpreadConstraints": [{

@@ -12,6 +12,12 @@ from typing import Any
 
 from grok_operator.api.resource import GrokDeploymentSpec, gpu_resource
 from grok_operator.api.spec import COMPILE_CACHE_PATH
+from grok_operator.manifests.front_door import (
+    UPSTREAM_TOKEN_FILE,
+    UPSTREAM_TOKEN_MOUNT,
+    front_door_closed,
+    upstream_token_volume,
+)
 from grok_operator.manifests.meta import POD_SECURITY, labels, metadata
 from grok_operator.manifests.model_cache import MODEL_MOUNT, model_path, model_volume
 from grok_operator.plan.planner import Plan
@@ -22,6 +28,14 @@ STARTUP_PROBE_PERIOD = 2
 READINESS_PROBE_PERIOD = 2
 
 MAX_CONNECTION_AGE_GRACE_SECONDS = 3600
+
+
+# The writable folders of a server container whose root filesystem is read-only.
+WRITABLE_MOUNTS = (
+    {"name": "tmp", "mountPath": "/tmp"},
+    {"name": "home-cache", "mountPath": "/home/grok/.cache"},
+    {"name": "home-config", "mountPath": "/home/grok/.config"},
+)
 
 
 def compile_cache_volume(spec: GrokDeploymentSpec) -> dict[str, Any]:
@@ -68,6 +82,8 @@ def server_args(spec: GrokDeploymentSpec, plan: Plan) -> list[str]:
         "--compile-cache-dir",
         COMPILE_CACHE_PATH,
     ]
+    if front_door_closed(spec):  # only the router, which holds this credential, may call
+        args += ["--auth-token-file", UPSTREAM_TOKEN_FILE]
     if spec.quantization != "none":
         args += ["--quantization", spec.quantization]
     if spec.dtype != "auto":
@@ -163,11 +179,16 @@ def server_pod_template(spec: GrokDeploymentSpec, plan: Plan, scrape_annotations
                 ),
                 "readinessProbe": http_probe("/readyz", READINESS_PROBE_PERIOD, 3),
                 "livenessProbe": http_probe("/healthz", 10, 6),
-                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                # A read-only image: what the server writes goes to the volumes below (the image's HOME holds
+                # vLLM's, Triton's and Hugging Face's caches and vLLM's config folder).
+                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                    "readOnlyRootFilesystem": True},
                 "volumeMounts": [
                     {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True},
                     {"name": "dshm", "mountPath": "/dev/shm"},
                     {"name": "compile-cache", "mountPath": COMPILE_CACHE_PATH},
+                    *WRITABLE_MOUNTS,
+                    *([UPSTREAM_TOKEN_MOUNT] if front_door_closed(spec) else []),
                 ],
             }
         ],
@@ -177,7 +198,11 @@ def server_pod_template(spec: GrokDeploymentSpec, plan: Plan, scrape_annotations
             # Tensor-parallel ranks exchange activations through shared memory.
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{max(2, 4 * tp)}Gi"}},
             compile_cache_volume(spec),
+            *({"name": m["name"], "emptyDir": {}} for m in WRITABLE_MOUNTS),
+            *([upstream_token_volume(spec)] if front_door_closed(spec) else []),
         ],
+        # The servers never call the Kubernetes API: no token in their pods.
+        "automountServiceAccountToken": False,
     }
     for key, value in (("affinity", s.affinity), ("priorityClassName", s.priority_class_name),
                        ("serviceAccountName", s.service_account_name)):

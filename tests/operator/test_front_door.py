@@ -1,0 +1,110 @@
+"""The front door's children (pure): API keys and limits into the router, a credential only the router holds
+for the servers, a NetworkPolicy; and without spec.router.auth, none of it. Server pods hold no API token and
+write only to their volumes, either way."""
+
+import json
+
+import pytest
+
+from grok_common.api_keys import read_keys, tenant_of
+from grok_operator.api.resource import GrokDeploymentSpec
+from grok_operator.manifests.children import desired_children
+from grok_operator.manifests.front_door import UPSTREAM_TOKEN_FILE, upstream_token_secret
+from grok_operator.manifests.group import leader_worker_set
+from grok_operator.manifests.router import router_deployment
+from grok_operator.manifests.server import deployment
+from grok_operator.plan.admission import plan_request
+from grok_operator.plan.planner import plan
+
+AUTH = {"auth": {"secretName": "grok-keys"},
+        "limits": {"default": {"requestsPerSecond": 2, "concurrentRequests": 4},
+                   "tenants": {"team-a": {"generatedTokensPerMinute": 60000}}}}
+
+
+def built(**spec):
+    body = {"metadata": {"name": "grok", "namespace": "ml", "uid": "u-1", "generation": 1},
+            "spec": {"model": {"uri": "pvc://weights/grok-1", "quantization": "fp8"}, **spec}}
+    s = GrokDeploymentSpec.from_body(body)
+    return s, plan(plan_request(s))
+
+
+def server_container(d):
+    return d["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_without_auth_the_door_is_open_and_nothing_of_it_is_made():
+    spec, p = built()
+    kinds = {c["kind"] for c in desired_children(spec, p, None)}
+    assert "NetworkPolicy" not in kinds
+    router = server_container(router_deployment(spec))
+    assert "--api-keys-dir" not in router["args"] and "volumeMounts" not in router
+    assert "--auth-token-file" not in server_container(deployment(spec, p))["args"]
+
+
+@pytest.mark.parametrize("router", [{}, AUTH])
+def test_server_pods_hold_no_api_token_and_write_only_to_their_volumes(router):
+    spec, p = built(router=router)
+    pod = deployment(spec, p)["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
+    assert {"/tmp", "/home/grok/.cache", "/home/grok/.config", "/dev/shm"} <= writable
+    volumes = {v["name"] for v in pod["volumes"]}
+    assert {m["name"] for m in container["volumeMounts"]} <= volumes
+
+
+def test_with_auth_the_router_gets_the_keys_the_limits_and_the_servers_credential():
+    spec, p = built(router=AUTH)
+    router = router_deployment(spec)["spec"]["template"]["spec"]
+    (container,) = router["containers"]
+    args = container["args"]
+    keys_dir = args[args.index("--api-keys-dir") + 1]
+    assert args[args.index("--upstream-token-file") + 1] == UPSTREAM_TOKEN_FILE
+    assert json.loads(args[args.index("--tenant-limits") + 1]) == {
+        "default": {"requestsPerSecond": 2.0, "concurrentRequests": 4},
+        "tenants": {"team-a": {"generatedTokensPerMinute": 60000}}}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in router["volumes"]}
+    assert volumes[mounts[keys_dir]]["secret"]["secretName"] == "grok-keys"
+    token_dir = UPSTREAM_TOKEN_FILE.rsplit("/", 1)[0]
+    assert volumes[mounts[token_dir]]["secret"]["secretName"] == "grok-upstream-token"
+    # The servers accept only that credential, from the same Secret.
+    server = deployment(spec, p)["spec"]["template"]["spec"]
+    (serving,) = server["containers"]
+    assert serving["args"][serving["args"].index("--auth-token-file") + 1] == UPSTREAM_TOKEN_FILE
+    assert {v["name"]: v for v in server["volumes"]}["upstream-token"]["secret"]["secretName"] == \
+        "grok-upstream-token"
+    secret = upstream_token_secret(spec, "s3cret")
+    assert secret["stringData"] == {"token": "s3cret"}
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+
+
+def test_the_network_policy_lets_only_the_router_group_peers_and_scrapers_reach_the_servers():
+    spec, p = built(router=AUTH, server={"grpcPort": 6000, "metricsPort": 9100})
+    prometheus = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    (policy,) = [c for c in desired_children(spec, p, None, [prometheus]) if c["kind"] == "NetworkPolicy"]
+    servers = {"serving.grok.dev/deployment": "grok", "app.kubernetes.io/component": "server"}
+    assert policy["spec"]["podSelector"] == {"matchLabels": servers}
+    grpc, group, metrics = policy["spec"]["ingress"]
+    assert grpc == {"from": [{"podSelector": {"matchLabels": spec.router_selector_labels}}],
+                    "ports": [{"protocol": "TCP", "port": 6000}]}
+    assert group == {"from": [{"podSelector": {"matchLabels": servers}}]}  # a group's own rendezvous
+    assert metrics == {"ports": [{"protocol": "TCP", "port": 9100}], "from": [prometheus]}
+    # The policy selects a multi-node group's workers too, which share the component label.
+    wide, wide_plan = built(router=AUTH, parallelism={"pipeline": 2})
+    worker = leader_worker_set(wide, wide_plan)["spec"]["leaderWorkerTemplate"]["workerTemplate"]
+    assert servers.items() <= worker["metadata"]["labels"].items()
+    assert "--auth-token-file" not in worker["spec"]["containers"][0]["args"]  # workers serve no calls
+
+
+def test_api_keys_are_read_by_tenant_and_odd_entries_are_named_never_shown():
+    keys, problems = read_keys({
+        "team-a": b"key-one\n", "team-a.2026-12": b"key-two", "team-b": b" key-three ",
+        "Team-C": b"k", "team-d": b"", "team-e": "ключ".encode(), "team-f": b"x" * 5000,
+    })
+    assert keys == {"team-a": [b"key-one", b"key-two"], "team-b": [b"key-three"]}
+    assert len(problems) == 4
+    assert all("ключ" not in p and "xxxx" not in p for p in problems)
+    assert [p.split(":")[0] for p in problems] == ["'Team-C'", "'team-d'", "'team-e'", "'team-f'"]
+    assert tenant_of("a" * 64) is None and tenant_of("team-a.old") == "team-a" and tenant_of("-x") is None
