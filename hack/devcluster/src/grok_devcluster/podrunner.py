@@ -30,6 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -53,6 +54,9 @@ HOST_IP = "127.0.0.1"
 TICK = 0.1  # seconds between checks of a pod's processes (cheap: a poll and a few comparisons)
 KWOK_API = ("kwok.x-k8s.io", "v1alpha1")
 LEADER_RETRY = 0.5  # seconds between looks for a LeaderWorkerSet leader's address while it has none
+# Seconds between re-reads of a running pod's Secret and ConfigMap volumes (the kubelet's sync period is about
+# a minute; shorter here, so that a test of "a changed Secret reaches the pod" waits seconds, not minutes).
+VOLUME_SYNC = 3.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -174,6 +178,41 @@ class CriLog:
     def close(self) -> None:
         with self._lock:
             self._file.close()
+
+
+def _write_atomically(folder: Path, files: dict[str, str]) -> None:
+    """A volume's files, swapped in at once as the kubelet does: written into a fresh hidden folder, then the
+    `..data` link turned to it, each top-level name a link through `..data` (names gone are removed). A reader
+    sees the old set or the new one, never half of each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    current = folder / "..data"
+    if current.is_symlink() and _read_folder(folder / current.readlink()) == files:
+        return
+    fresh = Path(tempfile.mkdtemp(prefix="..", dir=folder))
+    for path, content in files.items():
+        target = fresh / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+    link = folder / "..data_tmp"
+    with contextlib.suppress(FileNotFoundError):
+        link.unlink()
+    link.symlink_to(fresh.name)
+    old = current.readlink() if current.is_symlink() else None
+    link.replace(current)
+    top = {Path(path).parts[0] for path in files}
+    for name in top:
+        entry = folder / name
+        if not entry.is_symlink():
+            entry.symlink_to(Path("..data") / name)
+    for entry in folder.iterdir():
+        if not entry.name.startswith("..") and entry.name not in top and entry.is_symlink():
+            entry.unlink()
+    if old is not None:
+        shutil.rmtree(folder / old, ignore_errors=True)
+
+
+def _read_folder(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): p.read_text() for p in folder.rglob("*") if p.is_file()}
 
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a kubelet's probes use no proxy
@@ -326,6 +365,7 @@ class PodWorker(threading.Thread):
             self.dir.mkdir(parents=True, exist_ok=True)
             self._publish()
             self.runner.create_debug_objects(self.pod, self.ip, self._log_paths())
+            synced = time.monotonic()
             while not self._gone.is_set():
                 if self._deletion_requested():
                     self.deleting = True
@@ -333,6 +373,9 @@ class PodWorker(threading.Thread):
                 if not self._step():
                     break  # every container has terminated for good (a Job's pod)
                 self._publish()
+                if time.monotonic() - synced > VOLUME_SYNC:
+                    self.runner.sync_file_volumes(self.pod, self.dir)
+                    synced = time.monotonic()
                 time.sleep(TICK)
         except Exception:  # a bug of the runner's: the pod keeps its object, with what was last published
             log.exception("pod %s/%s: runner error", self.namespace, self.pod_name)
@@ -820,12 +863,22 @@ class Runner:
                 answer = self.api.create_namespaced_service_account_token(
                     pod["spec"].get("serviceAccountName", "default"), namespace, request)
                 files[token["path"]] = answer.status.token
-        for path, content in files.items():
-            target = folder / path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(content)
-        folder.mkdir(parents=True, exist_ok=True)
+        _write_atomically(folder, files)
         return folder
+
+    def sync_file_volumes(self, pod: dict[str, Any], pod_dir: Path) -> None:
+        """A running pod's Secret and ConfigMap volumes follow their objects, as the kubelet's do (tokens are
+        not re-requested); an object gone or unreadable leaves the files as they were."""
+        for volume in pod["spec"].get("volumes") or []:
+            sources = (volume["projected"].get("sources") or []) if "projected" in volume else [volume]
+            folder = pod_dir / "volumes" / volume["name"]
+            refreshable = all(("secret" in s or "configMap" in s) for s in sources) and sources
+            if not refreshable or not folder.is_dir():
+                continue
+            try:
+                self._file_volume(pod, volume, folder)
+            except (SpecError, ApiException) as err:
+                log.debug("pod %s: volume %s not refreshed: %s", pod["metadata"]["name"], volume["name"], err)
 
     def _claim_folder(self, namespace: str, claim: str) -> Path:
         try:
