@@ -111,7 +111,7 @@ def test_cluster_wide_mode_grants_the_operator_a_cluster_role():
     assert rules["grokdeployments/finalizers"] == {"update"}
     assert rules["deployments"] >= {"create", "patch"}
     assert "delete" not in set().union(*rules.values()), "the operator deletes nothing: owners do"
-    assert "secrets" not in rules
+    assert rules["secrets"] == {"create"}, "the front door's credential: created, never read"
     assert rules_of(cluster_roles["grok-grok-operator-discovery"]) == {
         "customresourcedefinitions": {"get", "list", "watch"}
     }

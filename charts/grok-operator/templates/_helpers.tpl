@@ -70,12 +70,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors]
   verbs: [get, create, patch]
-# spec.router.auth: the operator reads the named Secret of API keys (to say when it holds none) and creates
-# the router's credential for the servers (a Secret it never changes); it makes a NetworkPolicy per
-# GrokDeployment that lets only the router reach the servers.
+# spec.router.auth: the operator creates the router's credential for the servers (a Secret it never reads or
+# changes: create only) and a NetworkPolicy per GrokDeployment that lets only the router reach the servers.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, create]
+  verbs: [create]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [get, create, patch]

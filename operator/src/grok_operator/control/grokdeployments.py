@@ -55,9 +55,6 @@ def reconcile_and_report(body: dict[str, Any], views: Views, trigger: str) -> bo
     if result.plan_error:
         log.warning("%s/%s: %s", ns, name, result.plan_error[1])
     State.models[meta["uid"]] = result.model
-    for reason, message in result.warnings:
-        log.warning("%s/%s: %s", ns, name, message)
-        kopf.event(body, type="Warning", reason=reason, message=message)
     if trigger == "spec" and result.spec is not None and result.spec.router_enabled \
             and result.spec.router.auth is None:
         # Said once per generation: an open front door is a choice, not an accident.

@@ -6,7 +6,6 @@ operator restarted mid-way, two events at once) converges on the same objects an
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import logging
 import secrets
@@ -15,14 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from grok_common.api_keys import read_keys
 from grok_operator.api.resource import MANAGED_BY, GrokDeploymentSpec
 from grok_operator.control.kube import Kube
 from grok_operator.manifests.children import desired_children
 from grok_operator.manifests.front_door import (
     front_door_closed,
     upstream_token_secret,
-    upstream_token_secret_name,
 )
 from grok_operator.manifests.model_cache import fetch_job, model_cache_claim
 from grok_operator.observe.children import fetch_job_failed, model_state, newest, observe
@@ -44,7 +41,6 @@ class ReconcileResult:
     deployment: dict[str, Any] | None = None  # as the API server returned it when applied
     applied: list[str] = field(default_factory=list)
     blocked: tuple[str, str] | None = None  # (reason, message): what the cluster lacks to run the plan
-    warnings: list[tuple[str, str]] = field(default_factory=list)  # (reason, message): Warning Events
 
     def status(
         self,
@@ -212,9 +208,7 @@ def reconcile(kube: Kube, body: dict[str, Any], service_monitors: ServiceMonitor
         # Nothing half-made: without the LeaderWorkerSet API no group can exist, so no Service either.
         return ReconcileResult(spec, the_plan, None, model, None, applied, blocked=(
             "LeaderWorkerSetMissing", LWS_MISSING.format(nodes=the_plan.nodes_per_replica)))
-    warnings = []
     if model[0] == "Ready" and front_door_closed(spec):
-        warnings += api_keys_warnings(kube, spec)
         ensure_upstream_token(kube, spec)
     if model[0] == "Ready":
         for child in desired_children(spec, the_plan, service_monitors.monitor_labels(), metrics_from):
@@ -222,31 +216,10 @@ def reconcile(kube: Kube, body: dict[str, Any], service_monitors: ServiceMonitor
             applied.append(child["kind"])
             if child["kind"] in ("Deployment", "LeaderWorkerSet"):
                 deployment = live
-    return ReconcileResult(spec, the_plan, None, model, deployment, applied, warnings=warnings)
+    return ReconcileResult(spec, the_plan, None, model, deployment, applied)
 
 
 def ensure_upstream_token(kube: Kube, spec: GrokDeploymentSpec) -> None:
-    """The router's credential for the servers: made once, with a fresh random token, never replaced."""
-    name = upstream_token_secret_name(spec)
-    if kube.get("v1", "Secret", spec.namespace, name) is None:
-        kube.create(upstream_token_secret(spec, secrets.token_urlsafe(32)))
-
-
-def api_keys_warnings(kube: Kube, spec: GrokDeploymentSpec) -> list[tuple[str, str]]:
-    """What is wrong with spec.router.auth's Secret (the router refuses every call without a valid key):
-    missing, no valid key, or entries it will skip; named by data key, never by value."""
-    assert spec.router.auth is not None
-    name = spec.router.auth.secret_name
-    secret = kube.get("v1", "Secret", spec.namespace, name)
-    if secret is None:
-        return [("APIKeysSecretMissing", f"Secret {name!r} (spec.router.auth.secretName) not found in "
-                 f"namespace {spec.namespace}: the router starts once it exists, and refuses every call "
-                 "until it holds a key")]
-    entries = {k: base64.b64decode(v or "") for k, v in (secret.get("data") or {}).items()}
-    keys, problems = read_keys(entries)
-    if not keys:
-        return [("APIKeysEmpty", f"Secret {name!r} holds no valid API key, so the router refuses every call"
-                 + (f": {'; '.join(problems)}" if problems else " (it has no data)"))]
-    if problems:
-        return [("APIKeysSkipped", f"Secret {name!r}: the router skips {'; '.join(problems)}")]
-    return []
+    """The router's credential for the servers: made once, with a fresh random token, never replaced. Created
+    blind (409: it exists): the operator may create Secrets but never read one."""
+    kube.create(upstream_token_secret(spec, secrets.token_urlsafe(32)))
