@@ -8,6 +8,7 @@ at a moment is held there by the test (a replica's engine core SIGSTOPped), neve
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -483,3 +484,101 @@ def test_a_router_stopping_while_calls_are_held_fails_them_retryably(fleet: Flee
             with pytest.raises(grpc.RpcError) as ended:
                 call.result(timeout=300)  # never a hang
             assert ended.value.code() == grpc.StatusCode.UNAVAILABLE, ended.value
+
+
+def test_with_api_keys_only_named_tenants_call_within_limits_and_only_the_router_reaches_servers(
+        fleet: Fleet) -> None:
+    """spec.router.auth and .limits on the running GrokDeployment: the router asks for a key (a key added to
+    or removed from the Secret counts without a router restart), a tenant over its token budget gets 429
+    while another is served, and a server refuses a call that does not come through the router."""
+    cluster, ns = fleet.cluster, fleet.ns
+    # Open until now, and said so once.
+    reasons = [e["reason"] for e in cluster.get_json("events", "-n", ns, "--field-selector",
+                                                      f"involvedObject.name={NAME}")["items"]]
+    assert "FrontDoorOpen" in reasons
+    keys = {"team-a": "sk-team-a-1", "team-b": "sk-team-b-1"}
+    cluster.apply([{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "grok-keys", "namespace": ns},
+                    "stringData": keys}])
+    body = {**grokd(1), "metadata": {"name": NAME, "namespace": ns}}
+    body["spec"]["router"].update(auth={"secretName": "grok-keys"},
+                                  limits={"tenants": {"team-b": {"generatedTokensPerMinute": 8}}})
+    cluster.apply([body])
+    policy = cluster.get_json("networkpolicy", f"{NAME}-servers", "-n", ns)
+    assert policy["spec"]["ingress"][0]["from"] == [{"podSelector": {"matchLabels": {
+        "serving.grok.dev/deployment": NAME, "app.kubernetes.io/name": "grok-router"}}}]
+
+    def closed_router() -> dict | None:
+        for p in cluster.get_json("pods", "-n", ns, "-l", ROUTERS)["items"]:
+            if is_ready(p) and "--api-keys-dir" in p["spec"]["containers"][0]["args"] \
+                    and not p["metadata"].get("deletionTimestamp"):
+                return p
+        return None
+
+    def closed_servers() -> list[dict]:
+        return [p for p in fleet.ready_servers() if "--auth-token-file" in p["spec"]["containers"][0]["args"]]
+
+    router = wait_for(closed_router, 900, interval=2, message="a router with keys")
+    fleet.router_ip = router["status"]["podIP"]
+    wait_for(lambda: len(closed_servers()) == 1 and fleet.known_ready() == 1, 900, interval=2,
+             message="a server that takes calls only from the router")
+
+    def completion(key: str | None, tokens: int = 4) -> openai.types.Completion:
+        client = openai.OpenAI(base_url=f"{fleet.http}/v1", api_key=key or "none", max_retries=0, timeout=300)
+        return client.completions.create(model=NAME, prompt="front door", max_tokens=tokens,
+                                         extra_body={"ignore_eos": True})
+
+    # No key, a wrong key: 401 in OpenAI's shape; gRPC alike.
+    for wrong in (None, "sk-nobody"):
+        with pytest.raises(openai.AuthenticationError):
+            completion(wrong)
+    with grpc.insecure_channel(fleet.target) as channel:
+        stub = pb_grpc.GenerationServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            generate(stub, "no key")
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        answer = stub.Generate(pb.GenerateRequest(text="with a key", stopping=pb.StoppingCriteria(
+            max_new_tokens=4, ignore_eos=True)), metadata=[("authorization", "Bearer sk-team-a-1")],
+            timeout=300)
+        assert answer.usage.generated_tokens == 4
+    assert completion("sk-team-a-1").usage.completion_tokens == 4  # the openai package, unchanged
+
+    # A key added to the Secret works, a removed one stops working: no router restart.
+    router_uid = closed_router()["metadata"]["uid"]
+    cluster.apply([{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "grok-keys", "namespace": ns},
+                    "stringData": {"team-a.2": "sk-team-a-2", "team-b": "sk-team-b-1"}}])
+    cluster.kubectl("patch", "secret", "grok-keys", "-n", ns, "--type", "json",
+                    "-p", '[{"op": "remove", "path": "/data/team-a"}]')
+
+    def works(key: str) -> bool:
+        try:
+            return completion(key).usage.completion_tokens == 4
+        except openai.AuthenticationError:
+            return False
+
+    wait_for(lambda: works("sk-team-a-2"), 300, interval=2, message="the added key to work")
+    wait_for(lambda: not works("sk-team-a-1"), 300, interval=2, message="the removed key to stop working")
+    assert closed_router()["metadata"]["uid"] == router_uid
+
+    # team-b's budget is 8 generated tokens a minute: 16 spend it; the next call waits for the refill (429,
+    # Retry-After from the bucket) while team-a is served.
+    assert completion("sk-team-b-1", tokens=16).usage.completion_tokens == 16
+    with pytest.raises(openai.RateLimitError) as limited:
+        completion("sk-team-b-1")
+    assert int(limited.value.response.headers["retry-after"]) >= 1
+    assert completion("sk-team-a-2").usage.completion_tokens == 4
+
+    # Past the router: a server refuses a call without the router's credential, and takes it with it.
+    (server,) = closed_servers()
+    token = base64.b64decode(cluster.get_json("secret", f"{NAME}-upstream-token", "-n", ns)["data"]["token"])
+    with grpc.insecure_channel(f"{server['status']['podIP']}:50051") as direct:
+        stub = pb_grpc.GenerationServiceStub(direct)
+        with pytest.raises(grpc.RpcError) as bypass:
+            generate(stub, "around the front door")
+        assert bypass.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as with_a_key:
+            stub.Generate(pb.GenerateRequest(text="a caller's key", stopping=pb.StoppingCriteria(
+                max_new_tokens=2)), metadata=[("authorization", "Bearer sk-team-a-2")], timeout=300)
+        assert with_a_key.value.code() == grpc.StatusCode.UNAUTHENTICATED  # callers' keys open no server
+        assert stub.Generate(pb.GenerateRequest(text="the router's credential", stopping=pb.StoppingCriteria(
+            max_new_tokens=2, ignore_eos=True)), metadata=[("authorization", f"Bearer {token.decode()}")],
+            timeout=300).usage.generated_tokens == 2
