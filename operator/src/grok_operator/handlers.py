@@ -191,6 +191,8 @@ def _write_status(body: dict[str, Any], make_status: Callable[[dict[str, Any]], 
     with lock:
         old = State.written.get(meta["uid"]) or body.get("status") or {}
         status = make_status(old)
+        metrics.GROKDEPLOYMENTS.record(
+            meta["namespace"], meta["name"], int(body["spec"].get("replicas", 1)), {**old, **status})
         if all(old.get(k) == v for k, v in status.items()):
             return
         _kube().patch_status(meta["namespace"], meta["name"], status)
@@ -362,6 +364,7 @@ def grokdeployment_event(
     if event.get("type") == "DELETED":
         for table in (State.handled, State.refused, State.written, State.status_locks, State.models):
             table.pop(uid, None)  # children go with it: they carry owner references
+        metrics.GROKDEPLOYMENTS.forget(body["metadata"]["namespace"], body["metadata"]["name"])
         return
     generation = int(body["metadata"].get("generation", 1))
     if State.handled.get(uid) == generation:
