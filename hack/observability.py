@@ -339,7 +339,8 @@ RULES = [
          "{{ $labels.grokdeployment_namespace }}/{{ $labels.grokdeployment }}: server pods failing",
          "Degraded=True with reason PodsFailing for 5 minutes: a server pod crash-loops or cannot pull its "
          "image. Look at `kubectl describe grokd`, which names the pod and the kubelet's reason; "
-         "`kubectl logs POD --previous` shows the crash (out of GPU memory, a bad engine argument, weights that do not load).",
+         "`kubectl logs POD --previous` shows the crash (out of GPU memory, a bad engine argument, weights "
+         "that do not load).",
          [DEGRADED]),
     Rule("GrokOperatorNoLeader", f"({LEADERS} or vector(0)) < 1", "5m", "critical",
          "No grok-operator replica leads",
