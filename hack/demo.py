@@ -338,6 +338,9 @@ class Demo:
             # depends on this machine, so what is shown is what was sent).
             wait(lambda: sum(1 for done, now in self.routed().values() if done + now > 0) >= 2, 300,
                  "the router to send calls to both replicas")
+            # A few calls finished on each (the dashboard's balance panel, drawn at the end, shows them).
+            wait(lambda: sum(1 for done, _ in self.routed().values() if done >= 3) >= 2, 300,
+                 "calls to finish on both replicas")
             for pod, (done, now) in sorted(self.routed().items()):
                 print(f"  {pod:<34} {done + now:>5.0f} requests through the router ({now:.0f} in flight now)")
             wait(self.scaled_event, 60, "the ScaledUp event")
@@ -377,8 +380,12 @@ class Demo:
                 if not c.series or c.error:
                     print(f"  NO DATA  {c.where}: {c.query} {c.error}")
         print(f"dashboard panels, variables and alert rules: {observability.summary(checks)}")
-        unknown = sorted(observability.every_metric_named() - observability.exported_names(url))
-        print(f"metrics named that Prometheus has never seen: {len(unknown)} {' '.join(unknown)}")
+        named = observability.every_metric_named()
+        unknown = sorted(named - observability.scraped_names(url))
+        print(f"metrics named that no scraped target exposes: {len(unknown)} {' '.join(unknown)}")
+        quiet = sorted(named - observability.series_names(url) - set(unknown))
+        print(f"  of the {len(named)} named, exposed but with no series yet (nothing counted): "
+              + (", ".join(quiet) or "none"))
         alerts = observability.alerts(url)
         firing = sorted({a["labels"]["alertname"] for a in alerts if a["state"] == "firing"})
         print(f"alerts firing: {', '.join(firing) or 'none'} (of {len(observability.RULES)} rules)")

@@ -441,9 +441,26 @@ def check_queries(
     return checks
 
 
-def exported_names(prometheus_url: str) -> set[str]:
+def series_names(prometheus_url: str) -> set[str]:
+    """The metric names of every series Prometheus holds."""
     with urllib.request.urlopen(f"{prometheus_url}/api/v1/label/__name__/values", timeout=30) as answer:
         return set(json.load(answer)["data"])
+
+
+def scraped_names(prometheus_url: str) -> set[str]:
+    """Every metric name the scraped targets expose: the series Prometheus holds, and the metric families in
+    their scrapes' metadata (# HELP/# TYPE), which include labelled counters that nothing has counted yet
+    (no series until something is refused, retried or fails), with the sample names of their types."""
+    with urllib.request.urlopen(f"{prometheus_url}/api/v1/metadata", timeout=30) as answer:
+        metadata = json.load(answer)["data"]
+    names = series_names(prometheus_url)
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
+                "summary": ("_sum", "_count")}
+    for family, entries in metadata.items():
+        names.add(family)
+        for entry in entries:
+            names |= {family.removesuffix("_total") + s for s in suffixes.get(entry["type"], ())}
+    return names
 
 
 def every_metric_named() -> set[str]:

@@ -53,7 +53,7 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path):
     checked = re.search(r"alert rules: (\d+) of (\d+) queries returned series", out)
     assert checked and checked[1] == checked[2] and int(checked[2]) >= 50, out[-4000:]
     for milestone in (
-        "metrics named that Prometheus has never seen: 0 \n",
+        "metrics named that no scraped target exposes: 0 \n",
         "alerts firing: none (of 7 rules)",
         "alert firing: GrokNoReadyReplicaWhileRequestsHeld (the shipped rule with for: 3s)",
         "the shipped rule (for 10m): pending",
