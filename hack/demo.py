@@ -368,6 +368,7 @@ class Demo:
         assert self.prometheus is not None
         url = self.prometheus.url
         checks: list = []
+        began = time.monotonic()
 
         def all_answer() -> bool:
             checks[:] = observability.check_queries(url, NAMESPACE, NAME)
@@ -392,6 +393,7 @@ class Demo:
         drawn = dashboard_png().render(url, NAMESPACE, NAME, self.applied_at - 10, time.time(), png)
         print(f"the dashboard's main panels from Prometheus: {png} "
               + ", ".join(f"{title}: {n} series" for title, n in drawn.items()))
+        print(f"(checked and drawn in {time.monotonic() - began:.0f}s)")
         if unknown or firing or not all(drawn.values()):
             raise SystemExit("demo: the dashboard or the alert rules do not match what Prometheus has")
 
@@ -399,6 +401,7 @@ class Demo:
         step(f"an alert on purpose: every replica deleted while the router holds a request ({PROOF_ALERT})")
         assert self.prometheus is not None
         url = self.prometheus.url
+        began = time.monotonic()
         selector = f"app.kubernetes.io/name=grok-server,serving.grok.dev/deployment={NAME}"
         print(self.kubectl("delete", "pods", "-n", NAMESPACE, "-l", selector, "--wait=false").strip())
         wait(lambda: self.router_metric('grok_router_replicas{state="ready"}') == 0 or None, 120,
@@ -430,7 +433,7 @@ class Demo:
         print(f"the held request completed once a replica was Ready again "
               f"({result['answer'].usage.generated_tokens} tokens)")
         wait(lambda: not [a for a in named() if a["state"] == "firing"], 180, f"{PROOF_ALERT} to resolve")
-        print(f"{PROOF_ALERT} resolved")
+        print(f"{PROOF_ALERT} resolved ({time.monotonic() - began:.0f}s after the replicas were deleted)")
 
     def scraped(self) -> list[str]:
         assert self.prometheus is not None
