@@ -338,8 +338,8 @@ class Demo:
             # depends on this machine, so what is shown is what was sent).
             wait(lambda: sum(1 for done, now in self.routed().values() if done + now > 0) >= 2, 300,
                  "the router to send calls to both replicas")
-            # A few calls finished on each (the dashboard's balance panel, drawn at the end, shows them).
-            wait(lambda: sum(1 for done, _ in self.routed().values() if done >= 3) >= 2, 300,
+            # Calls finished on each (the dashboard's balance panel, drawn at the end, shows them).
+            wait(lambda: sum(1 for done, _ in self.routed().values() if done >= 10) >= 2, 300,
                  "calls to finish on both replicas")
             for pod, (done, now) in sorted(self.routed().items()):
                 print(f"  {pod:<34} {done + now:>5.0f} requests through the router ({now:.0f} in flight now)")
