@@ -151,3 +151,12 @@ def test_chart_wraps_the_same_dashboard_and_rules_when_enabled():
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert rule["spec"] == RULES
+
+
+def test_readme_shows_the_picture_and_how_to_import_the_dashboard():
+    readme = (ROOT / "README.md").read_text()
+    picture = ROOT / "bench" / "figures" / "dashboard.png"
+    assert "](bench/figures/dashboard.png)" in readme
+    assert picture.read_bytes().startswith(b"\x89PNG") and picture.stat().st_size < 150_000
+    assert "charts/grok-operator/dashboards/grok-serve.json" in readme and "dashboards.enabled=true" in readme
+    assert "alerts.prometheusRule.enabled=true" in readme
