@@ -10,7 +10,11 @@
    operator's arguments and turns Ready once the model is loaded;
 4. a streamed completion through grok-client at the pod's address;
 5. load from a gRPC load generator until the autoscaler scales up: the new pod starts a second real server,
-   which turns Ready and is scraped; then a summary of the pods.
+   which turns Ready and is scraped;
+6. the chart's dashboard and alert rules against that Prometheus (which scrapes the operator too and evaluates
+   the rules): every panel's and rule's query returns data, no alert fires; the dashboard's main panels are
+   drawn to a PNG (bench/dashboard_png.py); then a summary of the pods. With --prove-alerts, an alert is made
+   to fire: every replica is deleted while the router holds a request.
 
 Everything is torn down at the end, or kept with --keep (`make demo KEEP=1`), which prints how to connect and
 the one command that stops it all.
@@ -19,16 +23,19 @@ the one command that stops it all.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
+import observability  # hack/observability.py: the chart's dashboard and alert rules, as code
 import yaml
 
 from grok_devcluster import DevCluster, NodePool, is_ready, local
@@ -36,6 +43,7 @@ from grok_devcluster.cluster import ClusterError
 from grok_devcluster.local import free_port, parse_metrics
 from grok_devcluster.podrunner import lower_priority
 from grok_devcluster.prometheus import PrometheusServer
+from grok_server.client import GrokClient
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = "grok-demo"
@@ -90,6 +98,7 @@ class Demo:
         self.processes: list[subprocess.Popen[bytes]] = []
         self.prometheus: PrometheusServer | None = None
         self.router_ip = ""
+        self.applied_at = time.time()
         STATE.mkdir(parents=True, exist_ok=True)
 
     def kubectl(self, *args: str) -> str:
@@ -121,13 +130,13 @@ class Demo:
     def control_plane(self) -> None:
         if self.cluster.exists():
             self.cluster.down()
-        step("1/5 simulated GPU cluster: etcd, kube-apiserver, controller-manager, scheduler, KWOK nodes, "
+        step("1/6 simulated GPU cluster: etcd, kube-apiserver, controller-manager, scheduler, KWOK nodes, "
              "pod runner")
         self.cluster.up([NodePool(4, 8, "NVIDIA-H100-80GB-HBM3", "h100")], cpu_nodes=1)
         print(self.kubectl("get", "nodes", "-L", "nvidia.com/gpu.product,node.kubernetes.io/instance-type"))
 
     def operator(self) -> None:
-        step("2/5 helm install charts/grok-operator (CRD, ServiceAccount, least-privilege RBAC)")
+        step("2/6 helm install charts/grok-operator (CRD, ServiceAccount, least-privilege RBAC)")
         helm = self.cluster.bin_dir / "helm"
         print(
             run(
@@ -146,14 +155,21 @@ class Demo:
         shutil.rmtree(STATE / "prometheus", ignore_errors=True)  # no samples from an earlier run
         (STATE / "prometheus").mkdir()
         # Pod discovery through the API server (kubernetes_sd_configs), as Prometheus does on a cluster.
-        self.prometheus = PrometheusServer(STATE / "prometheus", kubeconfig=self.cluster.kubeconfig)
+        # It evaluates the chart's alert rules, and with --prove-alerts a copy of one whose `for` is seconds.
+        rule_files = [observability.RULES_PATH]
+        if self.args.prove_alerts:
+            rule_files.append(STATE / "prometheus" / "proof.rules.yaml")
+            rule_files[-1].write_text(yaml.safe_dump(observability.shortened(PROOF_ALERT)))
+        self.prometheus = PrometheusServer(
+            STATE / "prometheus", kubeconfig=self.cluster.kubeconfig, rule_files=rule_files
+        )
         self.prometheus.start()
         assert self.prometheus.proc is not None
         self.cluster.adopt(self.prometheus.proc.pid)
         kubeconfig = self.cluster.service_account_kubeconfig(
             OPERATOR_NAMESPACE, "grok-grok-operator", STATE / "operator-kubeconfig"
         )
-        health = free_port()
+        health, metrics_port = free_port(), free_port()
         self.start(
             "operator",
             sys.executable,
@@ -166,7 +182,7 @@ class Demo:
             "--metrics-stale-seconds",
             "10",
             "--metrics-port",
-            str(free_port()),
+            str(metrics_port),
             "--health-port",
             str(health),
             "--log-format",
@@ -182,6 +198,9 @@ class Demo:
                 return False
 
         wait(healthy, 90, "the operator")
+        # Prometheus scrapes the operator (a process here, not a pod) as it would its metrics Service.
+        self.prometheus.scrape((f"127.0.0.1:{metrics_port}", {"namespace": OPERATOR_NAMESPACE,
+                                                              "pod": "grok-operator-demo"}))
         print(
             f"operator running as system:serviceaccount:{OPERATOR_NAMESPACE}:grok-grok-operator "
             f"(log: {STATE / 'operator.log'}); Prometheus at {self.prometheus.url}"
@@ -192,7 +211,7 @@ class Demo:
         return list(self.cluster.get_json("pods", "-n", NAMESPACE, "-l", selector)["items"])
 
     def deployment(self) -> str:
-        step("3/5 kubectl apply a GrokDeployment of a tiny Grok-1-shaped model (with autoscaling)")
+        step("3/6 kubectl apply a GrokDeployment of a tiny Grok-1-shaped model (with autoscaling)")
         manifests = list(yaml.safe_load_all((ROOT / "examples" / "grok-1-tiny-cpu.yaml").read_text()))
         claim = next(m for m in manifests if m["kind"] == "PersistentVolumeClaim")
         grokd = next(m for m in manifests if m["kind"] == "GrokDeployment")
@@ -214,6 +233,7 @@ class Demo:
         (folder / "tiny").symlink_to(tiny_checkpoint(), target_is_directory=True)
         print(f"claim {name} bound to {volume} ({folder}), holding the tiny checkpoint")
         applied = time.monotonic()
+        self.applied_at = time.time()
         print(self.cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump(grokd)).stdout)
         step("the operator's pod starts a real grok-server; Ready once the model is loaded")
         wait(lambda: (self.grokd().get("status") or {}).get("phase") == "Ready", 600, "the GrokDeployment")
@@ -260,7 +280,7 @@ class Demo:
         return found
 
     def completion(self, target: str) -> None:
-        step(f"4/5 grok-client generate --stream through the router at {target} "
+        step(f"4/6 grok-client generate --stream through the router at {target} "
              "(random weights: the text is noise, the tokens are real)")
         out = run(
             sys.executable,
@@ -287,7 +307,7 @@ class Demo:
                   f"  {answer.read().decode()}")
 
     def autoscaling(self, target: str) -> int:
-        step("5/5 load: 12 concurrent streams through the router; a replica runs 2 at a time: a queue")
+        step("5/6 load: 12 concurrent streams through the router; a replica runs 2 at a time: a queue")
         load = self.start(
             "load", sys.executable, "-m", "grok_server.client.load", "--target", target, "--clients", "12",
             background=True,
@@ -312,6 +332,9 @@ class Demo:
             # depends on this machine, so what is shown is what was sent).
             wait(lambda: sum(1 for done, now in self.routed().values() if done + now > 0) >= 2, 300,
                  "the router to send calls to both replicas")
+            # Calls finished on each (the dashboard's balance panel, drawn at the end, shows them).
+            wait(lambda: sum(1 for done, _ in self.routed().values() if done >= 10) >= 2, 300,
+                 "calls to finish on both replicas")
             for pod, (done, now) in sorted(self.routed().items()):
                 print(f"  {pod:<34} {done + now:>5.0f} requests through the router ({now:.0f} in flight now)")
             wait(self.scaled_event, 60, "the ScaledUp event")
@@ -333,6 +356,78 @@ class Demo:
             load.wait(150)
         print("load generator: " + (STATE / "load.log").read_text().strip().splitlines()[-1])
         return scaled
+
+    def dashboard_and_alerts(self, png: Path) -> None:
+        step("6/6 the chart's dashboard and alert rules against Prometheus: every query, every alert")
+        assert self.prometheus is not None
+        url = self.prometheus.url
+        checks: list = []
+        began = time.monotonic()
+
+        def all_answer() -> bool:
+            checks[:] = observability.check_queries(url, NAMESPACE, NAME)
+            return all(c.series and not c.error for c in checks)
+
+        try:
+            wait(all_answer, 120, "every panel's and rule's query to return data")
+        finally:
+            for c in checks:
+                if not c.series or c.error:
+                    print(f"  NO DATA  {c.where}: {c.query} {c.error}")
+        print(f"dashboard panels, variables and alert rules: {observability.summary(checks)}")
+        named = observability.every_metric_named()
+        unknown = sorted(named - observability.scraped_names(url))
+        print(f"metrics named that no scraped target exposes: {len(unknown)} {' '.join(unknown)}")
+        quiet = sorted(named - observability.series_names(url) - set(unknown))
+        print(f"  of the {len(named)} named, exposed but with no series yet (nothing counted): "
+              + (", ".join(quiet) or "none"))
+        alerts = observability.alerts(url)
+        firing = sorted({a["labels"]["alertname"] for a in alerts if a["state"] == "firing"})
+        print(f"alerts firing: {', '.join(firing) or 'none'} (of {len(observability.RULES)} rules)")
+        drawn = dashboard_png().render(url, NAMESPACE, NAME, self.applied_at - 10, time.time(), png)
+        print(f"the dashboard's main panels from Prometheus: {png} "
+              + ", ".join(f"{title}: {n} series" for title, n in drawn.items()))
+        print(f"(checked and drawn in {time.monotonic() - began:.0f}s)")
+        if unknown or firing or not all(drawn.values()):
+            raise SystemExit("demo: the dashboard or the alert rules do not match what Prometheus has")
+
+    def prove_alert(self, target: str) -> None:
+        step(f"an alert on purpose: every replica deleted while the router holds a request ({PROOF_ALERT})")
+        assert self.prometheus is not None
+        url = self.prometheus.url
+        began = time.monotonic()
+        selector = f"app.kubernetes.io/name=grok-server,serving.grok.dev/deployment={NAME}"
+        print(self.kubectl("delete", "pods", "-n", NAMESPACE, "-l", selector, "--wait=false").strip())
+        wait(lambda: self.router_metric('grok_router_replicas{state="ready"}') == 0 or None, 120,
+             "the router to see no Ready replica")
+        result: dict = {}
+
+        def held_call() -> None:
+            try:
+                with GrokClient(target, timeout=900) as client:
+                    result["answer"] = client.generate("held", max_tokens=4, ignore_eos=True)
+            except Exception as err:  # reported below
+                result["error"] = err
+
+        call = threading.Thread(target=held_call, daemon=True)
+        call.start()
+        wait(lambda: self.router_metric("grok_router_requests_held") >= 1, 120, "the router to hold the call")
+
+        def named() -> list[dict]:
+            return [a for a in observability.alerts(url) if a["labels"]["alertname"] == PROOF_ALERT]
+
+        fired = wait(lambda: [a for a in named() if a["state"] == "firing"], 180, f"{PROOF_ALERT} to fire")[0]
+        print(f"alert firing: {PROOF_ALERT} ({fired['labels'].get('proof')}): "
+              f"{fired['annotations']['summary']}")
+        shipped = [a["state"] for a in named() if "proof" not in a["labels"]]
+        print(f"  the shipped rule (for {observability.rule(PROOF_ALERT).for_}): {', '.join(shipped) or '-'}")
+        call.join(900)
+        if "answer" not in result:
+            raise SystemExit(f"demo: the held call failed: {result.get('error')}")
+        print(f"the held request completed once a replica was Ready again "
+              f"({result['answer'].usage.generated_tokens} tokens)")
+        wait(lambda: not [a for a in named() if a["state"] == "firing"], 180, f"{PROOF_ALERT} to resolve")
+        print(f"{PROOF_ALERT} resolved ({time.monotonic() - began:.0f}s after the replicas were deleted)")
 
     def scraped(self) -> list[str]:
         assert self.prometheus is not None
@@ -365,11 +460,27 @@ class Demo:
             self.prometheus.stop()
 
 
+PROOF_ALERT = "GrokNoReadyReplicaWhileRequestsHeld"
+
+
+def dashboard_png():  # type: ignore[no-untyped-def]
+    """bench/dashboard_png.py (the dashboard's main panels, drawn with matplotlib)."""
+    spec = importlib.util.spec_from_file_location("dashboard_png", ROOT / "bench" / "dashboard_png.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="grok-serve end to end on a simulated GPU cluster")
     parser.add_argument(
         "--keep", action="store_true", help="leave everything running and print how to connect"
     )
+    parser.add_argument("--png", type=Path, default=STATE / "dashboard.png",
+                        help="where to draw the dashboard's main panels (default: %(default)s)")
+    parser.add_argument("--prove-alerts", action="store_true",
+                        help="at the end, make an alert fire: delete every replica while a request is held")
     args = parser.parse_args()
     demo = Demo(args)
     began = time.monotonic()
@@ -379,6 +490,7 @@ def main() -> int:
         target = demo.deployment()
         demo.completion(target)
         scaled = demo.autoscaling(target)
+        demo.dashboard_and_alerts(args.png.resolve())
         step(f"done in {time.monotonic() - began:.0f}s")
         print(f"  cluster        {CLUSTER}: 4 simulated H100 nodes (8 GPUs each) + 1 CPU node")
         print(
@@ -387,6 +499,8 @@ def main() -> int:
         print(f"  router         {target} (gRPC) and http://{demo.router_ip}:8080/v1 (OpenAI), at its pod "
               "address; requests spread over the replicas")
         demo.summary_of_pods()
+        if args.prove_alerts:
+            demo.prove_alert(target)
         if args.keep:
             print(
                 f"\nstill running (make demo KEEP=1):\n  export KUBECONFIG={demo.cluster.kubeconfig}\n"

@@ -69,6 +69,25 @@ if [ "$(cat .venv/.grok-deps 2>/dev/null)" != "$deps" ]; then
   echo "$deps_site" > "$site/_grok_deps.pth"
   echo "$deps" > .venv/.grok-deps
 fi
+# matplotlib for the dashboard picture (bench/dashboard_png.py): pinned in requirements/bench/plot.txt (kept out
+# of requirements/*.txt, which key the dependency environment), in an environment of its own put on .venv's path
+# after the dependency environment (whose numpy and pillow it uses). Development only: never in an image.
+PLOT_RECIPE=1
+plot_key=$( { "$PYTHON" --version; echo "$PLOT_RECIPE"; cat requirements/bench/*.txt; } | sha256sum | cut -c1-16)
+plot=$CACHE/venvs/bench-plot-$plot_key
+if [ ! -f "$plot/.complete" ]; then
+  log "creating $plot (first run only)"
+  rm -rf "$plot"
+  "$PYTHON" -m venv --without-pip "$plot"
+  "$deps/bin/python" -m pip --python "$plot/bin/python" install --quiet --disable-pip-version-check \
+    --no-deps -r requirements/bench/plot.txt
+  touch "$plot/.complete"
+fi
+plot_site=$("$plot/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+venv_site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+if [ "$(cat "$venv_site/_grok_bench_plot.pth" 2>/dev/null)" != "$plot_site" ]; then
+  echo "$plot_site" > "$venv_site/_grok_bench_plot.pth"
+fi
 # Editable installs are cheap and follow the checkout, wherever it is.
 # The development cluster (hack/devcluster) is installed here only: it is tooling, not part of an image.
 src_marker="$PWD $(cat common/pyproject.toml operator/pyproject.toml server/pyproject.toml hack/devcluster/pyproject.toml \

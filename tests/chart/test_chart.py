@@ -220,8 +220,9 @@ def dry_run(cluster: DevCluster, docs: list[dict]):
             'affinity={"nodeAffinity":{"preferredDuringSchedulingIgnoredDuringExecution":[{"weight":1,'
             '"preference":{"matchExpressions":[{"key":"pool","operator":"In","values":["system"]}]}}]}}',
         ],
+        ["--set", "dashboards.enabled=true"],  # the dashboard's ConfigMap (the PrometheusRule needs its CRD)
     ],
-    ids=["defaults", "prometheus-and-logging", "existing-serviceaccount", "pod-placement"],
+    ids=["defaults", "prometheus-and-logging", "existing-serviceaccount", "pod-placement", "dashboard"],
 )
 def test_rendered_manifests_pass_server_side_dry_run(devcluster, k8s_namespace, values):
     result, docs = template(unique_release(), k8s_namespace, *values)

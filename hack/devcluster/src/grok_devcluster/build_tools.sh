@@ -95,6 +95,11 @@ prom_release="${prom_minor:0:1}.$((10#${prom_minor:1})).${PROMETHEUS_VERSION##*.
 build_in_module "$TOOLS/prometheus-$PROMETHEUS_VERSION" github.com/prometheus/prometheus "$PROMETHEUS_VERSION" no \
   "-X github.com/prometheus/common/version.Version=$prom_release" \
   github.com/prometheus/prometheus/cmd/prometheus
+# promtool from the same module and version (checks the chart's alert rules: tests/chart/test_observability.py).
+# A folder of its own, so the Prometheus already built stays cached.
+build_in_module "$TOOLS/promtool-$PROMETHEUS_VERSION" github.com/prometheus/prometheus "$PROMETHEUS_VERSION" no \
+  "-X github.com/prometheus/common/version.Version=$prom_release" \
+  github.com/prometheus/prometheus/cmd/promtool
 
 # The module's own manifests, as released with it (never copied into the repository by hand): the CRDs, and
 # the webhook configurations with the patches its kustomization applies (pods' webhooks limited to LWS pods).
@@ -117,5 +122,6 @@ ln -sf "$TOOLS/kwok-$KWOK_VERSION"/* "$BIN/"
 ln -sf "$TOOLS/etcd-$ETCD_VERSION"/* "$BIN/"
 ln -sf "$TOOLS/helm-$HELM_VERSION-r$BUILD_REV"/* "$BIN/"
 ln -sf "$TOOLS/prometheus-$PROMETHEUS_VERSION"/* "$BIN/"
+ln -sf "$TOOLS/promtool-$PROMETHEUS_VERSION"/* "$BIN/"
 ln -sfn "$TOOLS/lws-$LWS_VERSION-r$BUILD_REV"/* "$BIN/"
 echo "$BIN"

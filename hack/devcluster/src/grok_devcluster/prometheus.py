@@ -12,6 +12,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -44,12 +45,20 @@ def pod_discovery_job(kubeconfig: Path, scrape_interval: str) -> dict:
 
 
 class PrometheusServer:
-    def __init__(self, workdir: Path, scrape_interval: str = "1s", kubeconfig: Path | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        scrape_interval: str = "1s",
+        kubeconfig: Path | None = None,
+        rule_files: Sequence[Path] = (),
+    ) -> None:
+        """`rule_files`: rules files it evaluates every scrape interval (alerts in /api/v1/alerts)."""
         self.binary, self.workdir = str(tools_dir() / "prometheus"), workdir
         self.targets_file = workdir / "targets.json"
         self.targets_file.write_text("[]")
         config = {
             "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
+            **({"rule_files": [str(p) for p in rule_files]} if rule_files else {}),
             "scrape_configs": [
                 {
                     "job_name": "grok-server",

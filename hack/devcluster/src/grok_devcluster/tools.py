@@ -19,6 +19,7 @@ REQUIRED = (
     "kwokctl",
     "helm",
     "prometheus",
+    "promtool",  # checks the chart's alert rules
     "lws-manager",
     "lws-config",  # the LeaderWorkerSet module's CRDs and webhook configurations
 )

@@ -118,6 +118,7 @@ def grokdeployment_event(
 ) -> None:
     if event.get("type") == "DELETED":
         State.forget(uid)
+        metrics.GROKDEPLOYMENTS.forget(body["metadata"]["namespace"], body["metadata"]["name"])
         return
     generation = int(body["metadata"].get("generation", 1))
     if State.handled.get(uid) == generation:

@@ -1,6 +1,12 @@
 """The operator's own Prometheus metrics (served by `grok-operator --metrics-port`)."""
 
-from prometheus_client import Counter, Gauge, Histogram
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 RECONCILES = Counter("grok_operator_reconciles_total", "Reconciliations, by trigger", ["trigger"])
 RECONCILE_ERRORS = Counter(
@@ -19,3 +25,55 @@ SCALING_DECISIONS = Counter(
     "grok_operator_scaling_decisions_total", "Autoscaler decisions that changed replicas", ["direction"]
 )
 LEADER = Gauge("grok_operator_leader", "1 while this replica holds the leader Lease and acts")
+
+
+class GrokDeploymentStatus(Collector):
+    """Each GrokDeployment's status as this operator last wrote it (the leader writes; a follower has none):
+    desired, current and Ready replicas, its conditions (one series per condition, value 1, labelled with
+    its status and reason, as kube-state-metrics does for pods) and its phase. Dashboards and alert rules
+    read replicas, scale-to-zero, the autoscaler's reason and crash loops (Degraded, PodsFailing) from these.
+    The labels are grokdeployment_namespace and grokdeployment, not namespace: a scrape of the operator's
+    pod sets namespace to the operator's own."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._status: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+
+    def record(self, namespace: str, name: str, desired: int, status: dict[str, Any]) -> None:
+        with self._lock:
+            self._status[(namespace, name)] = (desired, status)
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._status.pop((namespace, name), None)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["grokdeployment_namespace", "grokdeployment"]
+        replicas = GaugeMetricFamily(
+            "grok_operator_grokdeployment_replicas",
+            "A GrokDeployment's replicas: desired (spec), current (pods made) and ready",
+            labels=[*labels, "kind"])
+        conditions = GaugeMetricFamily(
+            "grok_operator_grokdeployment_condition",
+            "A GrokDeployment's status conditions (1 per condition)",
+            labels=[*labels, "type", "status", "reason"])
+        phase = GaugeMetricFamily(
+            "grok_operator_grokdeployment_phase", "A GrokDeployment's phase (1 for the current one)",
+            labels=[*labels, "phase"])
+        with self._lock:
+            found = list(self._status.items())
+        for (namespace, name), (desired, status) in found:
+            replicas.add_metric([namespace, name, "desired"], desired)
+            replicas.add_metric([namespace, name, "current"], int(status.get("replicas") or 0))
+            replicas.add_metric([namespace, name, "ready"], int(status.get("readyReplicas") or 0))
+            for c in status.get("conditions") or []:
+                conditions.add_metric([namespace, name, c["type"], c["status"], c.get("reason", "")], 1)
+            if status.get("phase"):
+                phase.add_metric([namespace, name, status["phase"]], 1)
+        yield replicas
+        yield conditions
+        yield phase
+
+
+GROKDEPLOYMENTS = GrokDeploymentStatus()
+REGISTRY.register(GROKDEPLOYMENTS)

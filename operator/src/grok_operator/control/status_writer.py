@@ -21,6 +21,8 @@ import kopf
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
+from grok_operator.api.spec import DEFAULT_REPLICAS
+from grok_operator.control import metrics
 from grok_operator.control.state import State, kube
 from grok_operator.observe.status import condition, merge_conditions
 
@@ -42,6 +44,8 @@ def write_status(body: dict[str, Any], make_status: Callable[[dict[str, Any]], d
     with lock:
         old = State.written.get(meta["uid"]) or body.get("status") or {}
         status = make_status(old)
+        desired = int(body["spec"].get("replicas", DEFAULT_REPLICAS))
+        metrics.GROKDEPLOYMENTS.record(meta["namespace"], meta["name"], desired, {**old, **status})
         if all(old.get(k) == v for k, v in status.items()):
             return
         kube().patch_status(meta["namespace"], meta["name"], status)
