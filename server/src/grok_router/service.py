@@ -11,16 +11,25 @@ import grpc
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
-from grok_router.forward import Forwarder, RouteError, forwardable, request_key
+from grok_router.forward import Forwarder, RouteError, request_key
+from grok_router.gate import Gate
 
 API = "grpc"
 
 
+def _authorization(context: grpc.aio.ServicerContext) -> str | bytes | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value
+    return None
+
+
 class RouterServicer(pb_grpc.GenerationServiceServicer):
-    def __init__(self, forwarder: Forwarder, prefix_blocks: int) -> None:
+    def __init__(self, forwarder: Forwarder, prefix_blocks: int, gate: Gate) -> None:
         self.forwarder = forwarder
         self.prefix_blocks = prefix_blocks
         self.metrics = forwarder.metrics
+        self.gate = gate
 
     @staticmethod
     def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -36,16 +45,22 @@ class RouterServicer(pb_grpc.GenerationServiceServicer):
     ) -> Any:
         arrived = time.monotonic()
         code = "CANCELLED"
+        ticket = None
         try:
-            answer = await self.forwarder.unary(
-                method, request, key, self._deadline(context), forwardable(context.invocation_metadata())
-            )
+            ticket = self.gate.admit(_authorization(context), generates=method == "Generate")
+            metadata = self.gate.upstream(context.invocation_metadata())
+            answer = await self.forwarder.unary(method, request, key, self._deadline(context), metadata,
+                                                ticket.tenant)
+            if method == "Generate":
+                ticket.observe(answer)
             code = "OK"
             return answer
         except RouteError as err:
             code = err.code.name
             await context.abort(err.code, err.details, err.trailers)
         finally:
+            if ticket is not None:
+                ticket.close(code)
             self._count(method, code, arrived)
 
     async def Generate(
@@ -56,15 +71,19 @@ class RouterServicer(pb_grpc.GenerationServiceServicer):
     async def GenerateStream(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> None:
         arrived = time.monotonic()
         code = "CANCELLED"
-        stream = self.forwarder.stream(
-            request,
-            request_key(request, self.prefix_blocks),
-            self._deadline(context),
-            forwardable(context.invocation_metadata()),
-        )
+        ticket = None
         try:
+            ticket = self.gate.admit(_authorization(context), generates=True)
+            stream = self.forwarder.stream(
+                request,
+                request_key(request, self.prefix_blocks),
+                self._deadline(context),
+                self.gate.upstream(context.invocation_metadata()),
+                ticket.tenant,
+            )
             async with contextlib.aclosing(stream):
                 async for message in stream:
+                    ticket.observe(message)
                     await context.write(message)
             code = "OK"
         except RouteError as err:
@@ -73,6 +92,8 @@ class RouterServicer(pb_grpc.GenerationServiceServicer):
         except asyncio.CancelledError:
             raise
         finally:
+            if ticket is not None:
+                ticket.close(code)
             self._count("GenerateStream", code, arrived)
 
     async def Tokenize(
