@@ -20,7 +20,7 @@ engine's. Routers are real `grok-router` processes; clients are grpc.aio (Genera
    two routers each with --router-replicas 2, the clients spread over both; the same two, every client on
    one router (a gRPC client keeps one connection: the worst case of the per-replica share).
 
-    .venv/bin/python bench/router_auth.py            # about 3 minutes on 2 cores
+    .venv/bin/python bench/router_auth.py            # about 5 minutes on 2 cores
     .venv/bin/python bench/router_auth.py --quick
 """
 
@@ -237,7 +237,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer rounds and requests, a shorter window")
     p.add_argument("--rounds", type=int, default=8, help="paired rounds of the CPU comparison")
-    p.add_argument("--requests", type=int, default=800, help="requests per router, protocol and round")
+    p.add_argument("--requests", type=int, default=2000, help="requests per router, protocol and round")
     p.add_argument("--tpm", type=float, default=1200.0, help="the limited tenant's tokens a minute")
     p.add_argument("--window", type=float, default=15.0, help="seconds of the limit-error runs")
     p.add_argument("--clients", type=int, default=16, help="concurrent clients of the limit-error runs")

@@ -37,10 +37,11 @@ class Refused(RouteError):
 class Ticket:
     """An admitted call: counts its tokens against its tenant and frees its concurrency slot at the end."""
 
-    __slots__ = ("_closed", "_gate", "_generated", "_prompt", "_state", "tenant")
+    __slots__ = ("_closed", "_counters", "_gate", "_generated", "_prompt", "_state", "tenant")
 
     def __init__(self, gate: Gate | None, tenant: str | None, state: TenantState | None) -> None:
         self._gate, self.tenant, self._state = gate, tenant, state
+        self._counters = gate.counters(tenant) if gate is not None and tenant is not None else None
         self._generated = self._prompt = 0
         self._closed = False
 
@@ -54,9 +55,9 @@ class Ticket:
             self._generated = usage.generated_tokens
             if self._state is not None:
                 self._state.generated(generated)
-            self._gate.metrics.tenant_generated.labels(self.tenant).inc(generated)
+            self._counters.generated.inc(generated)
         if usage.prompt_tokens > self._prompt:
-            self._gate.metrics.tenant_prompt.labels(self.tenant).inc(usage.prompt_tokens - self._prompt)
+            self._counters.prompt.inc(usage.prompt_tokens - self._prompt)
             self._prompt = usage.prompt_tokens
 
     def close(self, code: str) -> None:
@@ -65,7 +66,19 @@ class Ticket:
         self._closed = True
         if self._state is not None:
             self._state.release()
-        self._gate.metrics.tenant_requests.labels(self.tenant, code).inc()
+        if code == "OK":
+            self._counters.ok.inc()
+        else:
+            self._gate.metrics.tenant_requests.labels(self.tenant, code).inc()
+
+
+@dataclass
+class _Counters:
+    """A tenant's counters, looked up once (prometheus_client's labels() takes a lock and a dict per call)."""
+
+    ok: Any
+    prompt: Any
+    generated: Any
 
 
 OPEN = Ticket(None, None, None)  # the ticket of every call when the router checks no keys
@@ -90,6 +103,16 @@ class Gate:
         self._upstream: tuple[tuple[str, str], ...] | None = None
         self._skipped: dict[str, str] = {}
         self._empty_said = False
+        self._counters: dict[str, _Counters] = {}
+
+    def counters(self, tenant: str) -> _Counters:
+        found = self._counters.get(tenant)
+        if found is None:
+            m = self.metrics
+            found = self._counters[tenant] = _Counters(m.tenant_requests.labels(tenant, "OK"),
+                                                       m.tenant_prompt.labels(tenant),
+                                                       m.tenant_generated.labels(tenant))
+        return found
 
     # -- configuration, as keyfiles.py reads it
 
