@@ -304,3 +304,19 @@ def test_a_folder_without_keys_refuses_every_call_saying_so(workdir: Path) -> No
     finally:
         log = stop_router(r)
     assert log.count("holds no valid key") == 1
+
+
+def test_a_grpc_message_that_does_not_parse_is_invalid_argument(bare_router: Router) -> None:
+    text_field = pb.GenerateRequest.DESCRIPTOR.fields_by_name["text"].number
+    not_utf8 = bytes([(text_field << 3) | 2, 2, 0xFF, 0xFE])  # a string field that is not UTF-8
+    with grpc.insecure_channel(f"127.0.0.1:{bare_router.port}") as channel:
+        for method in ("Generate", "GenerateStream"):
+            call = (channel.unary_unary if method == "Generate" else channel.unary_stream)(
+                f"/grok.serving.v1.GenerationService/{method}", request_serializer=lambda b: b,
+                response_deserializer=lambda b: b)
+            with pytest.raises(grpc.RpcError) as refused:
+                answer = call(not_utf8, timeout=30)
+                if method == "GenerateStream":
+                    list(answer)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+            assert "grok.serving.v1.GenerateRequest" in (refused.value.details() or "")
