@@ -23,7 +23,7 @@ from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grok_devcluster.local import free_port, parse_metrics, wait
-from tests.router.test_tenants import write_secret
+from tests.router.keyslib import write_secret
 from tests.server.serverlib import ServerProcess, running_server
 
 SERVER_TOKEN = "router-to-server-token"

@@ -18,6 +18,7 @@ from grok_router.limits import Bucket, Limit, Limiter, TenantState, parse_limits
 from grok_router.metrics import RouterMetrics
 from grok_router.replicas import ReplicaSet, round_robin
 from grok_router.tenants import KeySet, parse_keys, tenant_of
+from tests.router.keyslib import write_secret
 
 
 class Clock:
@@ -212,27 +213,6 @@ def test_key_folder_as_the_kubelet_writes_it_and_its_changes(tmp_path: Path,
     assert read_token(token) == "s3cret"
     token.write_text("")
     assert read_token(token) is None
-
-
-def write_secret(folder: Path, data: dict[str, bytes]) -> None:
-    """What the kubelet does for a Secret volume: files in a new timestamped folder, `..data` swapped to it
-    atomically, a link per key to `..data/<key>`, links of removed keys deleted."""
-    folder.mkdir(exist_ok=True)
-    n = len(list(folder.glob("..20*")))
-    version = folder / f"..2026_12_07_{n:06d}"
-    version.mkdir()
-    for name, content in data.items():
-        (version / name).write_bytes(content)
-    tmp = folder / "..data_tmp"
-    tmp.symlink_to(version.name)
-    tmp.replace(folder / "..data")
-    for name in data:
-        link = folder / name
-        if not link.is_symlink():
-            link.symlink_to(f"..data/{name}")
-    for link in folder.iterdir():
-        if not link.name.startswith(".") and link.name not in data:
-            link.unlink()
 
 
 def test_held_calls_leave_round_robin_across_tenants() -> None:
