@@ -102,7 +102,6 @@ class Gate:
         self.limiter = Limiter(limits, routers, clock) if limits is not None else None
         self._upstream: tuple[tuple[str, str], ...] | None = None
         self._skipped: dict[str, str] = {}
-        self._empty_said = False
         self._counters: dict[str, _Counters] = {}
 
     def counters(self, tenant: str) -> _Counters:
@@ -121,15 +120,12 @@ class Gate:
             if self._skipped.get(name) != why:
                 log.warning("API keys folder %s: file %r skipped: %s", self.keys_dir, name, why)
         self._skipped = dict(keys.skipped)
+        # Called once per change of the folder: said once per change.
         if not keys.keys:
-            if not self._empty_said:
-                log.warning("API keys folder %s holds no valid key: every call is refused (UNAUTHENTICATED)",
-                            self.keys_dir)
-            self._empty_said = True
+            log.warning("API keys folder %s holds no valid key: every call is refused (UNAUTHENTICATED)",
+                        self.keys_dir)
         else:
-            if self._empty_said or self.keys.keys != keys.keys:
-                log.info("API keys: %d keys of %d tenants", len(keys.keys), len(keys.tenants))
-            self._empty_said = False
+            log.info("API keys: %d keys of %d tenants", len(keys.keys), len(keys.tenants))
         self.keys = keys
 
     def set_upstream_token(self, token: str | None) -> None:
