@@ -71,7 +71,7 @@ class Forwarder:
         self.hold_timeout = hold_timeout
         self.max_held = max_held
 
-    async def _hold(self, deadline: float | None) -> None:
+    async def _hold(self, deadline: float | None, tenant: str | None = None) -> None:
         """Waits for a Ready replica, within the hold timeout and the caller's deadline."""
         if self.replicas.closing:
             raise RouteError(grpc.StatusCode.UNAVAILABLE, "the router is shutting down: retry")
@@ -86,7 +86,7 @@ class Forwarder:
         if deadline is not None:
             limit = min(limit, max(0.0, deadline - time.monotonic()))
         self.metrics.held.inc()
-        if not await self.replicas.hold(seconds=limit):
+        if not await self.replicas.hold(seconds=limit, tenant=tenant):
             if deadline is not None and deadline <= time.monotonic() + 0.001:
                 raise RouteError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                  "deadline exceeded while waiting for a replica to become Ready")
@@ -94,12 +94,12 @@ class Forwarder:
                              f"no replica became Ready within the hold timeout ({self.hold_timeout:g} s)")
 
     async def _choose(self, key: bytes | None, tried: set[str], last: RouteError | None,
-                      deadline: float | None) -> Replica:
+                      deadline: float | None, tenant: str | None = None) -> Replica:
         chosen = self.replicas.pick(key, tried)
         while chosen is None:
             if last is not None:  # every replica tried: its failure is the answer
                 raise last
-            await self._hold(deadline)
+            await self._hold(deadline, tenant)
             chosen = self.replicas.pick(key, tried)
         replica, reason = chosen
         self.metrics.decisions.labels(reason).inc()
@@ -127,10 +127,11 @@ class Forwarder:
         return last
 
     async def _begin(self, key: bytes | None, tried: set[str], last: RouteError | None,
-                     deadline: float | None, attempt: int, arrived: float) -> tuple[Replica, float | None]:
+                     deadline: float | None, attempt: int, arrived: float,
+                     tenant: str | None) -> tuple[Replica, float | None]:
         """The replica for the next attempt (one not tried yet) and the attempt's timeout; the replica counts
         the call until `_finish`."""
-        replica = await self._choose(key, tried, last, deadline)
+        replica = await self._choose(key, tried, last, deadline, tenant)
         tried.add(replica.name)
         timeout = self._timeout(deadline)
         if attempt == 0:
@@ -149,12 +150,13 @@ class Forwarder:
         key: bytes | None,
         deadline: float | None,
         metadata: tuple[tuple[str, Any], ...],
+        tenant: str | None = None,
     ) -> Any:
         last: RouteError | None = None
         tried: set[str] = set()
         arrived = time.monotonic()
         for attempt in range(self.max_attempts):
-            replica, timeout = await self._begin(key, tried, last, deadline, attempt, arrived)
+            replica, timeout = await self._begin(key, tried, last, deadline, attempt, arrived, tenant)
             outcome = "CANCELLED"  # unless the attempt ends otherwise: the caller went away
             try:
                 answer = await getattr(replica.stub, method)(request, timeout=timeout, metadata=metadata)
@@ -174,13 +176,14 @@ class Forwarder:
         key: bytes | None,
         deadline: float | None,
         metadata: tuple[tuple[str, Any], ...],
+        tenant: str | None = None,
     ) -> AsyncIterator[pb.GenerateResponse]:
         """The replica's stream, message by message (close it with aclosing: closing cancels the attempt)."""
         last: RouteError | None = None
         tried: set[str] = set()
         arrived = time.monotonic()
         for attempt in range(self.max_attempts):
-            replica, timeout = await self._begin(key, tried, last, deadline, attempt, arrived)
+            replica, timeout = await self._begin(key, tried, last, deadline, attempt, arrived, tenant)
             call = replica.stub.GenerateStream(request, timeout=timeout, metadata=metadata)
             started = False
             outcome = "CANCELLED"

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import grpc
 from aiohttp import web
@@ -20,10 +21,13 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
 from grok_router.forward import Forwarder, RouteError
+from grok_router.gate import Gate
 from grok_router.http import RouterHTTP
+from grok_router.keyfiles import Watched, poll_forever
+from grok_router.limits import Limits, parse_limits
 from grok_router.metrics import RouterMetrics
 from grok_router.replicas import Endpoint, PodWatcher, ReplicaSet, scrape_forever
-from grok_router.service import RouterServicer
+from grok_router.service import RouterServicer, add_to_server
 from grok_server.grpc_setup import SERVICE_NAME, generation_server
 
 log = logging.getLogger("grok_router")
@@ -41,6 +45,20 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, not {text}")
     return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0.05 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be between 0.05 and 3600 seconds, not {text}")
+    return value
+
+
+def _limits(text: str) -> Limits:
+    try:
+        return parse_limits(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _static_replica(text: str) -> Endpoint:
@@ -102,11 +120,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "minutes); 0: refuse at once with UNAVAILABLE")
     h.add_argument("--max-held", type=_positive, default=1024,
                    help="calls that may wait at once; more are refused at once with RESOURCE_EXHAUSTED")
+    a = p.add_argument_group("API keys and limits per tenant (without --api-keys-dir: no keys checked)")
+    a.add_argument("--api-keys-dir", type=Path,
+                   help="folder of API keys (a mounted Secret): one key per file, the tenant is the file "
+                        "name up to its first '.'; calls without 'authorization: Bearer <key>' are refused")
+    a.add_argument("--api-keys-poll-seconds", type=_seconds, default=2.0,
+                   help="how often the keys folder and the upstream token file are checked for changes")
+    a.add_argument("--upstream-token-file", type=Path,
+                   help="file with the token the router sends to the replicas "
+                        "('authorization: Bearer <token>'), in place of any caller's")
+    a.add_argument("--tenant-limits", type=_limits,
+                   help='JSON: {"default": {"requestsPerSecond": R, "generatedTokensPerMinute": T, '
+                        '"concurrentRequests": C}, "tenants": {"NAME": {...}}}; absent fields: unlimited')
+    a.add_argument("--router-replicas", type=_positive, default=1,
+                   help="router replicas sharing the limits: each enforces 1/N of every tenant's limit")
     p.add_argument("--drain-grace-seconds", type=float, default=30.0)
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     if not args.replica and not (args.namespace and args.selector):
         p.error("give --namespace and --selector (watch the server pods) or --replica addresses")
+    if args.tenant_limits is not None and args.api_keys_dir is None:
+        p.error("--tenant-limits needs --api-keys-dir: without API keys there are no tenants to limit")
     return args
 
 
@@ -115,6 +149,16 @@ class Router:
         self.args = args
         self.replicas = ReplicaSet(args.balance, args.prefix_blocks)
         self.metrics = RouterMetrics(self.replicas)
+        self.gate = Gate(self.metrics, args.api_keys_dir, args.upstream_token_file, args.tenant_limits,
+                         args.router_replicas)
+        self.watched: list[Watched] = []
+        if args.api_keys_dir is not None:
+            self.watched.append(Watched(args.api_keys_dir, True, self.gate.set_keys))  # type: ignore[arg-type]
+        if args.upstream_token_file is not None:
+            self.watched.append(Watched(args.upstream_token_file, False,
+                                        self.gate.set_upstream_token))  # type: ignore[arg-type]
+        for watched in self.watched:  # read once before serving: no call meets an unread folder
+            watched.check()
         self.forwarder = Forwarder(self.replicas, self.metrics, args.max_attempts, args.hold_timeout_seconds,
                                    args.max_held)
         self.health = health_aio.HealthServicer()
@@ -129,9 +173,11 @@ class Router:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         a = self.args
-        server = generation_server(RouterServicer(self.forwarder, a.prefix_blocks), self.health, -1)
+        servicer = RouterServicer(self.forwarder, a.prefix_blocks, self.gate)
+        server = generation_server(servicer, self.health, -1, add_servicer=add_to_server)
         port = server.add_insecure_port(f"{a.host}:{a.port}")
-        http = RouterHTTP(self.forwarder, a.model_name, a.prefix_blocks, self.ready, self.metrics.exposition)
+        http = RouterHTTP(self.forwarder, a.model_name, a.prefix_blocks, self.ready, self.metrics.exposition,
+                          self.gate)
         # A caller that disconnects cancels its handler, and with it the replica's generation.
         runner = web.AppRunner(http.app(), handler_cancellation=True, access_log=None)
         await runner.setup()
@@ -147,6 +193,9 @@ class Router:
             )
             watcher.start(loop)
         scraper = asyncio.create_task(scrape_forever(self.replicas, a.scrape_interval))
+        poller = None
+        if self.watched:
+            poller = asyncio.create_task(poll_forever(self.watched, a.api_keys_poll_seconds))
         log.info(
             "listening on %s:%d (gRPC) and %s:%d (HTTP); replicas: %s",
             a.host,
@@ -168,6 +217,8 @@ class Router:
         await server.stop(grace=a.drain_grace_seconds)
         await runner.cleanup()
         scraper.cancel()
+        if poller is not None:
+            poller.cancel()
         if watcher is not None:
             watcher.stop()
         await self.replicas.close()

@@ -26,6 +26,10 @@ METRIC_NAMES = (
     "grok_router_held_total",
     "grok_router_requests_held",
     "grok_router_oldest_held_seconds",
+    "grok_router_tenant_requests_total",
+    "grok_router_tenant_prompt_tokens_total",
+    "grok_router_tenant_generated_tokens_total",
+    "grok_router_tenant_refusals_total",
 )
 
 
@@ -105,6 +109,27 @@ class RouterMetrics:
         self.held = Counter(
             "grok_router_held", "Calls that had to wait for a Ready replica (none was Ready on arrival).",
             registry=r)
+        # Per tenant (with --api-keys-dir): the tenant label takes the tenants of the keys folder, and
+        # "unknown" for calls without a valid key, so its values are bounded by the folder's files.
+        self.tenant_requests = Counter(
+            "grok_router_tenant_requests",
+            "Calls by tenant and outcome (gRPC code names; refusals at the front door included).",
+            ["tenant", "code"],
+            registry=r,
+        )
+        self.tenant_prompt = Counter(
+            "grok_router_tenant_prompt_tokens", "Prompt tokens of each tenant's calls (tokens in).",
+            ["tenant"], registry=r)
+        self.tenant_generated = Counter(
+            "grok_router_tenant_generated_tokens", "Tokens generated for each tenant (tokens out).",
+            ["tenant"], registry=r)
+        self.tenant_refusals = Counter(
+            "grok_router_tenant_refusals",
+            "Calls refused at the front door, by tenant and reason: unauthenticated (tenant \"unknown\"), "
+            "rate (requestsPerSecond), tokens (generatedTokensPerMinute), concurrency (concurrentRequests).",
+            ["tenant", "reason"],
+            registry=r,
+        )
         r.register(_ReplicaCollector(replicas))
 
     def exposition(self) -> bytes:

@@ -92,12 +92,21 @@ def _bool(body: Mapping[str, Any], name: str) -> bool:
     return value
 
 
+def _text(value: str, name: str) -> str:
+    """`value` when it can be sent as UTF-8 (JSON's \\ud800 escapes give lone surrogates, which cannot)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise BadRequest(f"{name} is not valid Unicode: a lone surrogate at {err.start}", name) from None
+    return value
+
+
 def _prompt(request: pb.GenerateRequest, prompt: Any) -> None:
     # OpenAI allows a batch (a list of prompts); one completion per request here, said plainly.
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
         prompt = prompt[0]
     if isinstance(prompt, str):
-        request.text = prompt
+        request.text = _text(prompt, "prompt")
     elif (
         isinstance(prompt, list)
         and prompt
@@ -154,7 +163,7 @@ def completion_request(body: Any, model: str) -> Completion:
     if stop is not None:
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
             raise BadRequest("stop must be a string or a list of strings", "stop")
-        request.stopping.stop.extend(stop)
+        request.stopping.stop.extend(_text(s, "stop") for s in stop)
     ids = body.get("stop_token_ids")
     if ids is not None:
         if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):

@@ -17,10 +17,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
@@ -29,6 +29,7 @@ from grok_router import picker
 from grok_server.exposition import samples
 
 log = logging.getLogger("grok_router.replicas")
+T = TypeVar("T")
 
 # The replicas' gauges that the load estimate reads (grok-server's metric contract).
 SCRAPED = ("grok_requests_in_flight", "grok_requests_waiting", "grok_kv_cache_usage_ratio")
@@ -42,6 +43,21 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
+
+
+def round_robin(items: Sequence[T], key: Callable[[T], Hashable]) -> list[T]:
+    """`items` (oldest first) taken one per key in turn: each key's own in their order, the keys in the order
+    of their oldest item. Held calls leave so, tenant by tenant: one tenant's burst cannot go first whole."""
+    queues: dict[Hashable, collections.deque[T]] = {}
+    for item in items:
+        queues.setdefault(key(item), collections.deque()).append(item)
+    order: list[T] = []
+    while queues:
+        for k in list(queues):
+            order.append(queues[k].popleft())
+            if not queues[k]:
+                del queues[k]
+    return order
 
 
 @dataclass(frozen=True)
@@ -133,7 +149,8 @@ class ReplicaSet:
         self.known = 0  # pods seen, Ready or not
         self.synced = asyncio.Event()
         self._turn = 0
-        self.held: collections.deque[tuple[float, asyncio.Future[None]]] = collections.deque()
+        # Calls waiting for a Ready replica: (arrival, waiter, tenant), oldest first.
+        self.held: collections.deque[tuple[float, asyncio.Future[None], str | None]] = collections.deque()
         self.closing = False
 
     def update(self, endpoints: Mapping[str, Endpoint], known: int) -> None:
@@ -155,21 +172,23 @@ class ReplicaSet:
             self._release_held()
 
     def _release_held(self, error: BaseException | None = None) -> None:
-        # Oldest first: futures resolved in order wake their waiters in order on the event loop.
-        while self.held:
-            _, waiter = self.held.popleft()
+        # Round-robin over tenants, oldest first within each: futures resolved in order wake their waiters in
+        # that order on the event loop (and so reach the replica's queue in that order).
+        held = round_robin(list(self.held), key=lambda entry: entry[2])
+        self.held.clear()
+        for _, waiter, _ in held:
             if not waiter.done():
                 if error is None:
                     waiter.set_result(None)
                 else:
                     waiter.set_exception(error)
 
-    async def hold(self, seconds: float | None) -> bool:
+    async def hold(self, seconds: float | None, tenant: str | None = None) -> bool:
         """Waits until a replica is Ready (True) or `seconds` pass (False); raises what `fail_held` gives."""
         if self.replicas:
             return True
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (time.monotonic(), waiter)
+        entry = (time.monotonic(), waiter, tenant)
         self.held.append(entry)
         try:
             await asyncio.wait_for(waiter, seconds)

@@ -3,7 +3,7 @@ standard health service and server reflection (v1 and v1alpha), with the transpo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -33,13 +33,15 @@ def generation_server(
     max_receive_message_length: int,
     options: Sequence[tuple[str, int]] = (),
     interceptors: Sequence[Any] = (),
+    add_servicer: Callable[[Any, grpc.aio.Server], None] = pb_grpc.add_GenerationServiceServicer_to_server,
 ) -> grpc.aio.Server:
-    """A grpc.aio server with `servicer`, `health` and reflection over both, not yet bound to a port."""
+    """A grpc.aio server with `servicer`, `health` and reflection over both, not yet bound to a port
+    (`add_servicer`: how the servicer's methods are registered, e.g. with other request deserializers)."""
     server = grpc.aio.server(
         interceptors=list(interceptors),
         options=[("grpc.max_receive_message_length", max_receive_message_length), *SHARED_OPTIONS, *options],
     )
-    pb_grpc.add_GenerationServiceServicer_to_server(servicer, server)
+    add_servicer(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable([SERVICE_NAME, HEALTH_SERVICE_NAME], server)
     return server

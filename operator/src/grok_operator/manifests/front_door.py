@@ -65,6 +65,8 @@ def router_auth_args(spec: GrokDeploymentSpec) -> list[str]:
         table = {"default": _limits_json(limits.default),
                  "tenants": {name: _limits_json(t) for name, t in sorted(limits.tenants.items())}}
         args += ["--tenant-limits", json.dumps(table, separators=(",", ":"), sort_keys=True)]
+        # Each router replica enforces its share of every limit (no shared store, no extra hop).
+        args += ["--router-replicas", str(spec.router.replicas)]
     return args
 
 
