@@ -506,7 +506,13 @@ def test_with_api_keys_only_named_tenants_call_within_limits_and_only_the_router
     body["spec"]["router"].update(auth={"secretName": "grok-keys"},
                                   limits={"tenants": {"team-b": {"generatedTokensPerMinute": 8}}})
     cluster.apply([body])
-    policy = cluster.get_json("networkpolicy", f"{NAME}-servers", "-n", ns)
+
+    def network_policy() -> dict | None:
+        found = cluster.kubectl("get", "networkpolicy", f"{NAME}-servers", "-n", ns, "-o", "json",
+                                check=False)
+        return json.loads(found.stdout) if found.returncode == 0 else None
+
+    policy = wait_for(network_policy, 300, interval=1, message="the servers' NetworkPolicy")
     assert policy["spec"]["ingress"][0]["from"] == [{"podSelector": {"matchLabels": {
         "serving.grok.dev/deployment": NAME, "app.kubernetes.io/name": "grok-router"}}}]
 
