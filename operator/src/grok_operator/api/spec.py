@@ -255,3 +255,9 @@ def parse(block: type[Block], data: dict[str, Any] | None, path: str) -> Block:
             continue
         values[f.name] = _value(f.metadata["kind"], data[name], f"{path}.{name}")
     return block(**values)
+
+
+def dump(block: Any) -> dict[str, Any]:
+    """A block's set fields by their names in the resource (parse's other way; None fields left out)."""
+    return {f.metadata["json"]: value for f in dataclasses.fields(block)
+            if (value := getattr(block, f.name)) is not None}

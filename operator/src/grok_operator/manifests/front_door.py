@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from grok_operator.api.resource import INSTANCE_LABEL, GrokDeploymentSpec
-from grok_operator.api.spec import TenantLimits
+from grok_operator.api.spec import dump
 from grok_operator.manifests.meta import metadata
 
 API_KEYS_PATH = "/etc/grok-router/api-keys"
@@ -48,13 +48,6 @@ def upstream_token_volume(spec: GrokDeploymentSpec) -> dict[str, Any]:
 UPSTREAM_TOKEN_MOUNT = {"name": "upstream-token", "mountPath": UPSTREAM_TOKEN_DIR, "readOnly": True}
 
 
-def _limits_json(limits: TenantLimits) -> dict[str, Any]:
-    named = {"requestsPerSecond": limits.requests_per_second,
-             "generatedTokensPerMinute": limits.generated_tokens_per_minute,
-             "concurrentRequests": limits.concurrent_requests}
-    return {k: v for k, v in named.items() if v is not None}
-
-
 def router_auth_args(spec: GrokDeploymentSpec) -> list[str]:
     """grok-router's flags for the front door (none without auth)."""
     if not front_door_closed(spec):
@@ -62,8 +55,8 @@ def router_auth_args(spec: GrokDeploymentSpec) -> list[str]:
     args = ["--api-keys-dir", API_KEYS_PATH, "--upstream-token-file", UPSTREAM_TOKEN_FILE]
     limits = spec.router.limits
     if limits is not None:
-        table = {"default": _limits_json(limits.default),
-                 "tenants": {name: _limits_json(t) for name, t in sorted(limits.tenants.items())}}
+        table = {"default": dump(limits.default),
+                 "tenants": {name: dump(t) for name, t in sorted(limits.tenants.items())}}
         args += ["--tenant-limits", json.dumps(table, separators=(",", ":"), sort_keys=True)]
         # Each router replica enforces its share of every limit (no shared store, no extra hop).
         args += ["--router-replicas", str(spec.router.replicas)]
@@ -72,10 +65,11 @@ def router_auth_args(spec: GrokDeploymentSpec) -> list[str]:
 
 def router_auth_volumes(spec: GrokDeploymentSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(the router pod's volumes, its container's mounts) for the keys and the upstream token."""
-    auth = spec.router.auth
-    if auth is None or not spec.router_enabled:
+    if not front_door_closed(spec):
         return [], []
-    volumes = [{"name": "api-keys", "secret": {"secretName": auth.secret_name, "defaultMode": 0o440}},
+    assert spec.router.auth is not None
+    volumes = [{"name": "api-keys", "secret": {"secretName": spec.router.auth.secret_name,
+                                               "defaultMode": 0o440}},
                upstream_token_volume(spec)]
     mounts = [{"name": "api-keys", "mountPath": API_KEYS_PATH, "readOnly": True}, UPSTREAM_TOKEN_MOUNT]
     return volumes, mounts
