@@ -221,7 +221,7 @@ class Demo:
             "wait", "--for=create", "serviceaccount/default", "-n", NAMESPACE, "--timeout=120s"
         )
         # The weights first: the claim binds to one of the cluster's volumes; its folder gets the checkpoint.
-        self.cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump(claim))
+        self.cluster.apply([claim], namespace=NAMESPACE)
         name = claim["metadata"]["name"]
         volume = wait(
             lambda: self.cluster.get_json("pvc", name, "-n", NAMESPACE)["spec"].get("volumeName"),
@@ -234,7 +234,7 @@ class Demo:
         print(f"claim {name} bound to {volume} ({folder}), holding the tiny checkpoint")
         applied = time.monotonic()
         self.applied_at = time.time()
-        print(self.cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump(grokd)).stdout)
+        print(self.cluster.apply([grokd], namespace=NAMESPACE).stdout)
         step("the operator's pod starts a real grok-server; Ready once the model is loaded")
         wait(lambda: (self.grokd().get("status") or {}).get("phase") == "Ready", 600, "the GrokDeployment")
         print(f"Ready {time.monotonic() - applied:.0f}s after kubectl apply")

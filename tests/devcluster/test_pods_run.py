@@ -20,7 +20,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import yaml
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 from kubernetes import client, watch
@@ -262,7 +261,7 @@ def test_a_hung_process_fails_liveness_and_is_restarted(devcluster: DevCluster, 
                     startupProbe={"tcpSocket": {"port": 8080}, "periodSeconds": 1, "failureThreshold": 120},
                     livenessProbe={"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1,
                                    "timeoutSeconds": 1, "failureThreshold": 2})
-    devcluster.kubectl("apply", "-n", k8s_namespace, "-f", "-", input=yaml.safe_dump(pod))
+    devcluster.apply([pod], namespace=k8s_namespace)
     first = wait_for(lambda: (p := devcluster.get_json("pod", "hangs", "-n", k8s_namespace))["status"].get(
         "containerStatuses") and p["status"]["containerStatuses"][0]["started"] and p, 120,
         message="the pod to start (its startup probe passed)")
@@ -294,7 +293,7 @@ def test_an_unknown_image_of_ours_waits_with_err_image_pull(
 ) -> None:
     pod = plain_pod("unknown", ["true"])
     pod["spec"]["containers"][0]["image"] = "grok-serve/tokenizer:0.0.1"
-    devcluster.kubectl("apply", "-n", k8s_namespace, "-f", "-", input=yaml.safe_dump(pod))
+    devcluster.apply([pod], namespace=k8s_namespace)
 
     def pull_failed() -> dict | None:
         # Like a kubelet's, the first status says ContainerCreating (before the start is tried): wait past it.
@@ -312,7 +311,7 @@ def test_binding_all_interfaces_is_refused(devcluster: DevCluster, k8s_namespace
     # Without --model, grok-server would exit on its arguments before listening, should the runner ever
     # start it: this test never listens beyond loopback, whatever happens.
     pod = plain_pod("wide", ["grok-server", "--host", "0.0.0.0", "--metrics-host", "$(POD_IP)"])
-    devcluster.kubectl("apply", "-n", k8s_namespace, "-f", "-", input=yaml.safe_dump(pod))
+    devcluster.apply([pod], namespace=k8s_namespace)
 
     def waiting() -> dict | None:
         statuses = devcluster.get_json("pod", "wide", "-n", k8s_namespace)["status"].get("containerStatuses")
@@ -331,7 +330,7 @@ def test_down_leaves_no_process_behind(tmp_path: Path) -> None:
         # A container with a child of its own: both must go.
         pod = plain_pod("sleeper", ["sh", "-c", "sleep 100000 & exec sleep 100001"])
         pod["spec"]["nodeSelector"] = {}
-        cluster.kubectl("apply", "-n", "default", "-f", "-", input=yaml.safe_dump(pod))
+        cluster.apply([pod], namespace="default")
         running = wait_for(lambda: (p := cluster.get_json("pod", "sleeper", "-n", "default"))["status"].get(
             "containerStatuses") and "running" in p["status"]["containerStatuses"][0]["state"] and p, 120,
             message="the pod to run")
@@ -349,7 +348,7 @@ def test_kubectl_port_forward_reaches_the_pod(devcluster: DevCluster, k8s_namesp
     pod = plain_pod("web", ["python", "-m", "http.server", "--bind", "$(POD_IP)", "8080"],
                     ports=[{"containerPort": 8080}],
                     readinessProbe={"tcpSocket": {"port": 8080}, "periodSeconds": 1})
-    devcluster.kubectl("apply", "-n", k8s_namespace, "-f", "-", input=yaml.safe_dump(pod))
+    devcluster.apply([pod], namespace=k8s_namespace)
     wait_for(lambda: is_ready(devcluster.get_json("pod", "web", "-n", k8s_namespace)), 120,
              message="the pod to turn Ready")
 
@@ -394,7 +393,7 @@ def test_logs_follow_a_pod_recreated_under_the_same_name(
         "spec": {"logs": [{"containers": ["main"], "logsFile": str(stale)}]},
     }])
     pod = plain_pod("again", ["sh", "-c", "echo fresh; exec sleep 100000"])
-    devcluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(pod))
+    devcluster.apply([pod], namespace=ns)
 
     def logged() -> str:
         result = devcluster.kubectl("logs", "again", "-n", ns, check=False)

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from grok_devcluster import DevCluster
 
@@ -46,7 +45,7 @@ def gpu_deployment(name: str, gpus: int, product: str = "NVIDIA-H100-80GB-HBM3")
 
 
 def apply(cluster: DevCluster, namespace: str, manifest: dict) -> subprocess.CompletedProcess[str]:
-    return cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest), check=False)
+    return cluster.apply([manifest], namespace=namespace, check=False)
 
 
 def pods(cluster: DevCluster, namespace: str, app: str) -> list[dict]:
@@ -242,3 +241,12 @@ def test_cli_up_kubeconfig_down_leaves_no_processes(devcluster, tmp_path):
     assert _processes_mentioning(f"/{name}/") == []
     again = run("down", "--name", name)
     assert again.returncode == 1 and f"no cluster named {name!r} is up" in again.stderr
+
+
+def test_applied_strings_stay_strings_whatever_they_look_like(devcluster, k8s_namespace):
+    """PyYAML writes '1e5' and '0o17' bare (YAML 1.1 reads them as strings) where kubectl's YAML reader takes
+    them for numbers: a random label value once failed a test that way. What DevCluster applies is JSON."""
+    looks_numeric = {"exponent": "1e5", "random-hex": "1e234567", "octal": "0o17", "plain": "8"}
+    devcluster.apply([{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "strings"},
+                       "data": looks_numeric}], namespace=k8s_namespace)
+    assert devcluster.get_json("configmap", "strings", "-n", k8s_namespace)["data"] == looks_numeric

@@ -44,7 +44,7 @@ def weights_claim() -> dict:
 
 
 def apply(cluster: DevCluster, ns: str, *manifests: dict) -> subprocess.CompletedProcess[str]:
-    return cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump_all(manifests), check=False)
+    return cluster.apply(manifests, namespace=ns, check=False)
 
 
 def get(cluster: DevCluster, ns: str, kind: str, name: str) -> dict | None:

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from grok_devcluster import nodes, stages
+from grok_devcluster.documents import documents
 from grok_devcluster.lws import CRDS as lws_crds
 from grok_devcluster.lws import LwsError, LwsManager
 from grok_devcluster.tools import tools_dir
@@ -240,9 +241,16 @@ class DevCluster:
             raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
         return result
 
-    def apply(self, manifests: Iterable[dict[str, Any]], server_side: bool = False) -> None:
+    def apply(
+        self,
+        manifests: Iterable[dict[str, Any]],
+        server_side: bool = False,
+        namespace: str | None = None,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
         args = ["apply", "-f", "-"] + (["--server-side"] if server_side else [])
-        self.kubectl(*args, input=yaml.safe_dump_all(list(manifests)))
+        args += ["-n", namespace] if namespace else []
+        return self.kubectl(*args, input=documents(manifests), check=check)
 
     def get_json(self, *args: str) -> Any:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)

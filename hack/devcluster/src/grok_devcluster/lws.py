@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from grok_devcluster.documents import documents
 from grok_devcluster.local import free_port
 
 API_VERSION = "leaderworkerset.x-k8s.io/v1"
@@ -190,7 +191,7 @@ class LwsManager:
         (self.state / "pid").write_text(str(self.proc.pid))
         hooks = webhook_configurations(self.config_dir, f"https://127.0.0.1:{self.port}",
                                        (self.pki / "ca.crt").read_bytes())
-        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(hooks))
+        self.kubectl("apply", "-f", "-", input=documents(hooks))
 
     def _serving(self, timeout: float = 1.0) -> bool:
         context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
