@@ -27,7 +27,7 @@ from grok_router.keyfiles import Watched, poll_forever
 from grok_router.limits import Limits, parse_limits
 from grok_router.metrics import RouterMetrics
 from grok_router.replicas import Endpoint, PodWatcher, ReplicaSet, scrape_forever
-from grok_router.service import RouterServicer, add_to_server
+from grok_router.service import RouterServicer
 from grok_server.grpc_setup import SERVICE_NAME, generation_server
 
 log = logging.getLogger("grok_router")
@@ -174,7 +174,7 @@ class Router:
             loop.add_signal_handler(sig, self.stop.set)
         a = self.args
         servicer = RouterServicer(self.forwarder, a.prefix_blocks, self.gate)
-        server = generation_server(servicer, self.health, -1, add_servicer=add_to_server)
+        server = generation_server(servicer, self.health, -1)
         port = server.add_insecure_port(f"{a.host}:{a.port}")
         http = RouterHTTP(self.forwarder, a.model_name, a.prefix_blocks, self.ready, self.metrics.exposition,
                           self.gate)
