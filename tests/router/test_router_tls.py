@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import openai
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -141,6 +142,16 @@ def test_both_ports_serve_tls_and_a_renewed_certificate_is_served_without_a_rest
     status, _ = router.https_get("/v1/models", renewed[0])
     assert status == 200
     assert router.proc.pid == pid and router.proc.poll() is None
+
+
+def test_the_openai_package_over_tls_as_the_docs_show(router: TLSRouter, first: tuple[bytes, bytes],
+                                                      tmp_path: Path) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(first[0])
+    client = openai.OpenAI(base_url=f"https://localhost:{router.http_port}/v1", api_key="any", max_retries=0,
+                           timeout=60, http_client=openai.DefaultHttpxClient(
+                               verify=ssl.create_default_context(cafile=str(ca))))
+    assert [m.id for m in client.models.list()] == ["tiny"]
 
 
 def test_a_renewal_that_is_not_a_pair_keeps_the_last_good_certificate(
