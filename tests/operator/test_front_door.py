@@ -145,3 +145,11 @@ def test_without_tls_the_router_serves_plaintext():
     assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
     assert template["metadata"]["annotations"]["prometheus.io/scheme"] == "http"
 
+
+
+@pytest.mark.parametrize(("router", "scheme"), [({}, "http"), ({"tls": {"secretName": "t"}}, "https")])
+def test_the_http_endpoint_in_the_status_says_https_with_tls(router, scheme):
+    from grok_operator.observe.children import observe
+
+    spec, p = built(router=router)
+    assert observe(spec, p, None, [], ("Ready", "")).http_endpoint == f"{scheme}://grok.ml.svc:8080/v1"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 
-from grok_router.keyfiles import _stat
+from grok_router.keyfiles import file_state
 
 log = logging.getLogger("grok_router.tls")
 
@@ -57,7 +57,7 @@ class CertificateFiles:
         self.loads = 0
 
     def _signature(self) -> object:
-        return tuple(_stat(p) for p in (self.cert, self.key, self.cert.parent / "..data",
+        return tuple(file_state(p) for p in (self.cert, self.key, self.cert.parent / "..data",
                                         self.key.parent / "..data"))
 
     def poll(self) -> tuple[bool, object]:
