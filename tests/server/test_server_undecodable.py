@@ -25,6 +25,8 @@ CASES = {
     "Generate": (_not_utf8(pb.GenerateRequest, "text"), "grok.serving.v1.GenerateRequest"),
     "GenerateStream": (_not_utf8(pb.GenerateRequest, "request_id"), "grok.serving.v1.GenerateRequest"),
     "Tokenize": (_not_utf8(pb.TokenizeRequest, "text"), "grok.serving.v1.TokenizeRequest"),
+    # A field that says 5 bytes follow, and 2 do: truncated.
+    "GetModelInfo": (b"\x0a\x05ab", "grok.serving.v1.GetModelInfoRequest"),
 }
 
 
