@@ -139,5 +139,21 @@ if [ "$(cat .venv/server-image/.grok-image 2>/dev/null)" != "$image_marker" ]; t
   echo "$image_marker" > .venv/server-image/.grok-image
 fi
 ln -sfn "$s3_server" .venv/s3-server
-log "ready: .venv/server-image (the server image's stand-in), .venv/s3-server (moto_server)"
+# checkov (tests/chart/test_checkov.py): pinned in requirements/checkov/checkov.txt (kept out of
+# requirements/*.txt, which key the dependency environment), a standalone environment keyed by its pin file,
+# since its pins clash with the dependency environment's. Test tooling only: never in an image.
+CHECKOV_RECIPE=1
+checkov_key=$( { "$PYTHON" --version; echo "$CHECKOV_RECIPE"; cat requirements/checkov/*.txt; } | sha256sum | cut -c1-16)
+checkov=$CACHE/venvs/checkov-$checkov_key
+if [ ! -f "$checkov/.complete" ]; then
+  log "creating $checkov (first run only)"
+  rm -rf "$checkov"
+  "$PYTHON" -m venv "$checkov"
+  "$checkov/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+    -r requirements/checkov/checkov.txt
+  "$checkov/bin/python" -m pip check --disable-pip-version-check >/dev/null
+  touch "$checkov/.complete"
+fi
+ln -sfn "$checkov" .venv/checkov
+log "ready: .venv/server-image (the server image's stand-in), .venv/s3-server (moto_server), .venv/checkov"
 log "ready: .venv (dependencies in $deps)"

@@ -183,6 +183,8 @@ def test_server_side_dry_run_refuses_an_invalid_example(devcluster, k8s_namespac
                                                          limits={"tenants": {"Team A": {}}}))
     assert "spec.router.auth.secretName: Required value" in refused(
         lambda spec: spec.setdefault("router", {}).update(auth={}))
+    assert "spec.router.tls.secretName: Required value" in refused(
+        lambda spec: spec.setdefault("router", {}).update(tls={}))
 
 
 def ready(cluster: DevCluster, ns: str, name: str) -> dict | None:

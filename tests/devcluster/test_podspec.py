@@ -127,6 +127,40 @@ def test_probes_parse_named_ports_and_thresholds() -> None:
     with pytest.raises(SpecError, match="names no port"):
         podspec.parse_probe({"tcpSocket": {"port": "grpc"}}, container, "127.65.0.7")
     assert podspec.parse_probe(None, container, "x") is None
+    assert probe.scheme == "HTTP"
+
+
+def test_https_probes_are_run_without_checking_the_certificate(tmp_path: Path) -> None:
+    # The router with spec.router.tls probes itself in HTTPS: the kubelet skips certificate checks, so does
+    # the pod runner (a self-signed certificate here, from the router's TLS test).
+    import http.server
+    import ssl
+    import threading
+
+    from grok_devcluster.podrunner import run_probe
+    from tests.router.test_router_tls import self_signed
+
+    cert, key = self_signed("probe-test")
+    (tmp_path / "tls.crt").write_bytes(cert)
+    (tmp_path / "tls.key").write_bytes(key)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        container = {"name": "router", "ports": [{"name": "http", "containerPort": server.server_port}]}
+        spec = {"httpGet": {"path": "/", "port": "http", "scheme": "HTTPS"}, "timeoutSeconds": 30}
+        probe = podspec.parse_probe(spec, container, "127.0.0.1")
+        assert probe is not None and probe.scheme == "HTTPS"
+        assert run_probe(probe, {})
+        assert not run_probe(podspec.parse_probe({**spec, "httpGet": {**spec["httpGet"], "scheme": "HTTP"}},
+                                                 container, "127.0.0.1"), {})
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(SpecError, match="HTTP or HTTPS"):
+        podspec.parse_probe({"httpGet": {"port": 1, "scheme": "FTP"}}, container, "127.0.0.1")
 
 
 def test_probe_verdict_follows_thresholds() -> None:

@@ -101,9 +101,55 @@ def test_the_router_pods_arguments_are_what_grok_router_accepts():
     # Parsed by grok-router's own parser: a flag renamed on either side fails here, not in a crash loop.
     from grok_router.main import parse_args
 
-    spec, _ = built(router={**AUTH, "replicas": 2})
+    spec, _ = built(router={**AUTH, "replicas": 2, "tls": {"secretName": "t"}})
     args = router_deployment(spec)["spec"]["template"]["spec"]["containers"][0]["args"]
     parsed = parse_args([a.replace("$(POD_IP)", "127.0.0.1") for a in args])
     assert str(parsed.api_keys_dir) == "/etc/grok-router/api-keys"
     assert str(parsed.upstream_token_file) == UPSTREAM_TOKEN_FILE
     assert parsed.router_replicas == 2  # each of two routers enforces half of every limit
+    assert (str(parsed.tls_cert), str(parsed.tls_key)) == ("/etc/grok-router/tls/tls.crt",
+                                                            "/etc/grok-router/tls/tls.key")
+
+
+def test_with_tls_the_router_serves_both_ports_from_the_secret_and_probes_in_https():
+    spec, _ = built(router={"tls": {"secretName": "grok-front-door-tls"}})
+    router = router_deployment(spec)["spec"]["template"]
+    (container,) = router["spec"]["containers"]
+    args = container["args"]
+    cert, key = args[args.index("--tls-cert") + 1], args[args.index("--tls-key") + 1]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    folder = cert.rsplit("/", 1)[0]
+    assert key.rsplit("/", 1)[0] == folder and mounts[folder]["readOnly"] is True
+    assert "subPath" not in mounts[folder]  # a subPath mount would never see a renewal
+    volume = {v["name"]: v for v in router["spec"]["volumes"]}[mounts[folder]["name"]]["secret"]
+    assert volume["secretName"] == "grok-front-door-tls" and not volume.get("optional")
+    assert {(i["key"], i["path"]) for i in volume["items"]} == {
+        ("tls.crt", cert.rsplit("/", 1)[1]), ("tls.key", key.rsplit("/", 1)[1])}
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+    assert router["metadata"]["annotations"]["prometheus.io/scheme"] == "https"
+    # Without auth: TLS alone, no keys; with it, both sets of volumes side by side.
+    assert "--api-keys-dir" not in args
+    both, _ = built(router={**AUTH, "tls": {"secretName": "grok-front-door-tls"}})
+    pod = router_deployment(both)["spec"]["template"]["spec"]
+    assert {v["name"] for v in pod["volumes"]} == {"api-keys", "upstream-token", "tls"}
+    assert {m["name"] for m in pod["containers"][0]["volumeMounts"]} == {"api-keys", "upstream-token", "tls"}
+
+
+def test_without_tls_the_router_serves_plaintext():
+    spec, _ = built(router=AUTH)
+    template = router_deployment(spec)["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    assert "--tls-cert" not in container["args"]
+    assert "tls" not in {v["name"] for v in template["spec"]["volumes"]}
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
+    assert template["metadata"]["annotations"]["prometheus.io/scheme"] == "http"
+
+
+
+@pytest.mark.parametrize(("router", "scheme"), [({}, "http"), ({"tls": {"secretName": "t"}}, "https")])
+def test_the_http_endpoint_in_the_status_says_https_with_tls(router, scheme):
+    from grok_operator.observe.children import observe
+
+    spec, p = built(router=router)
+    assert observe(spec, p, None, [], ("Ready", "")).http_endpoint == f"{scheme}://grok.ml.svc:8080/v1"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -320,3 +321,32 @@ def test_a_grpc_message_that_does_not_parse_is_invalid_argument(bare_router: Rou
                     list(answer)
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
             assert "grok.serving.v1.GenerateRequest" in (refused.value.details() or "")
+
+
+def test_odd_authorization_headers_on_every_model_path_get_a_4xx_in_openais_shape(workdir: Path) -> None:
+    keys = workdir / "odd-headers-keys"
+    write_secret(keys, {"team-a": KEY_A.encode()})
+    r = start_router(workdir, f"127.0.0.1:{free_port()}", "--api-keys-dir", str(keys), keys=keys)
+    try:
+        paths = (("POST", "/v1/completions"), ("POST", "/v1/chat/completions"), ("GET", "/v1/models"))
+        for method, path in paths:
+            for value in ("Bearer \xff\xfe", f"Bearer {KEY_A}\xff", "Basic abc", "Bearer " + "k" * 8000):
+                body = b'{"prompt": "\xff"}' if method == "POST" else None
+                status, headers, data = r.request(method, path, body, {"Authorization": value})
+                assert status in (400, 401), (path, value[:20], status, data[:200])
+                assert headers["Content-Type"].startswith("application/json")
+                assert json.loads(data)["error"]["message"]
+        # A control character in a header, or a header over 8190 bytes, is refused by the HTTP parser itself,
+        # before any route: a plain 400 as any HTTP server answers a malformed request (uvicorn too), never a
+        # 5xx; the router lives on.
+        for value in (b"Bearer \x00k", b"Bearer " + b"k" * 20_000):
+            with socket.create_connection(("127.0.0.1", r.http_port), timeout=60) as conn:
+                conn.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: " + value
+                             + b"\r\nConnection: close\r\n\r\n")
+                answer = b""
+                while chunk := conn.recv(65536):
+                    answer += chunk
+            assert answer.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request"), answer[:200]
+        assert r.request("GET", "/healthz")[0] == 200 and r.proc.poll() is None
+    finally:
+        stop_router(r)

@@ -16,7 +16,7 @@ log = logging.getLogger("grok_router.keys")
 Signature = tuple[tuple[str, int, int, int], ...]
 
 
-def _stat(path: Path) -> tuple[int, int, int] | None:
+def file_state(path: Path) -> tuple[int, int, int] | None:
     try:
         st = path.stat()  # follows links: a changed target changes the signature
     except OSError:
@@ -33,7 +33,7 @@ def folder_signature(folder: Path) -> Signature:
     for name in names:
         if name.startswith(".") and name != "..data":
             continue
-        found = _stat(folder / name)
+        found = file_state(folder / name)
         if found is not None:
             entries.append((name, *found))
     return tuple(entries)
@@ -94,7 +94,7 @@ class Watched:
     def _signature(self) -> object:
         if self.folder:
             return folder_signature(self.path)
-        return (_stat(self.path), _stat(self.path.parent / "..data"))
+        return (file_state(self.path), file_state(self.path.parent / "..data"))
 
     def poll(self) -> tuple[bool, object]:
         """(True, what the path holds now) when it changed since the last poll (and the first time)."""

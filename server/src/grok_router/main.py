@@ -27,7 +27,8 @@ from grok_router.keyfiles import Watched, poll_forever
 from grok_router.limits import Limits, parse_limits
 from grok_router.metrics import RouterMetrics
 from grok_router.replicas import Endpoint, PodWatcher, ReplicaSet, scrape_forever
-from grok_router.service import RouterServicer, add_to_server
+from grok_router.service import RouterServicer
+from grok_router.tls import CertificateFiles
 from grok_server.grpc_setup import SERVICE_NAME, generation_server
 
 log = logging.getLogger("grok_router")
@@ -125,7 +126,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="folder of API keys (a mounted Secret): one key per file, the tenant is the file "
                         "name up to its first '.'; calls without 'authorization: Bearer <key>' are refused")
     a.add_argument("--api-keys-poll-seconds", type=_seconds, default=2.0,
-                   help="how often the keys folder and the upstream token file are checked for changes")
+                   help="how often the keys folder, the upstream token file and the TLS certificate and key "
+                        "are checked for changes")
     a.add_argument("--upstream-token-file", type=Path,
                    help="file with the token the router sends to the replicas "
                         "('authorization: Bearer <token>'), in place of any caller's")
@@ -134,11 +136,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         '"concurrentRequests": C}, "tenants": {"NAME": {...}}}; absent fields: unlimited')
     a.add_argument("--router-replicas", type=_positive, default=1,
                    help="router replicas sharing the limits: each enforces 1/N of every tenant's limit")
+    t = p.add_argument_group("TLS on both ports (without --tls-cert: plaintext)")
+    t.add_argument("--tls-cert", type=Path,
+                   help="certificate chain (PEM; a mounted kubernetes.io/tls Secret's tls.crt) served on the "
+                        "gRPC and HTTP ports; a renewed one is picked up without a restart")
+    t.add_argument("--tls-key", type=Path, help="its private key (PEM; the Secret's tls.key)")
     p.add_argument("--drain-grace-seconds", type=float, default=30.0)
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     if not args.replica and not (args.namespace and args.selector):
         p.error("give --namespace and --selector (watch the server pods) or --replica addresses")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        p.error("--tls-cert and --tls-key go together")
     if args.tenant_limits is not None and args.api_keys_dir is None:
         p.error("--tenant-limits needs --api-keys-dir: without API keys there are no tenants to limit")
     return args
@@ -157,6 +166,13 @@ class Router:
         if args.upstream_token_file is not None:
             self.watched.append(Watched(args.upstream_token_file, False,
                                         self.gate.set_upstream_token))  # type: ignore[arg-type]
+        self.tls = None
+        if args.tls_cert is not None:
+            self.tls = CertificateFiles(args.tls_cert, args.tls_key)
+            if not self.tls.check():
+                raise SystemExit(f"grok-router: no usable TLS certificate and key in {args.tls_cert} and "
+                                 f"{args.tls_key} (see the warning above)")
+            self.watched.append(self.tls)  # type: ignore[arg-type]
         for watched in self.watched:  # read once before serving: no call meets an unread folder
             watched.check()
         self.forwarder = Forwarder(self.replicas, self.metrics, args.max_attempts, args.hold_timeout_seconds,
@@ -174,14 +190,17 @@ class Router:
             loop.add_signal_handler(sig, self.stop.set)
         a = self.args
         servicer = RouterServicer(self.forwarder, a.prefix_blocks, self.gate)
-        server = generation_server(servicer, self.health, -1, add_servicer=add_to_server)
-        port = server.add_insecure_port(f"{a.host}:{a.port}")
+        server = generation_server(servicer, self.health, -1)
+        address = f"{a.host}:{a.port}"
+        port = (server.add_secure_port(address, self.tls.grpc_credentials()) if self.tls is not None
+                else server.add_insecure_port(address))
         http = RouterHTTP(self.forwarder, a.model_name, a.prefix_blocks, self.ready, self.metrics.exposition,
                           self.gate)
         # A caller that disconnects cancels its handler, and with it the replica's generation.
         runner = web.AppRunner(http.app(), handler_cancellation=True, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, a.host, a.http_port)
+        site = web.TCPSite(runner, a.host, a.http_port,
+                           ssl_context=self.tls.http if self.tls is not None else None)
         await site.start()
         await server.start()
         watcher = None
@@ -197,11 +216,12 @@ class Router:
         if self.watched:
             poller = asyncio.create_task(poll_forever(self.watched, a.api_keys_poll_seconds))
         log.info(
-            "listening on %s:%d (gRPC) and %s:%d (HTTP); replicas: %s",
+            "listening on %s:%d (gRPC) and %s:%d (HTTP)%s; replicas: %s",
             a.host,
             port,
             a.host,
             a.http_port,
+            " with TLS" if self.tls is not None else "",
             ", ".join(e.grpc_address for e in a.replica) or f"pods {a.selector} in {a.namespace}",
         )
         await self.replicas.synced.wait()

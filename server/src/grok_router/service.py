@@ -8,50 +8,14 @@ import time
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
 from grok_router.forward import Forwarder, RouteError, request_key
 from grok_router.gate import Gate
-from grok_server.grpc_setup import SERVICE_NAME
+from grok_server.grpc_setup import Undecodable
 
 API = "grpc"
-
-
-class Undecodable:
-    """A request message that did not parse (e.g. a string field that is not UTF-8): answered with
-    INVALID_ARGUMENT by the method, where grpc's own deserialization failure would be UNKNOWN."""
-
-    def __init__(self, kind: str, why: str) -> None:
-        self.error = RouteError(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {kind}: {why}")
-
-
-def _lenient(message: Any) -> Any:
-    def parse(data: bytes) -> Any:
-        try:
-            return message.FromString(data)
-        except DecodeError as err:
-            return Undecodable(message.DESCRIPTOR.full_name, str(err))
-
-    return parse
-
-
-def add_to_server(servicer: RouterServicer, server: grpc.aio.Server) -> None:
-    """Registers the router's GenerationService as the generated code does, with lenient deserializers."""
-    unary, stream = grpc.unary_unary_rpc_method_handler, grpc.unary_stream_rpc_method_handler
-    handlers = {
-        "Generate": unary(servicer.Generate, _lenient(pb.GenerateRequest),
-                          pb.GenerateResponse.SerializeToString),
-        "GenerateStream": stream(servicer.GenerateStream, _lenient(pb.GenerateRequest),
-                                 pb.GenerateResponse.SerializeToString),
-        "Tokenize": unary(servicer.Tokenize, _lenient(pb.TokenizeRequest),
-                          pb.TokenizeResponse.SerializeToString),
-        "GetModelInfo": unary(servicer.GetModelInfo, _lenient(pb.GetModelInfoRequest),
-                              pb.ModelInfo.SerializeToString),
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 def _authorization(context: grpc.aio.ServicerContext) -> str | bytes | None:
@@ -86,7 +50,7 @@ class RouterServicer(pb_grpc.GenerationServiceServicer):
         try:
             ticket = self.gate.admit(_authorization(context), generates=method == "Generate")
             if isinstance(request, Undecodable):
-                raise request.error
+                raise RouteError(grpc.StatusCode.INVALID_ARGUMENT, request.details)
             metadata = self.gate.upstream(context.invocation_metadata())
             answer = await self.forwarder.unary(method, request, key, self._deadline(context), metadata,
                                                 ticket.tenant)
@@ -115,7 +79,7 @@ class RouterServicer(pb_grpc.GenerationServiceServicer):
         try:
             ticket = self.gate.admit(_authorization(context), generates=True)
             if isinstance(request, Undecodable):
-                raise request.error
+                raise RouteError(grpc.StatusCode.INVALID_ARGUMENT, request.details)
             stream = self.forwarder.stream(
                 request,
                 request_key(request, self.prefix_blocks),

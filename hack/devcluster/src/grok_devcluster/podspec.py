@@ -237,6 +237,7 @@ class Probe:
     path: str = "/"
     service: str = ""
     command: tuple[str, ...] = ()
+    scheme: str = "HTTP"  # httpGet: HTTP, or HTTPS (the certificate unchecked, as the kubelet does)
     initial_delay: float = 0.0
     period: float = 10.0
     timeout: float = 1.0
@@ -265,10 +266,11 @@ def parse_probe(spec: Mapping[str, Any] | None, container: Mapping[str, Any], po
     }
     if "httpGet" in spec:
         h = spec["httpGet"]
-        if h.get("scheme", "HTTP") != "HTTP":
-            raise SpecError("only HTTP httpGet probes are simulated")
+        scheme = h.get("scheme", "HTTP")
+        if scheme not in ("HTTP", "HTTPS"):
+            raise SpecError(f"httpGet probe scheme {scheme!r}: HTTP or HTTPS")
         return Probe("httpGet", h.get("host") or pod_ip, _port(h["port"], container), h.get("path", "/"),
-                     **timing)
+                     scheme=scheme, **timing)
     if "tcpSocket" in spec:
         t = spec["tcpSocket"]
         return Probe("tcpSocket", t.get("host") or pod_ip, _port(t["port"], container), **timing)

@@ -121,6 +121,13 @@ class RouterAuth:
 
 
 @dataclass(frozen=True)
+class RouterTLS:
+    """spec.router.tls: the kubernetes.io/tls Secret (tls.crt, tls.key) the router serves both ports with."""
+
+    secret_name: str = _field("secretName")
+
+
+@dataclass(frozen=True)
 class TenantLimits:
     """One tenant's limits; None: unlimited."""
 
@@ -151,6 +158,7 @@ class RouterSpec:
     max_held_requests: int = _field("maxHeldRequests", 1024, int)
     auth: RouterAuth | None = _field("auth", None, RouterAuth)
     limits: RouterLimits | None = _field("limits", None, RouterLimits)
+    tls: RouterTLS | None = _field("tls", None, RouterTLS)
     resources: dict[str, Any] = _field("resources", kind=dict, factory=dict)
     node_selector: dict[str, str] = _field("nodeSelector", kind=dict, factory=dict)
     tolerations: list[dict[str, Any]] = _field("tolerations", kind=list, factory=list)

@@ -18,6 +18,7 @@ API_KEYS_PATH = "/etc/grok-router/api-keys"
 UPSTREAM_TOKEN_DIR = "/etc/grok-serve/upstream-token"
 UPSTREAM_TOKEN_KEY = "token"
 UPSTREAM_TOKEN_FILE = f"{UPSTREAM_TOKEN_DIR}/{UPSTREAM_TOKEN_KEY}"
+TLS_DIR = "/etc/grok-router/tls"
 
 
 def front_door_closed(spec: GrokDeploymentSpec) -> bool:
@@ -73,6 +74,26 @@ def router_auth_volumes(spec: GrokDeploymentSpec) -> tuple[list[dict[str, Any]],
                upstream_token_volume(spec)]
     mounts = [{"name": "api-keys", "mountPath": API_KEYS_PATH, "readOnly": True}, UPSTREAM_TOKEN_MOUNT]
     return volumes, mounts
+
+
+def router_tls_args(spec: GrokDeploymentSpec) -> list[str]:
+    """grok-router's flags for TLS on both ports (none without spec.router.tls)."""
+    if spec.router.tls is None:
+        return []
+    return ["--tls-cert", f"{TLS_DIR}/tls.crt", "--tls-key", f"{TLS_DIR}/tls.key"]
+
+
+def router_tls_volumes(spec: GrokDeploymentSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the router pod's volumes, its container's mounts) for spec.router.tls's Secret: a volume, not a
+    subPath mount, so that the kubelet's renewal reaches the running router. Not optional, and its two keys
+    named: a router pod waits for the Secret (the kubelet's FailedMount Event says which is missing) rather
+    than serve plaintext or start without a certificate, as it waits for the API keys' Secret."""
+    if spec.router.tls is None:
+        return [], []
+    items = [{"key": key, "path": key} for key in ("tls.crt", "tls.key")]
+    volume = {"name": "tls", "secret": {"secretName": spec.router.tls.secret_name, "defaultMode": 0o440,
+                                        "items": items}}
+    return [volume], [{"name": "tls", "mountPath": TLS_DIR, "readOnly": True}]
 
 
 def network_policy(spec: GrokDeploymentSpec, metrics_from: list[dict[str, Any]]) -> dict[str, Any]:

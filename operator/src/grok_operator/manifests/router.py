@@ -8,7 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 from grok_operator.api.resource import GrokDeploymentSpec
-from grok_operator.manifests.front_door import router_auth_args, router_auth_volumes
+from grok_operator.manifests.front_door import (
+    router_auth_args,
+    router_auth_volumes,
+    router_tls_args,
+    router_tls_volumes,
+)
 from grok_operator.manifests.meta import POD_SECURITY, labels, metadata
 
 
@@ -59,6 +64,7 @@ def router_args(spec: GrokDeploymentSpec) -> list[str]:
         # Calls in flight through a router that stops go on for as long as the servers would let them.
         "--drain-grace-seconds", str(spec.server.drain_seconds),
         *router_auth_args(spec),
+        *router_tls_args(spec),
     ]
 
 
@@ -68,9 +74,12 @@ def router_deployment(spec: GrokDeploymentSpec) -> dict[str, Any]:
     name = router_name(spec)
     pod_labels = {**labels(spec, "router"), **spec.router_selector_labels}
     drain = spec.server.drain_seconds
-    probe = {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "failureThreshold": 2,
-             "timeoutSeconds": 5}
-    volumes, mounts = router_auth_volumes(spec)
+    scheme = "HTTPS" if r.tls is not None else "HTTP"  # the kubelet's probes skip certificate checks
+    probe = {"httpGet": {"path": "/readyz", "port": "http", "scheme": scheme}, "periodSeconds": 5,
+             "failureThreshold": 2, "timeoutSeconds": 5}
+    auth_volumes, auth_mounts = router_auth_volumes(spec)
+    tls_volumes, tls_mounts = router_tls_volumes(spec)
+    volumes, mounts = auth_volumes + tls_volumes, auth_mounts + tls_mounts
     pod_spec: dict[str, Any] = {
         "serviceAccountName": name,
         "terminationGracePeriodSeconds": drain + 15,
@@ -87,8 +96,8 @@ def router_deployment(spec: GrokDeploymentSpec) -> dict[str, Any]:
             "resources": r.resources or {"requests": {"cpu": "500m", "memory": "256Mi"},
                                                 "limits": {"memory": "1Gi"}},
             "readinessProbe": probe,
-            "livenessProbe": {**probe, "httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10,
-                              "failureThreshold": 6},
+            "livenessProbe": {**probe, "httpGet": {"path": "/healthz", "port": "http", "scheme": scheme},
+                              "periodSeconds": 10, "failureThreshold": 6},
             "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                                 "readOnlyRootFilesystem": True},
             **({"volumeMounts": mounts} if mounts else {}),
@@ -116,7 +125,7 @@ def router_deployment(spec: GrokDeploymentSpec) -> dict[str, Any]:
             "template": {
                 "metadata": {"labels": pod_labels, "annotations": {
                     "prometheus.io/scrape": "true", "prometheus.io/port": str(http_port),
-                    "prometheus.io/path": "/metrics"}},
+                    "prometheus.io/path": "/metrics", "prometheus.io/scheme": scheme.lower()}},
                 "spec": pod_spec,
             },
         },

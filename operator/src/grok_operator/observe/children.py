@@ -127,7 +127,7 @@ def observe(
         last_startup_seconds=last_startup_seconds(pods),
         last_startup=last_startup(pods, startup_reports or {}),
         endpoint=f"{spec.name}.{spec.namespace}.svc:{port}",
-        http_endpoint=(f"http://{spec.name}.{spec.namespace}.svc:{spec.router.http_port}/v1"
-                       if spec.router_enabled else ""),
+        http_endpoint=(f"{'https' if spec.router.tls else 'http'}://{spec.name}.{spec.namespace}.svc:"
+                       f"{spec.router.http_port}/v1" if spec.router_enabled else ""),
         selector=spec.selector,
     )

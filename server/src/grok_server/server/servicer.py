@@ -20,6 +20,7 @@ from vllm.sampling_params import SamplingParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
+from grok_server.grpc_setup import Undecodable
 from grok_server.server import engine as eng
 from grok_server.server.admission import Admission, auto_stream_interval
 from grok_server.server.lifecycle import Lifecycle, unavailable_message
@@ -139,6 +140,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
     async def Tokenize(self, request: pb.TokenizeRequest,
                        context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
         async def body() -> pb.TokenizeResponse:
+            self._parsed(request)
             engine, limits = self._ready()
             check_request_size(request.ByteSize(), limits)
             add_special = request.add_special_tokens if request.HasField("add_special_tokens") else True
@@ -153,6 +155,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
     async def GetModelInfo(self, request: pb.GetModelInfoRequest,
                            context: grpc.aio.ServicerContext) -> pb.ModelInfo:
         async def body() -> pb.ModelInfo:
+            self._parsed(request)
             self._ready()
             assert self._info is not None
             return self._info
@@ -192,6 +195,12 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         finally:
             self._metrics.requests.labels(method, code.name).inc()
 
+    @staticmethod
+    def _parsed(request: object) -> None:
+        """A request that did not parse (grpc_setup.lenient) is refused first, with or without an engine."""
+        if isinstance(request, Undecodable):
+            raise ValidationError(request.details)
+
     def _ready(self) -> tuple[AsyncLLM, Limits]:
         reason = unavailable_message(self._lifecycle.phase)
         if reason is not None or self._engine is None or self._limits is None:
@@ -222,6 +231,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
 
     async def _generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
         """Validates, admits and runs one request, yielding deltas. Raises RpcFailure / ValidationError."""
+        self._parsed(request)
         engine, limits = self._ready()
         check_request_size(request.ByteSize(), limits)
         v = validate_request(request, limits)
