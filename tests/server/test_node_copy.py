@@ -208,3 +208,37 @@ def test_two_copiers_at_once_one_copies_the_other_waits_and_reads_nothing(tmp_pa
     weights, held = NodeCache(root, max_bytes=sum(BIG.values()) + 10).ensure(other)
     held.close()
     assert weights.source == "node" and not Path(outcomes[0]["path"]).exists()
+
+
+# -- grok-server's use of it ---------------------------------------------------------------------------------
+
+def test_server_start_loads_the_node_copy_and_reports_bytes_from_shared(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    from grok_server.server import startup_events
+    from grok_server.server.config import ServerConfig
+    from grok_server.server.startup_run import StartupRun, weights_info
+
+    for name in (startup_events.ENV, startup_events.API_PID_ENV):
+        monkeypatch.setenv(name, "")  # StartupRun sets them for its engine: restored after the test
+    source = make_model(tmp_path / "shared" / "tiny", SMALL)
+    runs = []
+    for _ in range(2):
+        cfg = ServerConfig(model=str(source), node_cache_dir=tmp_path / "node")
+        run = StartupRun(cfg)
+        run.prepare_weights()
+        runs.append(run)
+        assert cfg.model.startswith(str(tmp_path / "node" / "models")) and cfg.tokenizer == cfg.model
+    weights = [weights_info(r.cfg.model, r.node_weights) for r in runs]
+    model_bytes = sum(v for k, v in SMALL.items() if k.endswith(".safetensors"))
+    assert [(w.source, w.bytes, w.shared_bytes) for w in weights] == [
+        ("node", model_bytes, sum(SMALL.values())), ("node", model_bytes, 0)]
+    assert runs[0].clock.seconds("node_copy") > 0
+    # Too small a bound: the shared cache, said in the report.
+    cfg = ServerConfig(model=str(source), node_cache_dir=tmp_path / "node2", node_cache_max_bytes=1000)
+    run = StartupRun(cfg)
+    run.prepare_weights()
+    info = weights_info(cfg.model, run.node_weights)
+    assert (info.source, info.path, info.shared_bytes) == ("shared", str(source), model_bytes)
+    assert "larger than the node cache's bound" in info.reason
+    for r in [*runs, run]:
+        r.close()

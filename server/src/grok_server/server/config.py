@@ -34,6 +34,8 @@ class ServerConfig:
     max_num_seqs: int | None = None
     enforce_eager: bool = False
     compile_cache_dir: Path | None = None
+    node_cache_dir: Path | None = None
+    node_cache_max_bytes: int | None = None
     engine_worker: str = "auto"
     engine_args: dict[str, Any] = field(default_factory=dict)
     host: str = "0.0.0.0"
@@ -132,6 +134,13 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     m.add_argument("--compile-cache-dir", type=Path,
                    help="folder for vLLM's compile caches that outlives the pod (a node's hostPath or a "
                         "PVC), shared by replicas, keyed by what changes the artifacts; unset: a private one")
+    m.add_argument("--node-cache-dir", type=Path,
+                   help="the node's folder for model copies (a hostPath): --model is copied there once per "
+                        "node and revision (checked, renamed when whole) and loaded from there; a copy that "
+                        "cannot be made (too large, a full disk) loads --model itself and says why")
+    m.add_argument("--node-cache-max-bytes", type=_positive,
+                   help="bound on the node folder's model copies; least recently used copies not in use by a "
+                        "replica are evicted to make room (default: the disk's free space)")
     m.add_argument("--engine-worker", choices=("auto", "process", "in-engine-core"), default="auto",
                    help="at one rank on the CPU backend, run the model in vLLM's engine-core process "
                         "(in-engine-core: one process start fewer) or in a worker process of its own "

@@ -104,6 +104,7 @@ class Server:
         from grok_server.server import engine as eng
 
         loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.startup.prepare_weights)
         compile_outcome = await loop.run_in_executor(None, self.startup.prepare_compile_cache)
         # Built in a thread so that health checks keep answering NOT_SERVING during a long load.
         self.engine = await loop.run_in_executor(None, eng.create_engine, self.cfg, self.metrics.engine,
