@@ -242,3 +242,15 @@ def test_server_start_loads_the_node_copy_and_reports_bytes_from_shared(tmp_path
     assert "larger than the node cache's bound" in info.reason
     for r in [*runs, run]:
         r.close()
+
+
+def test_grok_server_refuses_a_load_format_this_machine_cannot_run():
+    from grok_common.load_formats import LoadFormatRefused
+    from grok_server.server import engine
+    from grok_server.server.config import ServerConfig
+
+    for fmt in ("runai_streamer", "fastsafetensors"):  # neither package is installed here; no CUDA either
+        with pytest.raises(LoadFormatRefused, match=fmt):
+            engine.check_load_format(ServerConfig(model="/m", engine_args={"load_format": fmt}))
+    engine.check_load_format(ServerConfig(model="/m", engine_args={"load_format": "safetensors"}))
+    engine.check_load_format(ServerConfig(model="/m"))

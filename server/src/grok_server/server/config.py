@@ -134,13 +134,6 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     m.add_argument("--compile-cache-dir", type=Path,
                    help="folder for vLLM's compile caches that outlives the pod (a node's hostPath or a "
                         "PVC), shared by replicas, keyed by what changes the artifacts; unset: a private one")
-    m.add_argument("--node-cache-dir", type=Path,
-                   help="the node's folder for model copies (a hostPath): --model is copied there once per "
-                        "node and revision (checked, renamed when whole) and loaded from there; a copy that "
-                        "cannot be made (too large, a full disk) loads --model itself and says why")
-    m.add_argument("--node-cache-max-bytes", type=_positive,
-                   help="bound on the node folder's model copies; least recently used copies not in use by a "
-                        "replica are evicted to make room (default: the disk's free space)")
     m.add_argument("--engine-worker", choices=("auto", "process", "in-engine-core"), default="auto",
                    help="at one rank on the CPU backend, run the model in vLLM's engine-core process "
                         "(in-engine-core: one process start fewer) or in a worker process of its own "
@@ -188,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_engine_flags(p)
     _add_multinode_flags(p, worker=False)
+    w = p.add_argument_group("node-local weights (single-node replicas)")
+    w.add_argument("--node-cache-dir", type=Path,
+                   help="the node's folder for model copies (a hostPath): --model is copied there once per "
+                        "node and revision (checked, renamed when whole) and loaded from there; a copy that "
+                        "cannot be made (too large, a full disk) loads --model itself and says why")
+    w.add_argument("--node-cache-max-bytes", type=_positive,
+                   help="bound on the node folder's model copies; least recently used copies not in use by a "
+                        "replica are evicted to make room (default: the disk's free space)")
     s = p.add_argument_group("serving")
     s.add_argument("--host", default="0.0.0.0", help="gRPC address")
     s.add_argument("--port", type=_int_in(1, 65535), default=50051, help="gRPC port")
