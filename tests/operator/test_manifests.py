@@ -572,7 +572,8 @@ def test_node_cache_options_and_load_format_reach_grok_server_and_off_means_none
     from grok_server.server.config import parse_args
 
     spec, p = built(model={"uri": "pvc://weights/grok-1", "quantization": "fp8", "loadFormat": "safetensors",
-                           "nodeCache": {"path": "/mnt/nvme/models", "maxSize": "2Ti"}})
+                           "nodeCache": {"path": "/mnt/nvme/models", "maxSize": "2Ti",
+                                         "verify": "sizes"}})
     pod = deployment(spec, p)["spec"]["template"]["spec"]
     args = pod["containers"][0]["args"]
     assert args[args.index("--node-cache-max-bytes") + 1] == str(2 * 1024**4)
@@ -580,6 +581,7 @@ def test_node_cache_options_and_load_format_reach_grok_server_and_off_means_none
     assert pod["volumes"][-1]["hostPath"]["path"] == "/mnt/nvme/models"
     cfg = parse_args([a.replace("$(POD_IP)", "127.0.0.1") for a in args])
     assert cfg.node_cache_max_bytes == 2 * 1024**4 and cfg.engine_args["load_format"] == "safetensors"
+    assert cfg.node_cache_verify == "sizes"
     spec, p = built(model={"uri": "pvc://weights/grok-1", "quantization": "fp8",
                            "nodeCache": {"enabled": False}})
     pod = deployment(spec, p)["spec"]["template"]["spec"]

@@ -112,6 +112,27 @@ def test_bad_local_file_is_copied_again_never_served(tmp_path: Path, damage: str
     assert victim.read_bytes() == (source / "model-00001.safetensors").read_bytes()
 
 
+def test_verify_sizes_skips_checksums_but_not_sizes(tmp_path: Path):
+    source = make_model(tmp_path / "shared" / "m", SMALL)
+    cache = NodeCache(tmp_path / "node", verify="sizes")
+    first, held = cache.ensure(source)
+    held.close()
+    victim = Path(first.path) / "model-00001.safetensors"
+    data = bytearray(victim.read_bytes())
+    data[7] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    same, held = cache.ensure(source)  # same size: not read again, by choice
+    held.close()
+    assert not same.copied
+    with victim.open("r+b") as f:
+        f.truncate(10)
+    again, held = cache.ensure(source)
+    held.close()
+    assert again.copied and "truncated" in again.reason
+    with pytest.raises(ValueError, match="verify"):
+        NodeCache(tmp_path / "node", verify="none")
+
+
 def test_too_small_node_folder_serves_from_shared_and_says_why(tmp_path: Path):
     source = make_model(tmp_path / "shared" / "m", SMALL)
     weights, held = NodeCache(tmp_path / "node", max_bytes=100_000).ensure(source)

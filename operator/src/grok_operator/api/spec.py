@@ -46,6 +46,7 @@ class NodeCache:
     enabled: bool = _field("enabled", True, bool)
     path: str = _field("path", NODE_CACHE_PATH, "absolutePath")  # a hostPath: the node's folder for copies
     max_size: str | None = _field("maxSize", None, "quantity")  # None: bounded by the disk's free space
+    verify: str = _field("verify", "full")  # each start checks sizes and sha256 (full) or sizes only
 
 
 @dataclass(frozen=True)

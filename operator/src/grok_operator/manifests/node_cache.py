@@ -49,6 +49,8 @@ def node_cache_args(spec: GrokDeploymentSpec) -> list[str]:
     args = ["--node-cache-dir", NODE_CACHE_MOUNT]
     if cache.max_size:
         args += ["--node-cache-max-bytes", str(quantity_bytes(cache.max_size))]
+    if cache.verify != "full":
+        args += ["--node-cache-verify", cache.verify]
     return args
 
 

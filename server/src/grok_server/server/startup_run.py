@@ -74,7 +74,7 @@ class StartupRun:
         if cfg.node_cache_dir is None or not Path(cfg.model).is_dir():
             return
         with self.clock.phase("node_copy"):
-            cache = NodeCache(cfg.node_cache_dir, cfg.node_cache_max_bytes)
+            cache = NodeCache(cfg.node_cache_dir, cfg.node_cache_max_bytes, verify=cfg.node_cache_verify)
             self.node_weights, self._node_held = cache.ensure(Path(cfg.model))
         node = self.node_weights
         if node.source == "node":

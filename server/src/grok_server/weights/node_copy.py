@@ -56,6 +56,7 @@ from grok_server.weights.plan import (
 log = logging.getLogger("grok_server")
 
 CHUNK = 8 << 20
+VERIFY = ("full", "sizes")
 
 
 @dataclass
@@ -101,9 +102,9 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_copy(entry: Path, key: str) -> str | None:
+def check_copy(entry: Path, key: str, checksums: bool = True) -> str | None:
     """None when the copy at `entry` is whole: its manifest is this key's and every file has its size and
-    checksum (checked in parallel: hashlib releases the GIL)."""
+    (unless `checksums` is off) its checksum (checked in parallel: hashlib releases the GIL)."""
     try:
         data = json.loads((entry / MANIFEST).read_text())
     except FileNotFoundError:
@@ -120,6 +121,8 @@ def check_copy(entry: Path, key: str) -> str | None:
             return f"{rel} is missing"
         if actual != size:
             return f"{rel} has {actual} bytes, the manifest says {size} (truncated or overwritten)"
+    if not checksums:
+        return None
     with ThreadPoolExecutor(max(1, min(8, len(files)))) as pool:
         digests = dict(zip(files, pool.map(lambda rel: file_digest(entry / rel), files), strict=True))
     bad = sorted(rel for rel, (_, digest) in files.items() if digests[rel] != digest)
@@ -138,8 +141,13 @@ def _lock(path: Path, kind: int, wait: bool = True) -> IO[bytes] | None:
 
 class NodeCache:
     def __init__(self, root: Path, max_bytes: int | None = None,
-                 max_read_bytes_per_second: float | None = None) -> None:
+                 max_read_bytes_per_second: float | None = None, verify: str = "full") -> None:
+        """`verify`: at each use, "full" checks every file's size and sha256, "sizes" only the sizes (a
+        start that does not read the whole model once more: for large models on trusted disks)."""
+        if verify not in VERIFY:
+            raise ValueError(f"verify must be one of {', '.join(VERIFY)}, not {verify!r}")
         self.root, self.max_bytes, self.rate = root, max_bytes, max_read_bytes_per_second
+        self.checksums = verify == "full"
         self.models, self.tmp, self.locks = root / "models", root / "tmp", root / "locks"
 
     def ensure(self, source: Path) -> tuple[NodeWeights, Held]:
@@ -160,7 +168,7 @@ class NodeCache:
         try:
             found = ""
             if entry.exists():
-                problem = check_copy(entry, key)
+                problem = check_copy(entry, key, self.checksums)
                 if problem is None:
                     return self._use(entry, key, total, 0, False, "a whole copy was on the node")
                 found = f"the node's copy was bad and is copied again: {problem}; "
@@ -309,10 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, required=True, help="the node's folder for model copies")
     p.add_argument("--max-bytes", type=int, help="bound on the node folder's model copies, in bytes")
     p.add_argument("--max-read-bytes-per-second", type=float, help="limit on the copy's reads from SOURCE")
+    p.add_argument("--verify", choices=VERIFY, default="full", help="what each use checks of a copy")
     p.add_argument("--hold", action="store_true", help="hold the use lock until stdin closes")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
-    weights, held = NodeCache(args.root, args.max_bytes, args.max_read_bytes_per_second).ensure(args.source)
+    weights, held = NodeCache(args.root, args.max_bytes, args.max_read_bytes_per_second,
+                              args.verify).ensure(args.source)
     print(json.dumps(weights.to_json()), flush=True)
     if args.hold:
         sys.stdin.read()
