@@ -7,7 +7,8 @@ default loader reads the node's copy beside `cat` (real files, real processes, C
    (any placement on 2 nodes gives the same bound): bytes read from the shared cache in all, in models.
 3. The default loader's read path (vLLM 0.32's safetensors_weights_iterator, what DefaultModelLoader runs for
    load format auto) beside `cat FILES > /dev/null`, from the node's copy, in the same run, alternating, both
-   from the page cache (the first read of each round warms it: a 2-core shared machine has no cache to drop).
+   from the page cache (the first read of each round warms it: a 2-core shared machine has no cache to drop),
+   torch on one intra-op thread (--torch-threads).
 4. With --server: grok-server itself, twice with the same node folder (the second a second replica on the
    node): its own start-up report (the weights phase, vLLM's measure; bytes read from the shared cache).
 
@@ -87,6 +88,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="small", choices=["tiny", "small"])
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--torch-threads", type=int, default=1, help="torch's threads for the loader rows")
     p.add_argument("--server", action="store_true", help="also start grok-server twice on one node folder")
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="grok-bench-node-weights-"))
@@ -108,6 +110,11 @@ def main() -> None:
         print(f"   replica {i} on node {node}: {o['shared_bytes']:>12,} B")
 
     files = sorted(Path(first["path"]).glob("*.safetensors"))
+    import torch
+
+    # One intra-op thread: on a shared 2-core machine two OpenMP threads wait on each other and on everyone
+    # else (the copy ran 0.2-0.6 GB/s with 2 threads, 3-4 GB/s with 1, in one run).
+    torch.set_num_threads(args.torch_threads)
     readers = {"cat": lambda: read_with_cat(files),
                "default loader (mmap, vLLM's default)": DefaultLoader(files, None),
                "default loader, safetensors_load_strategy=eager": DefaultLoader(files, "eager")}
