@@ -275,3 +275,9 @@ def test_grok_server_refuses_a_load_format_this_machine_cannot_run():
             engine.check_load_format(ServerConfig(model="/m", engine_args={"load_format": fmt}))
     engine.check_load_format(ServerConfig(model="/m", engine_args={"load_format": "safetensors"}))
     engine.check_load_format(ServerConfig(model="/m"))
+
+
+def test_an_empty_source_serves_from_shared_and_says_why(tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    weights, _ = NodeCache(tmp_path / "node").ensure(tmp_path / "empty")
+    assert weights.source == "shared" and "holds no files" in weights.reason

@@ -157,12 +157,21 @@ class NodeCache:
         total = sum(f.size for f in listing)
         key = source_key(str(source), listing)
         shared = NodeWeights(str(source), "shared", 0, total, key=key)
+        if not listing:
+            shared.reason = f"{source} holds no files to copy"
+            return shared, Held(None)
         try:
             for folder in (self.models, self.tmp, self.locks):
                 folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
+            return self._ensure(source, listing, key, shared)
+        except OSError as e:  # the node folder's own faults (permissions, a disk gone read-only): never fatal
             shared.reason = f"node cache {self.root} is not usable ({e.strerror or e})"
+            log.warning("node copy %s: serving from the shared source: %s", key, shared.reason)
             return shared, Held(None)
+
+    def _ensure(self, source: Path, listing: list[SourceFile], key: str, shared: NodeWeights
+                ) -> tuple[NodeWeights, Held]:
+        total = shared.total_bytes
         entry = self.models / key
         copy_lock = _lock(self.locks / f"{key}.copy", fcntl.LOCK_EX)  # waits for another copier
         try:
