@@ -281,3 +281,23 @@ def test_an_empty_source_serves_from_shared_and_says_why(tmp_path: Path):
     (tmp_path / "empty").mkdir()
     weights, _ = NodeCache(tmp_path / "node").ensure(tmp_path / "empty")
     assert weights.source == "shared" and "holds no files" in weights.reason
+
+
+def test_a_source_rewritten_during_the_copy_is_never_served_from_the_node(tmp_path: Path):
+    import threading
+
+    source = make_model(tmp_path / "shared" / "m", BIG)
+    root = tmp_path / "node"
+    outcome: list = []
+    copying = threading.Thread(target=lambda: outcome.append(
+        NodeCache(root, max_read_bytes_per_second=2_000_000).ensure(source)))
+    copying.start()
+    wait_for(lambda: (root / "tmp").is_dir() and any(p.stat().st_size > 0 for p in (root / "tmp").rglob("*")
+                                                     if p.is_file()), "the copy to start")
+    (source / "config.json").write_text('{"revision": 2}')  # a new revision written in place
+    copying.join(DEADLINE)
+    ((weights, held),) = outcome
+    held.close()
+    assert weights.source == "shared" and "changed during the copy" in weights.reason
+    assert weights.shared_bytes > 0  # what the dropped copy read, counted
+    assert list((root / "models").iterdir()) == [] and list((root / "tmp").iterdir()) == []

@@ -48,7 +48,8 @@ def weights_info(model: str, node: NodeWeights | None = None) -> WeightsInfo:
                 total += path.stat().st_size
     if node is None:
         return WeightsInfo("shared", total, model, total, "no --node-cache-dir: loaded from --model")
-    shared = node.shared_bytes if node.source == "node" else total
+    # A copy that failed part way read some bytes from the shared cache before the engine read them all.
+    shared = node.shared_bytes if node.source == "node" else total + node.shared_bytes
     return WeightsInfo(node.source, total, model, shared, node.reason)
 
 

@@ -148,6 +148,7 @@ class NodeCache:
             raise ValueError(f"verify must be one of {', '.join(VERIFY)}, not {verify!r}")
         self.root, self.max_bytes, self.rate = root, max_bytes, max_read_bytes_per_second
         self.checksums = verify == "full"
+        self.read_so_far = 0  # bytes the current copy has read from the source
         self.models, self.tmp, self.locks = root / "models", root / "tmp", root / "locks"
 
     def ensure(self, source: Path) -> tuple[NodeWeights, Held]:
@@ -205,6 +206,7 @@ class NodeCache:
                 _fsync_dir(self.models)
             except (OSError, ChangedError) as e:
                 shutil.rmtree(work, ignore_errors=True)
+                shared.shared_bytes = self.read_so_far  # read from the shared source for nothing
                 why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
                 shared.reason = found + f"the copy to the node failed ({why})"
                 if isinstance(e, OSError) and e.errno == errno.ENOSPC:
@@ -228,6 +230,7 @@ class NodeCache:
               ) -> tuple[dict[str, tuple[int, str]], int]:
         digests: dict[str, tuple[int, str]] = {}
         read, started = 0, time.monotonic()
+        self.read_so_far = 0
         chunk = CHUNK if self.rate is None else min(CHUNK, max(4096, int(self.rate)))
         for f in listing:
             target = work / f.rel
@@ -238,6 +241,7 @@ class NodeCache:
                     h.update(block)
                     dst.write(block)
                     read += len(block)
+                    self.read_so_far = read
                     if self.rate:  # a read rate limit: the shared volume serves other nodes too
                         ahead = read / self.rate - (time.monotonic() - started)
                         if ahead > 0:
