@@ -46,7 +46,7 @@ class NodeCache:
     enabled: bool = _field("enabled", True, bool)
     path: str = _field("path", NODE_CACHE_PATH, "absolutePath")  # a hostPath: the node's folder for copies
     max_size: str | None = _field("maxSize", None, "quantity")  # None: bounded by the disk's free space
-    verify: str = _field("verify", "full")  # each start checks sizes and sha256 (full) or sizes only
+    verify: str = _field("verify", "full", "full|sizes")  # each start checks sizes and sha256, or sizes only
 
 
 @dataclass(frozen=True)
@@ -257,6 +257,10 @@ def _value(kind: type | str, value: Any, path: str) -> Any:
         return compile_cache_source(value, path)
     if kind == "quantity":
         quantity_bytes(str(value), path)
+        return str(value)
+    if kind == "full|sizes":
+        if value not in ("full", "sizes"):
+            raise wrong("full or sizes")
         return str(value)
     if kind == "absolutePath":
         if not str(value).startswith("/"):
