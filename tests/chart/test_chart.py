@@ -113,7 +113,8 @@ def test_cluster_wide_mode_grants_the_operator_a_cluster_role():
     assert "delete" not in set().union(*rules.values()), "the operator deletes nothing: owners do"
     assert rules["secrets"] == {"create"}, "the front door's credential: created, never read"
     assert rules_of(cluster_roles["grok-grok-operator-discovery"]) == {
-        "customresourcedefinitions": {"get", "list", "watch"}
+        "customresourcedefinitions": {"get", "list", "watch"},
+        "nodes": {"get", "patch"},  # labels the nodes that hold a model's copy
     }
     # Only the leader-election Role is namespaced, in the release namespace.
     roles = [(d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == "Role"]
@@ -147,10 +148,10 @@ def test_namespaced_mode_renders_roles_only_in_the_listed_namespaces():
             {"kind": "ServiceAccount", "name": "grok-grok-operator", "namespace": "grok-system"}
         ]
         assert binding["roleRef"]["name"] == binding["metadata"]["name"]
-    # Cluster-wide: only reading CRDs, nothing about GrokDeployments or their children.
+    # Cluster-wide: only reading CRDs and labelling nodes, nothing about GrokDeployments or their children.
     cluster_roles = [d for d in docs if d["kind"] == "ClusterRole"]
     assert [d["metadata"]["name"] for d in cluster_roles] == ["grok-grok-operator-discovery"]
-    assert set(rules_of(cluster_roles[0])) == {"customresourcedefinitions"}
+    assert set(rules_of(cluster_roles[0])) == {"customresourcedefinitions", "nodes"}
     assert [d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRoleBinding"] == [
         "grok-grok-operator-discovery"
     ]

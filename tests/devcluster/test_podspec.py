@@ -288,3 +288,15 @@ def test_a_failed_containers_message_falls_back_to_its_logs_tail_as_a_kubelets_d
     assert podspec.termination_message({}, 2, log) is None  # the default policy reads a file, not logs
     long = "".join(f"2026-12-02T00:00:00.000000Z stdout F {'x' * 1000}\n" for _ in range(5))
     assert len(podspec.termination_message(fallback, 1, long).encode()) == podspec.FALLBACK_MESSAGE_BYTES
+
+
+def test_a_host_path_is_a_folder_of_the_pods_own_node(tmp_path):
+    from grok_devcluster.podspec import host_path_folder
+
+    a = host_path_folder(tmp_path, "gpu-0", "/var/cache/grok-serve/models", "DirectoryOrCreate")
+    b = host_path_folder(tmp_path, "gpu-1", "/var/cache/grok-serve/models", None)
+    assert a == tmp_path / "gpu-0/var/cache/grok-serve/models" and a.is_dir() and b.is_dir() and a != b
+    with pytest.raises(SpecError, match="does not exist on node gpu-1"):
+        host_path_folder(tmp_path, "gpu-1", "/mnt/nvme", "Directory")
+    with pytest.raises(SpecError, match="no node"):
+        host_path_folder(tmp_path, "", "/x", None)

@@ -74,3 +74,31 @@ def test_quantization_names_are_vllms_current_ones_and_fp8_is_read_as_fp8_per_te
     reason, message = refused(body(quantization="int4"))
     assert (reason, message) == ("InvalidSpec", "unknown quantization 'int4'; known: none, fp8_per_tensor, "
                                                 "fp8_per_channel, fp8_per_block")
+
+
+def with_model(b, **model):
+    b["spec"]["model"].update(model)
+    return b
+
+
+@pytest.mark.parametrize(("fmt", "uri", "words"), [
+    ("runai_streamer", "pvc://weights/grok-1", "needs the Python package runai-model-streamer"),
+    ("fastsafetensors", "pvc://weights/grok-1", "needs the Python package fastsafetensors"),
+    ("sharded_state", "hf://xai-org/grok-1", "saved pre-split"),
+])
+def test_a_load_format_the_platform_cannot_run_is_refused_with_why(fmt, uri, words):
+    b = with_model(body(), loadFormat=fmt, uri=uri)
+    reason, message = refused(b)
+    assert reason == "LoadFormatUnsupported" and message.startswith("spec.model.loadFormat: ")
+    assert words in message
+
+
+def test_fastsafetensors_needs_cuda_and_a_custom_image_is_left_to_grok_server():
+    b = with_model(body("AMD-Instinct-MI300X"), loadFormat="fastsafetensors")
+    b["spec"]["server"]["image"] = "registry.example/grok-server-fst:1"
+    assert "needs CUDA GPUs" in refused(b)[1]
+    for fmt in ("runai_streamer", "fastsafetensors", "auto", "safetensors"):
+        b = with_model(body(), loadFormat=fmt)
+        b["spec"]["server"]["image"] = "registry.example/grok-server-fst:1"  # grok-server checks its modules
+        assert admit(b).plan is not None, fmt
+    assert admit(with_model(body(), loadFormat="sharded_state")).plan is not None  # a pvc:// folder

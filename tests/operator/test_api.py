@@ -76,3 +76,15 @@ def test_a_value_of_the_wrong_kind_is_refused_naming_the_field(block, data, mess
     path = next(f"spec.{name}" for name, b in BLOCKS.items() if b is block)
     with pytest.raises(ValueError, match="^" + message.replace("(", r"\(").replace(".", r"\.")):
         parse(block, data, path)
+
+
+def test_the_node_cache_block_is_checked_as_the_crd_checks_it():
+    from grok_operator.api.spec import NodeCache
+
+    parsed = parse(NodeCache, {"maxSize": "2Ti", "verify": "sizes"}, "n")
+    assert parsed == NodeCache(max_size="2Ti", verify="sizes")
+    for data, words in (({"verify": "none"}, "n.verify must be full or sizes"),
+                        ({"maxSize": "2 TB"}, "n.maxSize must be a quantity"),
+                        ({"path": "models"}, "n.path must be an absolute path")):
+        with pytest.raises(ValueError, match=words):
+            parse(NodeCache, data, "n")

@@ -547,3 +547,43 @@ def test_without_the_leader_worker_set_api_nothing_is_half_made():
     assert found["Degraded"]["status"] == "True" and found["Degraded"]["reason"] == "LeaderWorkerSetMissing"
     assert found["Progressing"]["status"] == "False" and "install it" in found["Degraded"]["message"]
     assert found["PlanValid"]["status"] == "True"  # the plan is fine; the cluster lacks an API
+
+
+def test_node_cache_gives_the_server_its_node_folder_and_prefers_nodes_holding_the_model():
+    from grok_operator.manifests.node_cache import node_label
+
+    spec, p = built(server={"affinity": {"podAntiAffinity": {"x": 1}}})
+    pod = deployment(spec, p)["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    args = c["args"]
+    assert args[args.index("--node-cache-dir") + 1] == "/var/cache/grok-serve/models"
+    assert "--node-cache-max-bytes" not in args and "--engine-arg" not in args
+    assert {"name": "node-cache", "mountPath": "/var/cache/grok-serve/models"} in c["volumeMounts"]
+    assert {"name": "node-cache", "hostPath": {"path": "/var/cache/grok-serve/models",
+                                              "type": "DirectoryOrCreate"}} in pod["volumes"]
+    assert pod["affinity"]["podAntiAffinity"] == {"x": 1}  # the user's, kept
+    (pref,) = pod["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert pref["preference"]["matchExpressions"] == [{"key": node_label(spec), "operator": "In",
+                                                       "values": ["true"]}]
+    assert node_label(spec).startswith("models.grok.dev/") and "requiredDuringScheduling" not in str(pod)
+
+
+def test_node_cache_options_and_load_format_reach_grok_server_and_off_means_none():
+    from grok_server.server.config import parse_args
+
+    spec, p = built(model={"uri": "pvc://weights/grok-1", "quantization": "fp8", "loadFormat": "safetensors",
+                           "nodeCache": {"path": "/mnt/nvme/models", "maxSize": "2Ti",
+                                         "verify": "sizes"}})
+    pod = deployment(spec, p)["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--node-cache-max-bytes") + 1] == str(2 * 1024**4)
+    assert args[args.index("--engine-arg") + 1] == "load_format=safetensors"
+    assert pod["volumes"][-1]["hostPath"]["path"] == "/mnt/nvme/models"
+    cfg = parse_args([a.replace("$(POD_IP)", "127.0.0.1") for a in args])
+    assert cfg.node_cache_max_bytes == 2 * 1024**4 and cfg.engine_args["load_format"] == "safetensors"
+    assert cfg.node_cache_verify == "sizes"
+    spec, p = built(model={"uri": "pvc://weights/grok-1", "quantization": "fp8",
+                           "nodeCache": {"enabled": False}})
+    pod = deployment(spec, p)["spec"]["template"]["spec"]
+    assert "--node-cache-dir" not in pod["containers"][0]["args"] and "affinity" not in pod
+    assert all(v["name"] != "node-cache" for v in pod["volumes"])

@@ -57,6 +57,7 @@ def test_the_report_is_shaped_for_the_status():
         "compileCacheReason": "no entry for this key",
         "weightsSource": "/models/model",
         "weightsBytes": 12345,
+        "weightsSharedBytes": 0,
         "weightsGBPerSecond": 0.2,
         "engineProcesses": 2,
     }
@@ -191,6 +192,47 @@ def test_fetching_a_report_over_http(startup_endpoint):
         fetch_report("127.0.0.1", 1, timeout=1)  # nothing listens: refused, not a hang
 
 
+SPEC = GrokDeploymentSpec.from_body({"metadata": {"name": "g", "namespace": "ml", "uid": "u"},
+                                     "spec": {"model": {"uri": "pvc://weights/grok-1"},
+                                              "server": {"metricsPort": 9090}}})
+NODE_COPY = {**REPORT, "weights": {"source": "node", "bytes": 12345, "shared_bytes": 0,
+                                   "path": "/var/cache/grok-serve/models/m-1",
+                                   "reason": "a whole copy was on the node"}}
+TOO_SMALL = {**REPORT, "weights": {"source": "shared", "bytes": 12345, "path": "/models/model",
+                                   "shared_bytes": 12345, "reason": "the model (1.000 GB) is larger than the "
+                                                                    "node cache's bound (0.500 GB)"}}
+
+
+def test_the_weights_source_is_shaped_and_a_shared_fallback_is_told_apart():
+    from grok_operator.observe.startup import holds_node_copy, node_copy_unavailable
+
+    shaped = startup_status(NODE_COPY, "p")
+    assert (shaped["weightsSource"], shaped["weightsSharedBytes"]) == ("node", 0)
+    assert shaped["weightsPath"] == "/var/cache/grok-serve/models/m-1"
+    assert holds_node_copy(NODE_COPY) and node_copy_unavailable(NODE_COPY) is None
+    assert "larger than the node cache's bound" in (node_copy_unavailable(TOO_SMALL) or "")
+    given_none = {**REPORT, "weights": {"source": "shared",
+                                        "reason": "no --node-cache-dir: loaded from --model"}}
+    assert node_copy_unavailable(given_none) is None and not holds_node_copy(given_none)
+
+
+def test_a_shared_fallback_is_a_warning_event(monkeypatch, startup_endpoint):
+    from grok_operator.control import grokdeployments as handlers
+    from grok_operator.control.state import State
+
+    ip, port, state = startup_endpoint
+    state.update(ready=True, body=TOO_SMALL)
+    events: list[dict] = []
+    monkeypatch.setattr(handlers.kopf, "event", lambda body, **kw: events.append(kw))
+    monkeypatch.setattr(State, "startup_reports", StartupReports())
+    owner = {"metadata": {"name": "g", "namespace": "ml", "uid": "u"}, "status": {}}
+    p = {**pod("g-1", "2026-12-01T00:01:00Z", ip=ip, port=port), "spec": {"nodeName": "gpu-0"}}
+    for _ in range(2):
+        handlers.collect_startup(owner, [p], SPEC)
+    assert [(e["reason"], e["type"]) for e in events] == [("NodeCopyUnavailable", "Warning")]
+    assert "on node gpu-0 loads the model from the shared cache" in events[0]["message"]
+
+
 def test_an_unusable_cache_volume_is_one_warning_event_per_pod(monkeypatch, startup_endpoint):
     from grok_operator.control import grokdeployments as handlers
     from grok_operator.control.state import State
@@ -203,13 +245,13 @@ def test_an_unusable_cache_volume_is_one_warning_event_per_pod(monkeypatch, star
     owner = {"metadata": {"name": "g", "namespace": "ml", "uid": "u"}, "status": {}}
     pods = [pod("g-1", "2026-12-01T00:01:00Z", ip=ip, port=port)]
     for _ in range(3):
-        handlers.collect_startup(owner, pods, 9090)
+        handlers.collect_startup(owner, pods, SPEC)
     assert events == [{"type": "Warning", "reason": "CompileCacheUnavailable",
                        "message": "pod g-1: " + UNWRITABLE["compile_cache"]["reason"]}]
     assert State.startup_reports.snapshot()["uid-g-1"]["compileCache"] == "off"
     # After a restart of the operator: the status already names the pod, so it is not said again.
     monkeypatch.setattr(State, "startup_reports", StartupReports())
-    handlers.collect_startup({**owner, "status": {"lastStartup": {"pod": "g-1"}}}, pods, 9090)
+    handlers.collect_startup({**owner, "status": {"lastStartup": {"pod": "g-1"}}}, pods, SPEC)
     assert len(events) == 1
 
 

@@ -50,7 +50,9 @@ def test_a_server_reports_where_its_start_went(grok_server_proc: ServerProcess) 
     assert report["phases"]["model_class"] + report["phases"]["config"] > 0
     # At one rank on the CPU the model runs in the engine-core process: one engine process, no worker.
     assert report["engine_processes"] == 1
-    assert report["weights"]["bytes"] > 0 and report["weights"]["source"].endswith("tiny")
+    weights = report["weights"]
+    assert weights["bytes"] > 0 and weights["path"].endswith("tiny") and weights["source"] == "shared"
+    assert weights["shared_bytes"] == weights["bytes"]  # no --node-cache-dir: the engine read it all there
     assert report["compile_cache"]["state"] == "off"  # an eager engine compiles nothing
     metrics = grok_server_proc.metrics()
     assert metrics["grok_server_startup_seconds"] == pytest.approx(report["seconds"], abs=0.01)

@@ -106,7 +106,8 @@ EVENTS = [
 
 def test_phases_add_up_to_the_total_and_come_from_the_right_clock() -> None:
     report = build_report(_clock(), EVENTS, ready_at=131.0, compile_cache=CompileCacheOutcome("hit"),
-                          weights=WeightsInfo("/models/model", 2_000_000_000))
+                          weights=WeightsInfo("node", 2_000_000_000, "/nodecache/models/m-1",
+                                              shared_bytes=0))
     p = report.phases
     assert list(p) == list(PHASES)
     assert report.seconds == 31.0
@@ -120,7 +121,8 @@ def test_phases_add_up_to_the_total_and_come_from_the_right_clock() -> None:
     assert report.engine_processes == 1
     line = report.summary()
     assert line.startswith("start-up: Ready 31.00 s after exec = imports 7.00 + model class 0.30")
-    assert "compile cache hit" in line and "2.000 GB from /models/model, 2.00 GB/s" in line
+    assert "compile cache hit" in line
+    assert "2.000 GB from node /nodecache/models/m-1, 2.00 GB/s (0.000 GB read from the shared cache)" in line
     assert report.to_json()["phases"]["compile"] == 12.0
 
 

@@ -116,6 +116,10 @@ class DevCluster:
         """The pod runner's state: pod logs, volumes of emptyDirs, process groups."""
         return self.workdir / "podrunner"
 
+    def node_dir(self, node: str) -> Path:
+        """A simulated node's own folder: its hostPath volumes live beneath it (podspec.host_path_folder)."""
+        return self.runner_dir / "nodes" / node
+
     @property
     def lws_dir(self) -> Path:
         """The LeaderWorkerSet manager's state: its configuration, serving certificates and log."""

@@ -801,7 +801,7 @@ class Runner:
 
     def volume_mounts(self, pod: dict[str, Any], container: dict[str, Any], pod_dir: Path) -> dict[str, str]:
         """Mount path -> folder on this machine: a claim's bound volume (its hostPath), an emptyDir's fresh
-        folder, a hostPath as is."""
+        folder, a hostPath inside the folder of the pod's node (<state>/nodes/<node>/<path>)."""
         volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
         out: dict[str, str] = {}
         for m in container.get("volumeMounts") or []:
@@ -817,8 +817,9 @@ class Runner:
             elif "emptyDir" in v:
                 folder = pod_dir / "volumes" / m["name"]
                 folder.mkdir(parents=True, exist_ok=True)
-            elif "hostPath" in v:
-                folder = Path(v["hostPath"]["path"])
+            elif "hostPath" in v:  # the node's own folder: what one node writes, another does not see
+                folder = podspec.host_path_folder(self.state / "nodes", pod["spec"].get("nodeName") or "",
+                                                  v["hostPath"]["path"], v["hostPath"].get("type"))
             elif any(k in v for k in ("projected", "configMap", "secret", "downwardAPI")):
                 folder = self._file_volume(pod, v, pod_dir / "volumes" / m["name"])
             else:

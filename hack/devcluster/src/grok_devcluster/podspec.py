@@ -6,6 +6,8 @@ container runtime is simulated here in the open:
   references expanded from the container's environment as the kubelet does;
 - volumes are folders on this machine; a path under a mount point, in an argument or an environment value,
   is rewritten to the folder behind it (no mount namespace, so the process sees the host's paths);
+- every simulated node has a folder of its own, and a hostPath volume is that path inside the folder of the
+  pod's node (`host_path_folder`): what one node writes there, pods on another node do not see;
 - the pod's network is one loopback address of its own; a process told to listen on all interfaces would
   listen on every interface of this machine, so that is refused before it starts;
 - there is no cluster DNS: the one name pods are told to reach, the leader address a LeaderWorkerSet gives
@@ -20,6 +22,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from grok_devcluster.images import LocalImage
@@ -27,6 +30,19 @@ from grok_devcluster.images import LocalImage
 _VAR_RE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 # Mount points the host already provides with the same meaning (shared memory): not rewritten.
 HOST_PATHS = ("/dev/shm",)
+
+
+def host_path_folder(nodes_root: Path, node: str, path: str, kind: str | None) -> Path:
+    """Where a hostPath volume lives for a pod on `node`: `path` inside that node's own folder. Types other
+    than DirectoryOrCreate (or none) must exist already, as on a node."""
+    if not node or "/" in node or node in (".", ".."):
+        raise SpecError(f"hostPath {path!r}: the pod has no node to find it on")
+    folder = nodes_root / node / path.lstrip("/")
+    if kind in (None, "", "DirectoryOrCreate"):
+        folder.mkdir(parents=True, exist_ok=True)
+    elif kind == "Directory" and not folder.is_dir():
+        raise SpecError(f"hostPath {path!r} (type Directory) does not exist on node {node}")
+    return folder
 
 
 class SpecError(ValueError):

@@ -11,6 +11,7 @@ equals the field's here, and every CRD property has a field (and the other way r
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -33,6 +34,21 @@ class ModelCache:
     access_mode: str = _field("accessMode", "ReadWriteMany")
 
 
+# Where a node keeps its copies of models (spec.model.nodeCache): a folder of the node's own disk.
+NODE_CACHE_PATH = "/var/cache/grok-serve/models"
+
+
+@dataclass(frozen=True)
+class NodeCache:
+    """spec.model.nodeCache: each node's copy of the model, made by the first replica there (from the shared
+    cache), loaded by every replica there."""
+
+    enabled: bool = _field("enabled", True, bool)
+    path: str = _field("path", NODE_CACHE_PATH, "absolutePath")  # a hostPath: the node's folder for copies
+    max_size: str | None = _field("maxSize", None, "quantity")  # None: bounded by the disk's free space
+    verify: str = _field("verify", "full", "full|sizes")  # each start checks sizes and sha256, or sizes only
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     uri: str = _field("uri")
@@ -44,6 +60,8 @@ class ModelSpec:
     profile: str = _field("profile", "grok-1")
     shape: dict[str, Any] = _field("shape", kind=dict, factory=dict)
     cache: ModelCache = _field("cache", kind=ModelCache, factory=ModelCache)
+    node_cache: NodeCache = _field("nodeCache", kind=NodeCache, factory=NodeCache)
+    load_format: str = _field("loadFormat", "auto")  # vLLM's --load-format (grok_common.load_formats)
     secret_ref: dict[str, Any] = _field("secretRef", kind=dict, factory=dict)
 
 
@@ -198,6 +216,19 @@ def compile_cache_source(given: dict[str, Any] | None,
     return {kind: source}
 
 
+_QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]+)?)([KMGTPE]i?)?")
+_UNITS = {"": 1, **{u: 1000 ** (i + 1) for i, u in enumerate("KMGTPE")},
+          **{f"{u}i": 1024 ** (i + 1) for i, u in enumerate("KMGTPE")}}
+
+
+def quantity_bytes(text: str, path: str = "quantity") -> int:
+    """A Kubernetes quantity of bytes ("500Gi", "2T", "1000000") as a number; ValueError naming `path`."""
+    m = _QUANTITY.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"{path} must be a quantity of bytes such as 500Gi or 2T, not {text!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2) or ""])
+
+
 def _value(kind: type | str, value: Any, path: str) -> Any:
     def wrong(expected: str) -> ValueError:
         return ValueError(f"{path} must be {expected}, not {value!r}")
@@ -232,6 +263,17 @@ def _value(kind: type | str, value: Any, path: str) -> Any:
         raise wrong("an integer or a percentage")
     if kind == "compileCache":
         return compile_cache_source(value, path)
+    if kind == "quantity":
+        quantity_bytes(str(value), path)
+        return str(value)
+    if kind == "full|sizes":
+        if value not in ("full", "sizes"):
+            raise wrong("full or sizes")
+        return str(value)
+    if kind == "absolutePath":
+        if not str(value).startswith("/"):
+            raise wrong("an absolute path")
+        return str(value)
     if kind is dict:
         if not isinstance(value, dict):
             raise wrong("an object")

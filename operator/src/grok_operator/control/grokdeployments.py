@@ -11,13 +11,19 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from grok_operator.api.resource import GROUP, PLURAL, VERSION
+from grok_operator.api.resource import GROUP, PLURAL, VERSION, GrokDeploymentSpec
 from grok_operator.control import metrics
 from grok_operator.control.reconcile import reconcile
 from grok_operator.control.state import State, Views, kube, plain
 from grok_operator.control.status_writer import api_message, report_refused, with_retries, write_status
+from grok_operator.manifests.node_cache import node_label
 from grok_operator.observe.children import observe
-from grok_operator.observe.startup import cache_unavailable, newest_ready_server
+from grok_operator.observe.startup import (
+    cache_unavailable,
+    holds_node_copy,
+    newest_ready_server,
+    node_copy_unavailable,
+)
 from grok_operator.observe.status import status_patch
 from grok_operator.plan.admission import admit
 
@@ -78,7 +84,7 @@ def refresh_status(owner: dict[str, Any], views: Views) -> None:
     model = State.models.get(owner["metadata"]["uid"])
     if model is None:
         return  # not reconciled by this process yet: the GrokDeployment's own event comes first
-    collect_startup(owner, views.pods(spec.namespace, spec.name), spec.server.metrics_port)
+    collect_startup(owner, views.pods(spec.namespace, spec.name), spec)
 
     def make(old: dict[str, Any]) -> dict[str, Any]:
         observed = observe(
@@ -94,12 +100,15 @@ def refresh_status(owner: dict[str, Any], views: Views) -> None:
     with_retries(lambda: write_status(owner, make))
 
 
-def collect_startup(owner: dict[str, Any], pods: list[dict[str, Any]], metrics_port: int) -> None:
+def collect_startup(owner: dict[str, Any], pods: list[dict[str, Any]], spec: GrokDeploymentSpec) -> None:
     """Fetches the start-up report of the server pod that turned Ready last, once per pod (outside the
     status lock: a slow pod delays no status write for long, and fails nothing); says once per pod when the
-    compile cache volume could not be used."""
+    compile cache volume or the node copy could not be used; labels the node of a pod that loaded the node's
+    copy of the model (the label replicas prefer: the servers themselves have no API access)."""
     pod = newest_ready_server(pods)
-    report = State.startup_reports.collect(pod, metrics_port) if pod is not None else None
+    report = State.startup_reports.collect(pod, spec.server.metrics_port) if pod is not None else None
+    if pod is not None and report is not None:
+        node_copy(owner, pod, report, spec)
     reason = cache_unavailable(report) if report is not None else None
     reported = ((owner.get("status") or {}).get("lastStartup") or {}).get("pod")
     if pod is not None and reason and reported != pod["metadata"]["name"]:  # (said before a restart of ours)
@@ -107,6 +116,22 @@ def collect_startup(owner: dict[str, Any], pods: list[dict[str, Any]], metrics_p
                     owner["metadata"]["name"], pod["metadata"]["name"], reason)
         kopf.event(owner, type="Warning", reason="CompileCacheUnavailable",
                    message=f"pod {pod['metadata']['name']}: {reason}")
+
+
+def node_copy(owner: dict[str, Any], pod: dict[str, Any], report: dict[str, Any],
+              spec: GrokDeploymentSpec) -> None:
+    name, node = pod["metadata"]["name"], (pod.get("spec") or {}).get("nodeName")
+    if (reason := node_copy_unavailable(report)) is not None:
+        log.warning("%s/%s: pod %s loads the model from the shared cache: %s", spec.namespace, spec.name,
+                    name, reason)
+        kopf.event(owner, type="Warning", reason="NodeCopyUnavailable",
+                   message=f"pod {name} on node {node} loads the model from the shared cache: {reason}")
+    elif holds_node_copy(report) and node:
+        try:
+            kube().label_node(node, {node_label(spec): "true"})
+        except ApiException as err:  # a hint for scheduling only: nothing fails without it
+            log.warning("could not label node %s as holding %s: %s %s", node, spec.model.uri, err.status,
+                        err.reason)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

@@ -30,7 +30,8 @@ def server_pods(
     spec: kopf.Spec | None = None, **_: Any
 ) -> dict[Any, Any]:
     # The parts of a pod that statuses and the autoscaler read (the name: to say which pod fails; the uid,
-    # name label, podIP and metrics port: to fetch a server's start-up report once).
+    # name label, podIP and metrics port: to fetch a server's start-up report once; the node: to label it as
+    # holding the model when the report says the server loaded the node's copy).
     return {
         (namespace, labels.get(INSTANCE_LABEL)): {
             "metadata": {"name": meta.name, "uid": uid,
@@ -38,6 +39,7 @@ def server_pods(
             "status": plain(status),
             "created": meta.creation_timestamp,
             "metricsPort": _metrics_port(spec),
+            "spec": {"nodeName": (spec or {}).get("nodeName")},
         }
     }
 

@@ -141,6 +141,11 @@ class Kube:
             "PATCH", path, body={"spec": {"replicas": replicas}}, content_type="application/merge-patch+json"
         )
 
+    def label_node(self, name: str, labels: dict[str, str]) -> None:
+        """Merges labels into a Node's (cluster-scoped; the operator may get and patch nodes)."""
+        self._call("PATCH", f"/api/v1/nodes/{name}", body={"metadata": {"labels": labels}},
+                   content_type="application/merge-patch+json")
+
     def crd_exists(self, name: str) -> bool:
         try:
             self._call("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")

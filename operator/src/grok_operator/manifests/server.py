@@ -20,6 +20,14 @@ from grok_operator.manifests.front_door import (
 )
 from grok_operator.manifests.meta import POD_SECURITY, labels, metadata
 from grok_operator.manifests.model_cache import MODEL_MOUNT, model_path, model_volume
+from grok_operator.manifests.node_cache import (
+    load_format_args,
+    node_cache_args,
+    node_cache_mount,
+    node_cache_on,
+    node_cache_volume,
+    with_model_preference,
+)
 from grok_operator.plan.planner import Plan
 
 # Ready is seen at the first probe after the server turns SERVING: a 10 s period cost a start 5 s on average
@@ -84,6 +92,9 @@ def server_args(spec: GrokDeploymentSpec, plan: Plan) -> list[str]:
     ]
     if front_door_closed(spec):  # only the router, which holds this credential, may call
         args += ["--auth-token-file", UPSTREAM_TOKEN_FILE]
+    if node_cache_on(spec, plan):  # the node's copy of the model, made once per node and loaded from there
+        args += node_cache_args(spec)
+    args += load_format_args(spec)
     if spec.quantization != "none":
         args += ["--quantization", spec.quantization]
     if spec.dtype != "auto":
@@ -189,6 +200,7 @@ def server_pod_template(spec: GrokDeploymentSpec, plan: Plan, scrape_annotations
                     {"name": "compile-cache", "mountPath": COMPILE_CACHE_PATH},
                     *WRITABLE_MOUNTS,
                     *([UPSTREAM_TOKEN_MOUNT] if front_door_closed(spec) else []),
+                    *([node_cache_mount()] if node_cache_on(spec, plan) else []),
                 ],
             }
         ],
@@ -200,11 +212,13 @@ def server_pod_template(spec: GrokDeploymentSpec, plan: Plan, scrape_annotations
             compile_cache_volume(spec),
             *({"name": m["name"], "emptyDir": {}} for m in WRITABLE_MOUNTS),
             *([upstream_token_volume(spec)] if front_door_closed(spec) else []),
+            *([node_cache_volume(spec)] if node_cache_on(spec, plan) else []),
         ],
         # The servers never call the Kubernetes API: no token in their pods.
         "automountServiceAccountToken": False,
     }
-    for key, value in (("affinity", s.affinity), ("priorityClassName", s.priority_class_name),
+    affinity = with_model_preference(spec, s.affinity) if node_cache_on(spec, plan) else s.affinity
+    for key, value in (("affinity", affinity), ("priorityClassName", s.priority_class_name),
                        ("serviceAccountName", s.service_account_name)):
         if value:
             pod_spec[key] = value

@@ -52,7 +52,11 @@ def startup_status(report: dict[str, Any], pod: str) -> dict[str, Any]:
         "compileCacheReason": str(cache.get("reason") or ""),
         "weightsSource": str(weights.get("source") or ""),
         "weightsBytes": int(weights.get("bytes") or 0),
+        "weightsSharedBytes": int(weights.get("shared_bytes") or 0),
     }
+    for key, name in (("path", "weightsPath"), ("reason", "weightsReason")):
+        if weights.get(key):
+            shaped[name] = str(weights[key])
     rate = report.get("weights_gb_per_second")
     if isinstance(rate, int | float):
         shaped["weightsGBPerSecond"] = _number(rate, 3)
@@ -76,6 +80,24 @@ def cache_unavailable(report: dict[str, Any]) -> str | None:
     if cache.get("state") == "off" and any(mark in reason for mark in UNAVAILABLE_MARKS):
         return reason
     return None
+
+
+NO_NODE_CACHE = "no --node-cache-dir"  # how grok-server words a replica not given a node folder
+
+
+def node_copy_unavailable(report: dict[str, Any]) -> str | None:
+    """The server's reason when it was given a node folder but loads from the shared cache (worth a Warning
+    Event: slower, and every such replica reads the whole model from the shared volume), else None."""
+    weights = report.get("weights") or {}
+    reason = str(weights.get("reason") or "")
+    if weights.get("source") == "shared" and reason and not reason.startswith(NO_NODE_CACHE):
+        return reason
+    return None
+
+
+def holds_node_copy(report: dict[str, Any]) -> bool:
+    """Whether the server loaded its node's copy of the model (its node holds the model)."""
+    return (report.get("weights") or {}).get("source") == "node"
 
 
 def replacing(old: Any, new: Any) -> Any:

@@ -11,6 +11,7 @@ from typing import Any
 
 from grok_common.attention import AttentionBackendRefused, Device, engine_backend_args
 from grok_common.engine_args import engine_args_in
+from grok_common.load_formats import SERVER_IMAGE_MODULES, load_format_problem
 from grok_operator.api.gpus import GPU_PRODUCTS, GPUProduct
 from grok_operator.api.resource import GrokDeploymentSpec
 from grok_operator.plan.planner import Plan, PlanError, PlanRequest, plan
@@ -31,6 +32,7 @@ def admit(body: dict[str, Any]) -> Admission:
         return Admission(None, None, ("InvalidSpec", str(err)))
     try:
         check_attention_backend(spec)
+        check_load_format(spec)
         return Admission(spec, plan(plan_request(spec)))
     except PlanError as err:
         return Admission(spec, None, (err.reason, str(err)))
@@ -50,6 +52,23 @@ def check_attention_backend(spec: GrokDeploymentSpec) -> None:
         engine_backend_args(engine_args, device)
     except AttentionBackendRefused as err:
         raise PlanError("AttentionBackendDropsSoftCap", f"spec.server.engineArgs: {err}") from None
+
+
+# The project's own server image (server/Dockerfile): the operator knows which loader packages it has.
+SERVER_IMAGE_REPOSITORY = "grok-serve/server"
+
+
+def check_load_format(spec: GrokDeploymentSpec) -> None:
+    """spec.model.loadFormat must be one the platform can run. Raises PlanError (LoadFormatUnsupported)."""
+    image = spec.server.image.rsplit("@", 1)[0]
+    repository = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+    device = spec.gpu.attention_device if spec.gpu is not None else Device("cuda")
+    problem = load_format_problem(
+        spec.model_spec.load_format, cuda=device.platform == "cuda",
+        modules=SERVER_IMAGE_MODULES if repository.endswith(SERVER_IMAGE_REPOSITORY) else None,
+        presharded=spec.model.scheme == "pvc")
+    if problem is not None:
+        raise PlanError("LoadFormatUnsupported", f"spec.model.loadFormat: {problem}")
 
 
 def plan_request(spec: GrokDeploymentSpec) -> PlanRequest:

@@ -34,6 +34,9 @@ class ServerConfig:
     max_num_seqs: int | None = None
     enforce_eager: bool = False
     compile_cache_dir: Path | None = None
+    node_cache_dir: Path | None = None
+    node_cache_max_bytes: int | None = None
+    node_cache_verify: str = "full"
     engine_worker: str = "auto"
     engine_args: dict[str, Any] = field(default_factory=dict)
     host: str = "0.0.0.0"
@@ -179,6 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_engine_flags(p)
     _add_multinode_flags(p, worker=False)
+    w = p.add_argument_group("node-local weights (single-node replicas)")
+    w.add_argument("--node-cache-dir", type=Path,
+                   help="the node's folder for model copies (a hostPath): --model is copied there once per "
+                        "node and revision (checked, renamed when whole) and loaded from there; a copy that "
+                        "cannot be made (too large, a full disk) loads --model itself and says why")
+    w.add_argument("--node-cache-max-bytes", type=_positive,
+                   help="bound on the node folder's model copies; least recently used copies not in use by a "
+                        "replica are evicted to make room (default: the disk's free space)")
+    w.add_argument("--node-cache-verify", choices=("full", "sizes"), default="full",
+                   help="what each start checks of the node's copy: every file's size and sha256 (full), or "
+                        "the sizes only (sizes: no second read of the whole model; for large models)")
     s = p.add_argument_group("serving")
     s.add_argument("--host", default="0.0.0.0", help="gRPC address")
     s.add_argument("--port", type=_int_in(1, 65535), default=50051, help="gRPC port")

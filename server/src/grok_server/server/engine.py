@@ -122,6 +122,27 @@ def warn_known_problems(cfg: ServerConfig) -> None:
                     "pass (assert self.intermediate_tensors is not None); run it without --enforce-eager")
 
 
+def check_load_format(cfg: ServerConfig) -> None:
+    """Refuses (LoadFormatRefused) a --engine-arg load_format this machine cannot run: its loader's package
+    missing, or fastsafetensors without CUDA. The operator refuses these at admission for its own image; this
+    covers images it cannot vouch for, before any weight is read."""
+    import importlib.util
+
+    from grok_common.load_formats import NEEDS, LoadFormatRefused, load_format_problem
+
+    fmt = str(cfg.engine_args.get("load_format", "auto")).lower()
+    if fmt not in NEEDS:
+        return  # another vLLM format: vLLM's own checks apply
+    modules = frozenset(n.module for n in NEEDS.values()
+                        if n.module is not None and importlib.util.find_spec(n.module) is not None)
+    import torch
+
+    cuda = not runs_on_cpu() and torch.version.cuda is not None
+    problem = load_format_problem(fmt, cuda=cuda, modules=modules, presharded=True)
+    if problem is not None:
+        raise LoadFormatRefused(problem)
+
+
 def prepare_environment() -> None:
     """Settings the engine processes inherit, set before they start."""
     if runs_on_cpu():

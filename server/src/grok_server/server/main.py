@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1.health import aio as health_aio
 
 from grok_common.attention import AttentionBackendRefused
+from grok_common.load_formats import LoadFormatRefused
 from grok_server import __version__
 from grok_server.grpc_setup import SERVICE_NAME, generation_server
 from grok_server.server import placement
@@ -104,6 +105,8 @@ class Server:
         from grok_server.server import engine as eng
 
         loop = asyncio.get_running_loop()
+        eng.check_load_format(self.cfg)
+        await loop.run_in_executor(None, self.startup.prepare_weights)
         compile_outcome = await loop.run_in_executor(None, self.startup.prepare_compile_cache)
         # Built in a thread so that health checks keep answering NOT_SERVING during a long load.
         self.engine = await loop.run_in_executor(None, eng.create_engine, self.cfg, self.metrics.engine,
@@ -200,7 +203,7 @@ class Server:
             with_error = await asyncio.gather(load, return_exceptions=True)
             return await self._shutdown(grpc_server, EXIT_OK if not isinstance(with_error[0], BaseException)
                                         else EXIT_ENGINE_FAILED)
-        if isinstance(load.exception(), AttentionBackendRefused):
+        if isinstance(load.exception(), AttentionBackendRefused | LoadFormatRefused):
             log.error("refusing to start: %s", load.exception())
             await self.lifecycle.set(Phase.FAILED)
             return await self._shutdown(grpc_server, EXIT_ENGINE_FAILED)

@@ -17,6 +17,7 @@ from typing import Any
 # In the order a start runs them; every report has each of them (0 where a phase did not run).
 PHASES = (
     "imports",           # exec -> grok-server's modules (grpc, torch, vLLM) imported
+    "node_copy",         # the model's node-local copy made or checked (--node-cache-dir)
     "model_class",       # the Grok-1 class registered and inspected by vLLM
     "config",            # engine and model config resolved (the rest of vLLM's config step)
     "engine_processes",  # engine-core (and worker) processes spawned and importing
@@ -40,8 +41,11 @@ class CompileCacheOutcome:
 
 @dataclass
 class WeightsInfo:
-    source: str
-    bytes: int = 0
+    source: str          # "node": the node's copy; "shared": --model itself (the shared cache)
+    bytes: int = 0       # the model's weight bytes the engine loaded
+    path: str = ""       # what the engine loaded
+    shared_bytes: int = 0  # bytes read from the shared cache: the copy's, or the engine's own load of it
+    reason: str = ""     # why the source (a copy made, found, or not possible)
 
 
 @dataclass
@@ -69,7 +73,9 @@ class StartupReport:
         overran = f"; overran: {', '.join(self.overran)}" if self.overran else ""
         return (f"start-up: Ready {self.seconds:.2f} s after exec = " + " + ".join(parts)
                 + f"; compile cache {cache}; weights {self.weights.bytes / 1e9:.3f} GB from "
-                f"{self.weights.source}{rate}; {self.engine_processes} engine process(es){overran}")
+                f"{self.weights.source} {self.weights.path}{rate} "
+                f"({self.weights.shared_bytes / 1e9:.3f} GB read from the shared cache); "
+                f"{self.engine_processes} engine process(es){overran}")
 
 
 class StartupClock:
@@ -146,6 +152,7 @@ def build_report(clock: StartupClock, events: list[dict[str, Any]], ready_at: fl
     total = max(0.0, ready_at - clock.process_started)
     phases = dict.fromkeys(PHASES, 0.0)
     phases["imports"] = clock.seconds("imports")
+    phases["node_copy"] = clock.seconds("node_copy")
     phases["config"] = clock.seconds("config")
     # vLLM loads its plugins (ours registers the model class) at import or at config time: taken from that.
     for e in events:

@@ -23,6 +23,7 @@ from grok_server.server.startup import (
     WeightsInfo,
     build_report,
 )
+from grok_server.weights.node_copy import Held, NodeCache, NodeWeights
 
 log = logging.getLogger("grok_server")
 
@@ -36,14 +37,20 @@ def _engine_version() -> str:
     return f"{engine_version()}, torch {importlib.metadata.version('torch')}"
 
 
-def weights_info(model: str) -> WeightsInfo:
+def weights_info(model: str, node: NodeWeights | None = None) -> WeightsInfo:
+    """What the engine loaded, from where, and how many bytes of it came from the shared cache: a node copy
+    found whole, none; a copy made, the copy's; the shared cache loaded directly, the engine's read of it."""
     folder = Path(model)
     total = 0
     if folder.is_dir():
         for path in folder.rglob("*"):
             if path.suffix in WEIGHT_SUFFIXES and path.is_file():
                 total += path.stat().st_size
-    return WeightsInfo(source=model, bytes=total)
+    if node is None:
+        return WeightsInfo("shared", total, model, total, "no --node-cache-dir: loaded from --model")
+    # A copy that failed part way read some bytes from the shared cache before the engine read them all.
+    shared = node.shared_bytes if node.source == "node" else total + node.shared_bytes
+    return WeightsInfo(node.source, total, model, shared, node.reason)
 
 
 class StartupRun:
@@ -56,7 +63,30 @@ class StartupRun:
         os.environ[startup_events.ENV] = str(self.events_path)
         os.environ[startup_events.API_PID_ENV] = str(os.getpid())
         self.prepared: compile_cache.Prepared | None = None
+        self.node_weights: NodeWeights | None = None
+        self._node_held: Held | None = None
         self.overran: list[str] = []
+
+    def prepare_weights(self) -> None:
+        """With --node-cache-dir: the node's copy of --model, made or checked, becomes what the engine loads
+        (cfg.model), and is held in use (never evicted) until close(). Before the compile cache is keyed:
+        its key holds the model's path. A copy that cannot be made leaves --model as it is, and says why."""
+        cfg = self.cfg
+        if cfg.node_cache_dir is None or not Path(cfg.model).is_dir():
+            return
+        with self.clock.phase("node_copy"):
+            cache = NodeCache(cfg.node_cache_dir, cfg.node_cache_max_bytes, verify=cfg.node_cache_verify)
+            self.node_weights, self._node_held = cache.ensure(Path(cfg.model))
+        node = self.node_weights
+        if node.source == "node":
+            log.info("weights: node copy %s (%s; %.3f GB read from the shared cache)", node.path, node.reason,
+                     node.shared_bytes / 1e9)
+            if cfg.tokenizer is None:
+                cfg.tokenizer = node.path
+            cfg.model = node.path
+        else:
+            log.warning("weights: loading from the shared cache %s, not a node copy: %s", cfg.model,
+                        node.reason)
 
     def prepare_compile_cache(self) -> CompileCacheOutcome:
         """Points the engine's caches at the shared folder's entry for this engine, before it starts."""
@@ -93,7 +123,7 @@ class StartupRun:
 
     def report(self, outcome: CompileCacheOutcome) -> StartupReport:
         events = startup_events.read(str(self.events_path))
-        weights = weights_info(self.cfg.model)
+        weights = weights_info(self.cfg.model, self.node_weights)
         return build_report(self.clock, events, time.time(), outcome, weights, self.overran)
 
     def publish_compile_cache(self) -> None:
@@ -101,6 +131,8 @@ class StartupRun:
             log.info("compile cache: %s", compile_cache.publish(self.prepared))
 
     def close(self) -> None:
+        if self._node_held is not None:
+            self._node_held.close()
         if self.prepared is not None:
             compile_cache.release(self.prepared)
         shutil.rmtree(self._events_dir, ignore_errors=True)

@@ -1,0 +1,192 @@
+"""Node-local weights, counted in bytes: what each replica reads from the shared model cache, and how fast the
+default loader reads the node's copy beside `cat` (real files, real processes, CPU).
+
+1. Two replicas starting at once on one node (two `grok-node-cache --hold` processes, as grok-server runs it
+   before vLLM loads): bytes each read from the shared cache.
+2. A scale-up from 1 to 4 replicas on 2 nodes: replica 1 on node A, then replicas 2-4 at once on B, A, B
+   (any placement on 2 nodes gives the same bound): bytes read from the shared cache in all, in models.
+3. The default loader's read path (vLLM 0.32's safetensors_weights_iterator, what DefaultModelLoader runs for
+   load format auto) beside `cat FILES > /dev/null`, from the node's copy, in the same run, alternating, both
+   from the page cache (the first read of each round warms it: a 2-core shared machine has no cache to drop),
+   torch on one intra-op thread (--torch-threads).
+4. With --server: grok-server itself, twice with the same node folder (the second a second replica on the
+   node): its own start-up report (the weights phase, vLLM's measure; bytes read from the shared cache).
+
+    .venv/bin/python bench/node_weights.py [--size small] [--rounds 5] [--server]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.request import urlopen
+
+from grok_server.checkpoints.tiny import make_tiny_checkpoint
+
+
+def copier(source: Path, root: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "grok_server.weights.node_copy", "--source", str(source),
+                             "--root", str(root), "--hold"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+
+
+def replicas(source: Path, roots: list[Path]) -> list[dict]:  # type: ignore[type-arg]
+    """Starts one copier per root at once; returns their outcomes (each holds its copy until the end)."""
+    procs = [copier(source, root) for root in roots]
+    outcomes = []
+    for proc in procs:
+        assert proc.stdout is not None
+        outcomes.append(json.loads(proc.stdout.readline()))
+    for proc in procs:
+        proc.communicate("")
+    return outcomes
+
+
+def timed(fn) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+    started = time.perf_counter()
+    count = fn()
+    return time.perf_counter() - started, count
+
+
+def read_with_cat(files: list[Path]) -> int:
+    subprocess.run(["cat", *map(str, files)], stdout=subprocess.DEVNULL, check=True)
+    return sum(f.stat().st_size for f in files)
+
+
+class DefaultLoader:
+    """The default loader's path: vLLM's iterator over the safetensors files (strategy None: memory-mapped,
+    nothing read until touched; "eager": each file read whole with read()), each tensor copied into the
+    model's memory, allocated beforehand as vLLM allocates the parameters before loading
+    (default_weight_loader: param.data.copy_)."""
+
+    def __init__(self, files: list[Path], strategy: str | None) -> None:
+        import torch
+
+        self.files, self.strategy = [str(f) for f in files], strategy
+        self.params = {name: torch.empty_like(t) for name, t in self._tensors()}
+
+    def _tensors(self):  # type: ignore[no-untyped-def]
+        from vllm.model_executor.model_loader.weight_utils import safetensors_weights_iterator
+
+        return safetensors_weights_iterator(self.files, False, self.strategy)
+
+    def __call__(self) -> int:
+        total = 0
+        for name, tensor in self._tensors():
+            self.params[name].copy_(tensor)
+            total += tensor.numel() * tensor.element_size()
+        return total
+
+
+class StraightIntoParameters:
+    """Not a loader vLLM has: each tensor read with readinto() straight into its parameter's memory (one copy,
+    as `cat` makes one), the parameters allocated beforehand. What the default path would need to come near
+    `cat`."""
+
+    def __init__(self, files: list[Path]) -> None:
+        import torch
+
+        self.plan = []
+        for f in files:
+            with f.open("rb") as handle:
+                size = int.from_bytes(handle.read(8), "little")
+                header = json.loads(handle.read(size))
+            base = 8 + size
+            for name, info in header.items():
+                if name == "__metadata__":
+                    continue
+                begin, end = info["data_offsets"]
+                self.plan.append((f, base + begin, torch.empty(end - begin, dtype=torch.uint8)))
+
+    def __call__(self) -> int:
+        total, handles = 0, {}
+        for f, offset, param in self.plan:
+            handle = handles.get(f) or handles.setdefault(f, f.open("rb", buffering=0))
+            handle.seek(offset)
+            total += handle.readinto(memoryview(param.numpy()))
+        for handle in handles.values():
+            handle.close()
+        return total
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="small", choices=["tiny", "small"])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--torch-threads", type=int, default=1, help="torch's threads for the loader rows")
+    p.add_argument("--server", action="store_true", help="also start grok-server twice on one node folder")
+    args = p.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="grok-bench-node-weights-"))
+    shared = make_tiny_checkpoint(root / "shared" / args.size, size=args.size, naming="hpcai", seed=0)
+    model_bytes = sum(f.stat().st_size for f in shared.rglob("*") if f.is_file())
+    print(f"## node-local weights, {args.size} checkpoint ({model_bytes / 1e6:.1f} MB, {root})\n")
+
+    first, second = replicas(shared, [root / "node-1", root / "node-1"])
+    print("1. two replicas starting at once on one node: bytes read from the shared cache")
+    for i, o in enumerate((first, second), 1):
+        print(f"   replica {i}: {o['shared_bytes']:>12,} B  ({o['reason']})")
+
+    one = replicas(shared, [root / "node-a"])
+    more = replicas(shared, [root / "node-b", root / "node-a", root / "node-b"])
+    total = sum(o["shared_bytes"] for o in [*one, *more])
+    print(f"\n2. scale-up 1 -> 4 replicas on 2 nodes (A; then B, A, B at once): {total:,} B read from the "
+          f"shared cache = {total / model_bytes:.2f} x the model (target: at most 2)")
+    for i, (node, o) in enumerate(zip("ABAB", [*one, *more], strict=True), 1):
+        print(f"   replica {i} on node {node}: {o['shared_bytes']:>12,} B")
+
+    files = sorted(Path(first["path"]).glob("*.safetensors"))
+    import torch
+
+    # One intra-op thread: on a shared 2-core machine two OpenMP threads wait on each other and on everyone
+    # else (the copy ran 0.2-0.6 GB/s with 2 threads, 3-4 GB/s with 1, in one run).
+    torch.set_num_threads(args.torch_threads)
+    readers = {"cat": lambda: read_with_cat(files),
+               "default loader (mmap, vLLM's default)": DefaultLoader(files, None),
+               "default loader, safetensors_load_strategy=eager": DefaultLoader(files, "eager"),
+               "readinto() straight into the parameters (no such loader)": StraightIntoParameters(files)}
+    rates: dict[str, list[float]] = {name: [] for name in readers}
+    read_with_cat(files)  # the page cache, warm for all
+    for _ in range(args.rounds):
+        for name, read in readers.items():
+            seconds, count = timed(read)
+            rates[name].append(count / seconds / 1e9)
+    size = sum(f.stat().st_size for f in files) / 1e6
+    print(f"\n3. reading the node's copy ({size:.1f} MB of safetensors), page cache warm, median of "
+          f"{args.rounds} alternating rounds:")
+    cat = statistics.median(rates["cat"])
+    for name, values in rates.items():
+        median = statistics.median(values)
+        print(f"   {name:48s} {median:6.2f} GB/s = {median / cat:.2f} x cat   "
+              f"(rounds: {', '.join(f'{r:.2f}' for r in values)})")
+    print("   (target: the default path at least 0.8 x cat)")
+
+    if args.server:
+        from grok_devcluster.local import launch_server
+
+        print("\n4. grok-server twice on one node folder (the second: a second replica on the node)")
+        for i in (1, 2):
+            work = root / f"server-{i}"
+            server = launch_server(shared, work, "--enforce-eager", "--dtype", "float32", "--no-warmup",
+                                   "--kv-cache-memory-bytes", str(256 * 1024 * 1024), "--max-num-seqs", "4",
+                                   "--node-cache-dir", str(root / "node-server"), env={"HOME": str(work)})
+            try:
+                server.wait_ready(1800)
+                with urlopen(f"{server.http}/startup", timeout=10) as r:
+                    report = json.loads(r.read())
+            finally:
+                server.stop()
+            w = report["weights"]
+            phases, rate = report["phases"], report.get("weights_gb_per_second") or 0
+            print(f"   start {i}: weights from {w['source']} ({w['reason']}); {w['shared_bytes']:,} B read "
+                  f"from the shared cache; node_copy phase {phases['node_copy']:.2f} s, weights phase "
+                  f"{phases['weights']:.3f} s = {rate:.2f} GB/s (vLLM's measure: reading and placing them)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,303 @@
+"""The node copy of a model's files under faults, on real files with real processes: a copier killed
+halfway, two copiers at once, a corrupt or truncated local file, a node folder too small, eviction of what is
+not in use, and a new revision in the shared source."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from grok_server.weights import node_copy
+from grok_server.weights.node_copy import NodeCache
+from grok_server.weights.plan import MANIFEST, Entry, plan_fit, source_key
+
+DEADLINE = 120.0
+
+
+def make_model(folder: Path, sizes: dict[str, int], seed: int = 1) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    for rel, size in sizes.items():
+        (folder / rel).write_bytes(rng.randbytes(size))
+    return folder
+
+
+SMALL = {"config.json": 100, "model-00001.safetensors": 300_000, "model-00002.safetensors": 200_000}
+
+
+def copier(source: Path, root: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "grok_server.weights.node_copy", "--source", str(source),
+                             "--root", str(root), *extra], stdout=subprocess.PIPE, stdin=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(check, what: str):
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        if (value := check()):
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# -- pure decisions ------------------------------------------------------------------------------------------
+
+def test_key_changes_with_any_file_and_names_the_model():
+    files = [node_copy.SourceFile("a.safetensors", 10, 1), node_copy.SourceFile("config.json", 2, 1)]
+    key = source_key("/models/grok-1", files)
+    assert key.startswith("grok-1-") and key == source_key("/models/grok-1/", list(reversed(files)))
+    assert key != source_key("/models/grok-1", [files[0], node_copy.SourceFile("config.json", 2, 2)])
+    assert key != source_key("/models/grok-1", files[:1])
+
+
+def test_plan_fit_evicts_least_recently_used_never_in_use():
+    entries = [Entry("old-busy", 40, 1.0, True), Entry("old", 30, 2.0, False), Entry("new", 30, 3.0, False)]
+    assert plan_fit(30, entries, 200, 1000) == plan_fit(30, entries, None, 1000)
+    assert plan_fit(30, entries, 200, 1000).evict == ()
+    assert plan_fit(50, entries, 140, 1000).evict == ("old",)
+    assert plan_fit(60, entries, 120, 1000).evict == ("old", "new")
+    refused = plan_fit(70, entries, 100, 1000)
+    assert refused.evict == () and "in use and kept: old-busy" in (refused.problem or "")
+    assert "larger than the node cache's bound" in (plan_fit(101, [], 100, 1000).problem or "")
+    assert plan_fit(50, entries, None, 30).evict == ("old",)  # the disk's free space, without a bound
+    assert "free space" in (plan_fit(61, entries, None, 0).problem or "")
+
+
+# -- real files, one process ---------------------------------------------------------------------------------
+
+def test_first_use_copies_and_counts_bytes_second_reads_none(tmp_path: Path):
+    source = make_model(tmp_path / "shared" / "grok-1", SMALL)
+    cache = NodeCache(tmp_path / "node")
+    first, held1 = cache.ensure(source)
+    assert first.source == "node" and first.copied and first.shared_bytes == sum(SMALL.values())
+    local = Path(first.path)
+    assert local.parent == tmp_path / "node" / "models"
+    assert all((local / rel).read_bytes() == (source / rel).read_bytes() for rel in SMALL)
+    manifest = json.loads((local / MANIFEST).read_text())
+    assert manifest["total_bytes"] == sum(SMALL.values()) and set(manifest["files"]) == set(SMALL)
+    second, held2 = cache.ensure(source)
+    assert (second.source, second.path, second.shared_bytes, second.copied) == ("node", first.path, 0, False)
+    held1.close()
+    held2.close()
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncate", "delete"])
+def test_bad_local_file_is_copied_again_never_served(tmp_path: Path, damage: str):
+    source = make_model(tmp_path / "shared" / "m", SMALL)
+    cache = NodeCache(tmp_path / "node")
+    first, held = cache.ensure(source)
+    held.close()
+    victim = Path(first.path) / "model-00001.safetensors"
+    if damage == "corrupt":
+        data = bytearray(victim.read_bytes())
+        data[1234] ^= 0xFF
+        victim.write_bytes(bytes(data))
+    elif damage == "truncate":
+        with victim.open("r+b") as f:
+            f.truncate(1000)
+    else:
+        victim.unlink()
+    again, held = cache.ensure(source)
+    held.close()
+    assert again.source == "node" and again.copied and again.shared_bytes == sum(SMALL.values())
+    assert "copied again" in again.reason and "model-00001.safetensors" in again.reason
+    assert victim.read_bytes() == (source / "model-00001.safetensors").read_bytes()
+
+
+def test_verify_sizes_skips_checksums_but_not_sizes(tmp_path: Path):
+    source = make_model(tmp_path / "shared" / "m", SMALL)
+    cache = NodeCache(tmp_path / "node", verify="sizes")
+    first, held = cache.ensure(source)
+    held.close()
+    victim = Path(first.path) / "model-00001.safetensors"
+    data = bytearray(victim.read_bytes())
+    data[7] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    same, held = cache.ensure(source)  # same size: not read again, by choice
+    held.close()
+    assert not same.copied
+    with victim.open("r+b") as f:
+        f.truncate(10)
+    again, held = cache.ensure(source)
+    held.close()
+    assert again.copied and "truncated" in again.reason
+    with pytest.raises(ValueError, match="verify"):
+        NodeCache(tmp_path / "node", verify="none")
+
+
+def test_too_small_node_folder_serves_from_shared_and_says_why(tmp_path: Path):
+    source = make_model(tmp_path / "shared" / "m", SMALL)
+    weights, held = NodeCache(tmp_path / "node", max_bytes=100_000).ensure(source)
+    held.close()
+    assert (weights.source, weights.path, weights.shared_bytes) == ("shared", str(source), 0)
+    assert "larger than the node cache's bound" in weights.reason
+    assert list((tmp_path / "node" / "models").iterdir()) == []
+
+
+def test_eviction_takes_the_least_recently_used_copy_not_in_use(tmp_path: Path):
+    total = sum(SMALL.values())
+    models = [make_model(tmp_path / "shared" / f"m{i}", SMALL, seed=i) for i in range(3)]
+    cache = NodeCache(tmp_path / "node", max_bytes=2 * total + 10)
+    a, held_a = cache.ensure(models[0])  # in use for the whole test
+    b, held_b = cache.ensure(models[1])
+    held_b.close()
+    c, held_c = cache.ensure(models[2])  # needs room: b goes (a is older but in use)
+    assert c.source == "node" and Path(a.path).is_dir() and not Path(b.path).exists()
+    held_c.close()
+    d, held_d = cache.ensure(models[1])  # again: now c is the one not in use
+    assert d.copied and not Path(c.path).exists() and Path(a.path).is_dir()
+    # Every copy in use and no room: served from the shared source, and nothing evicted.
+    e, held_e = cache.ensure(models[2])
+    assert e.source == "shared" and "in use and kept" in e.reason and Path(a.path).is_dir()
+    for h in (held_a, held_d, held_e):
+        h.close()
+
+
+def test_new_revision_in_the_shared_source_gets_its_own_copy(tmp_path: Path):
+    source = make_model(tmp_path / "shared" / "m", SMALL)
+    cache = NodeCache(tmp_path / "node")
+    old, held = cache.ensure(source)
+    held.close()
+    (source / "model-00002.safetensors").write_bytes(b"revision 2" * 1000)
+    new, held = cache.ensure(source)
+    held.close()
+    assert new.key != old.key and new.copied
+    assert (Path(new.path) / "model-00002.safetensors").read_bytes() == b"revision 2" * 1000
+    assert (Path(old.path) / "model-00002.safetensors").stat().st_size == SMALL["model-00002.safetensors"]
+
+
+def test_unwritable_node_folder_serves_from_shared(tmp_path: Path):
+    source = make_model(tmp_path / "shared" / "m", SMALL)
+    (tmp_path / "file").write_text("not a folder")
+    weights, _ = NodeCache(tmp_path / "file" / "node").ensure(source)
+    assert weights.source == "shared" and "not usable" in weights.reason
+
+
+# -- real processes ------------------------------------------------------------------------------------------
+
+BIG = {"config.json": 100, "model.safetensors": 4_000_000}
+
+
+def test_copier_killed_halfway_leaves_nothing_served_and_the_next_redoes_it(tmp_path: Path):
+    source = make_model(tmp_path / "shared" / "m", BIG)
+    root = tmp_path / "node"
+    slow = copier(source, root, "--max-read-bytes-per-second", "1000000")  # about 4 s for the whole
+    partial = wait_for(lambda: [p for p in (root / "tmp").rglob("model.safetensors")
+                                if p.stat().st_size >= 1_000_000] if (root / "tmp").is_dir() else [],
+                       "a partial copy")
+    os.kill(slow.pid, signal.SIGKILL)
+    slow.wait()
+    assert partial[0].stat().st_size < BIG["model.safetensors"]
+    assert list((root / "models").iterdir()) == []  # nothing renamed into place: nothing to serve
+    weights, held = NodeCache(root).ensure(source)
+    held.close()
+    assert weights.copied and weights.shared_bytes == sum(BIG.values())
+    local = Path(weights.path) / "model.safetensors"
+    assert local.read_bytes() == (source / "model.safetensors").read_bytes()
+    assert list((root / "tmp").iterdir()) == []  # the dead copier's partial copy is gone
+
+
+def test_two_copiers_at_once_one_copies_the_other_waits_and_reads_nothing(tmp_path: Path):
+    source = make_model(tmp_path / "shared" / "m", BIG)
+    root = tmp_path / "node"
+    first = copier(source, root, "--max-read-bytes-per-second", "4000000", "--hold")
+    wait_for(lambda: (root / "tmp").is_dir() and any((root / "tmp").iterdir()), "the first copier to start")
+    second = copier(source, root, "--hold")
+    outcomes = []
+    for proc in (first, second):
+        assert proc.stdout is not None
+        outcomes.append(json.loads(proc.stdout.readline()))
+    assert [o["copied"] for o in outcomes] == [True, False]
+    assert [o["shared_bytes"] for o in outcomes] == [sum(BIG.values()), 0]
+    assert outcomes[0]["path"] == outcomes[1]["path"] and outcomes[1]["source"] == "node"
+    # Both hold the copy in use: an eviction for another model must not take it.
+    other = make_model(tmp_path / "shared" / "other", BIG, seed=7)
+    weights, _ = NodeCache(root, max_bytes=sum(BIG.values()) + 10).ensure(other)
+    assert weights.source == "shared" and "in use and kept" in weights.reason
+    for proc in (first, second):
+        proc.communicate("")
+        assert proc.returncode == 0
+    # Once they are gone, it may go.
+    weights, held = NodeCache(root, max_bytes=sum(BIG.values()) + 10).ensure(other)
+    held.close()
+    assert weights.source == "node" and not Path(outcomes[0]["path"]).exists()
+
+
+# -- grok-server's use of it ---------------------------------------------------------------------------------
+
+def test_server_start_loads_the_node_copy_and_reports_bytes_from_shared(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    from grok_server.server import startup_events
+    from grok_server.server.config import ServerConfig
+    from grok_server.server.startup_run import StartupRun, weights_info
+
+    for name in (startup_events.ENV, startup_events.API_PID_ENV):
+        monkeypatch.setenv(name, "")  # StartupRun sets them for its engine: restored after the test
+    source = make_model(tmp_path / "shared" / "tiny", SMALL)
+    runs = []
+    for _ in range(2):
+        cfg = ServerConfig(model=str(source), node_cache_dir=tmp_path / "node")
+        run = StartupRun(cfg)
+        run.prepare_weights()
+        runs.append(run)
+        assert cfg.model.startswith(str(tmp_path / "node" / "models")) and cfg.tokenizer == cfg.model
+    weights = [weights_info(r.cfg.model, r.node_weights) for r in runs]
+    model_bytes = sum(v for k, v in SMALL.items() if k.endswith(".safetensors"))
+    assert [(w.source, w.bytes, w.shared_bytes) for w in weights] == [
+        ("node", model_bytes, sum(SMALL.values())), ("node", model_bytes, 0)]
+    assert runs[0].clock.seconds("node_copy") > 0
+    # Too small a bound: the shared cache, said in the report.
+    cfg = ServerConfig(model=str(source), node_cache_dir=tmp_path / "node2", node_cache_max_bytes=1000)
+    run = StartupRun(cfg)
+    run.prepare_weights()
+    info = weights_info(cfg.model, run.node_weights)
+    assert (info.source, info.path, info.shared_bytes) == ("shared", str(source), model_bytes)
+    assert "larger than the node cache's bound" in info.reason
+    for r in [*runs, run]:
+        r.close()
+
+
+def test_grok_server_refuses_a_load_format_this_machine_cannot_run():
+    from grok_common.load_formats import LoadFormatRefused
+    from grok_server.server import engine
+    from grok_server.server.config import ServerConfig
+
+    for fmt in ("runai_streamer", "fastsafetensors"):  # neither package is installed here; no CUDA either
+        with pytest.raises(LoadFormatRefused, match=fmt):
+            engine.check_load_format(ServerConfig(model="/m", engine_args={"load_format": fmt}))
+    engine.check_load_format(ServerConfig(model="/m", engine_args={"load_format": "safetensors"}))
+    engine.check_load_format(ServerConfig(model="/m"))
+
+
+def test_an_empty_source_serves_from_shared_and_says_why(tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    weights, _ = NodeCache(tmp_path / "node").ensure(tmp_path / "empty")
+    assert weights.source == "shared" and "holds no files" in weights.reason
+
+
+def test_a_source_rewritten_during_the_copy_is_never_served_from_the_node(tmp_path: Path):
+    import threading
+
+    source = make_model(tmp_path / "shared" / "m", BIG)
+    root = tmp_path / "node"
+    outcome: list = []
+    copying = threading.Thread(target=lambda: outcome.append(
+        NodeCache(root, max_read_bytes_per_second=2_000_000).ensure(source)))
+    copying.start()
+    wait_for(lambda: (root / "tmp").is_dir() and any(p.stat().st_size > 0 for p in (root / "tmp").rglob("*")
+                                                     if p.is_file()), "the copy to start")
+    (source / "config.json").write_text('{"revision": 2}')  # a new revision written in place
+    copying.join(DEADLINE)
+    ((weights, held),) = outcome
+    held.close()
+    assert weights.source == "shared" and "changed during the copy" in weights.reason
+    assert weights.shared_bytes > 0  # what the dropped copy read, counted
+    assert list((root / "models").iterdir()) == [] and list((root / "tmp").iterdir()) == []
