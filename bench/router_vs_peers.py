@@ -45,7 +45,7 @@ import grpc
 from benchlib import cpu_seconds, percentile
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
-from router import CACHE, Fleet, Proc, header, load_average, spawn, tiny_model, wait_http
+from router import CACHE, Fleet, Proc, frontend_pid, header, load_average, spawn, tiny_model, wait_http
 
 from grok_devcluster.local import free_port
 
@@ -103,6 +103,7 @@ class Stream:
 class Run:
     streams: list[Stream]
     cpu: float  # the router's CPU-seconds, 0 for a direct run
+    server_cpu: float  # the replicas' main processes (grok-server's frontend, vLLM's API server), not engines
 
     @property
     def tokens(self) -> int:
@@ -198,6 +199,7 @@ class System:
     name: str
     pgids: list[int]  # everything it runs, paused while the other system is measured
     router: Proc
+    servers: list[int]  # the replicas' main processes (their engine cores are children)
     paths: dict[str, tuple[str, list[str], bool]]  # path -> (protocol, addresses, through the router)
 
 
@@ -221,12 +223,14 @@ def start_systems(fleet: Fleet, python: Path) -> tuple[System, System]:
         ours = fleet.router("grok-router", grok, "--log-level", "WARNING")
         theirs = vllm_router(fleet, python, vllm)
     return (
-        System("grok", [s.proc.pid for s in grok] + [ours.popen.pid], ours, {
+        System("grok", [s.proc.pid for s in grok] + [ours.popen.pid], ours,
+               [frontend_pid(s.proc.pid) for s in grok], {
             "router HTTP": ("http", [f"http://127.0.0.1:{ours.http_port}"], True),
             "router gRPC": ("grpc", [ours.target], True),
             "direct gRPC": ("grpc", [f"127.0.0.1:{s.port}" for s in grok], False),
         }),
-        System("vllm", [p.popen.pid for p in vllm] + [theirs.popen.pid], theirs, {
+        System("vllm", [p.popen.pid for p in vllm] + [theirs.popen.pid], theirs,
+               [frontend_pid(p.popen.pid) for p in vllm], {
             "router HTTP": ("http", [f"http://127.0.0.1:{theirs.port}"], True),
             "direct HTTP": ("http", [f"http://127.0.0.1:{p.port}" for p in vllm], False),
         }),
@@ -244,17 +248,19 @@ async def measure(system: System, path: str, prompt: list[int], count: int, conc
     """Direct paths send the streams to the replicas in turn, as the router spreads them."""
     protocol, addresses, routed = system.paths[path]
     pid = system.router.popen.pid
-    before = cpu_seconds(pid)
+    before, servers_before = cpu_seconds(pid), sum(cpu_seconds(s) for s in system.servers)
     load = grpc_streams if protocol == "grpc" else http_streams
     streams = await load(addresses, prompt, count, concurrency)
-    return Run(streams, cpu_seconds(pid) - before if routed else 0.0)
+    return Run(streams, cpu_seconds(pid) - before if routed else 0.0,
+               sum(cpu_seconds(s) for s in system.servers) - servers_before)
 
 
 # ---- the report ---------------------------------------------------------------------------------
 
 
 def merged(runs: Sequence[Run]) -> Run:
-    return Run([s for r in runs for s in r.streams], sum(r.cpu for r in runs))
+    return Run([s for r in runs for s in r.streams], sum(r.cpu for r in runs),
+               sum(r.server_cpu for r in runs))
 
 
 def report(results: dict[tuple[str, str, int], list[Run]], args: argparse.Namespace) -> list[str]:
@@ -280,6 +286,27 @@ def report(results: dict[tuple[str, str, int], list[Run]], args: argparse.Namesp
     ratio32 = cpu_k("grok", "router HTTP", 32) / cpu_k("vllm", "router HTTP", 32)
     lines.append(f"   target: ours within 2x of vllm-router at C=32 (OpenAI HTTP, like for like): "
                  f"{ratio32:.2f}x " + ("met" if ratio32 <= 2 else "NOT met"))
+    def server_k(system: str, path: str, c: int) -> float:
+        run = r[(system, path, c)]
+        return 1000 * run.server_cpu / max(1, run.tokens)
+
+    lines.append("")
+    lines.append("   The replicas' main processes in the same runs (grok-server's frontend, vLLM's API "
+                 "server; not their engine cores), CPU-s per 1,000 tokens, and the issue's targets:")
+    lines.append("   | | " + " | ".join(f"C={c}" for c in CONCURRENCIES) + " |")
+    lines.append("   |---|" + "---:|" * len(CONCURRENCIES))
+    for path in ("router gRPC", "router HTTP"):
+        lines.append(f"   | grok-server frontends ({path.split()[1]} via the router) | "
+                     + " | ".join(f"{server_k('grok', path, c):.3f}" for c in CONCURRENCIES) + " |")
+    lines.append("   | vLLM API servers alone (direct HTTP) | "
+                 + " | ".join(f"{server_k('vllm', 'direct HTTP', c):.3f}" for c in CONCURRENCIES) + " |")
+    for path in ("router gRPC", "router HTTP"):
+        lines.append(f"   | router / frontend, {path.split()[1]} (target <= 0.4) | " + " | ".join(
+            f"{cpu_k('grok', path, c) / server_k('grok', path, c):.2f}" for c in CONCURRENCIES) + " |")
+        both = [(cpu_k("grok", path, c) + server_k("grok", path, c)) / server_k("vllm", "direct HTTP", c)
+                for c in CONCURRENCIES]
+        lines.append(f"   | (router + frontend) / vLLM API server alone, {path.split()[1]} "
+                     "(target C=1 <= 1.0, C=32 <= 0.8) | " + " | ".join(f"{b:.2f}" for b in both) + " |")
     lines.append("")
     lines.append("2. Latency the client sees, ms: p50 / p99 through the router, straight to a replica, and "
                  "the ratio (router / direct)")
