@@ -175,14 +175,13 @@ class Fleet:
         wait_http(p.popen, f"http://127.0.0.1:{http_port}/readyz", p.log, name)
         return p
 
-    def openai_server(self, kv_bytes: int, max_num_seqs: int) -> Proc:
+    def openai_server(self, kv_bytes: int, max_num_seqs: int, name: str = "vllm-openai") -> Proc:
         port = free_port()
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model),
                "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port),
                "--max-model-len", "1024", "--dtype", "float32", "--enforce-eager",
                "--kv-cache-memory-bytes", str(kv_bytes), "--max-num-seqs", str(max_num_seqs),
                "--disable-uvicorn-access-log"]
-        name = "vllm-openai"
         p = Proc(name, spawn(name, cmd, self.workdir / name, ENGINE_ENV), port, port,
                  self.workdir / name / f"{name}.log")
         self.procs.append(p)

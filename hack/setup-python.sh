@@ -73,7 +73,7 @@ fi
 # of requirements/*.txt, which key the dependency environment), in an environment of its own put on .venv's path
 # after the dependency environment (whose numpy and pillow it uses). Development only: never in an image.
 PLOT_RECIPE=1
-plot_key=$( { "$PYTHON" --version; echo "$PLOT_RECIPE"; cat requirements/bench/*.txt; } | sha256sum | cut -c1-16)
+plot_key=$( { "$PYTHON" --version; echo "$PLOT_RECIPE"; cat requirements/bench/plot.txt; } | sha256sum | cut -c1-16)
 plot=$CACHE/venvs/bench-plot-$plot_key
 if [ ! -f "$plot/.complete" ]; then
   log "creating $plot (first run only)"

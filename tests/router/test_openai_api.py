@@ -79,3 +79,21 @@ def test_responses_and_chunks_in_openais_shape() -> None:
 def test_grpc_failures_become_http_statuses_in_openais_shape(code: grpc.StatusCode, status: int) -> None:
     got, body = oai.grpc_error(code, "why")
     assert got == status and body["error"]["message"] == "why" and body["error"]["code"] == code.name.lower()
+
+
+@pytest.mark.parametrize("body", [{"prompt": "x"}, {"prompt": "x", "logprobs": 1},
+                                  {"prompt": "x", "echo": True}])
+def test_stream_events_are_the_chunks_encoded_in_full(body: dict) -> None:
+    """ChunkWriter's per-stream template gives the same bytes as building and encoding each chunk."""
+    completion = oai.completion_request(body, "m")
+    messages = [pb.GenerateResponse(text=t, prompt_text="x" if i == 0 else "") for i, t in
+                enumerate(["He", 'said "é\u2028"\n', "\\", ""])]
+    messages.append(pb.GenerateResponse(text=".", finish_reason=pb.FINISH_REASON_LENGTH))
+    for m in messages:
+        m.logprobs.add(token_id=1, logprob=-0.5, text=m.text)
+    writer = oai.ChunkWriter(completion, 'm "q"', "cmpl-ü", 7)
+    offset = 0
+    for m in messages:
+        part = oai.choice(m, completion, offset)
+        offset += len(part["text"])
+        assert writer.event(m) == oai.sse(oai.chunk([part], 'm "q"', "cmpl-ü", 7))

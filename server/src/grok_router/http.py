@@ -239,14 +239,12 @@ class RouterHTTP:
             )
             await answer.prepare(request)
             last = None
-            offset = 0
+            events = oai.ChunkWriter(completion, self.model, ident, created)
             try:
                 message = first
                 while message is not None:
                     ticket.observe(message)
-                    part = oai.choice(message, completion, offset)
-                    offset += len(part["text"])
-                    await answer.write(oai.sse(oai.chunk([part], self.model, ident, created)))
+                    await answer.write(events.event(message))
                     last = message
                     message = await anext(stream, None)
             except RouteError as err:  # after output began: said in the stream, as vLLM's server does

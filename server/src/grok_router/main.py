@@ -13,6 +13,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -142,6 +143,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "gRPC and HTTP ports; a renewed one is picked up without a restart")
     t.add_argument("--tls-key", type=Path, help="its private key (PEM; the Secret's tls.key)")
     p.add_argument("--drain-grace-seconds", type=float, default=30.0)
+    p.add_argument("--event-loop", choices=("uvloop", "asyncio"), default="uvloop",
+                   help="uvloop (the default) costs the router less CPU per streamed token than "
+                        "asyncio's own loop (bench/router_vs_peers.py, docs/router.md)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     if not args.replica and not (args.namespace and args.selector):
@@ -246,12 +250,21 @@ class Router:
         return 0
 
 
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    code = asyncio.run(Router(args).run())
+    with asyncio.Runner(loop_factory=loop_factory(args.event_loop)) as runner:
+        code = runner.run(Router(args).run())
     logging.shutdown()
     sys.exit(code)
 

@@ -266,6 +266,29 @@ def chunk(
     return body
 
 
+class ChunkWriter:
+    """A stream's chunks as server-sent events. Without logprobs only the text and the finish reason change
+    from chunk to chunk: the rest is encoded once per stream, not per token (the bytes are what
+    sse(chunk([choice(...)], ...)) gives, a test holds them equal)."""
+
+    def __init__(self, completion: Completion, model: str, ident: str, created: int) -> None:
+        self.completion, self.model, self.ident, self.created = completion, model, ident, created
+        head = json.dumps({"id": ident, "object": "text_completion", "created": created, "model": model},
+                          separators=(",", ":"))
+        self._head = f'data: {head[:-1]},"choices":[{{"index":0,"text":'
+        self.offset = 0
+
+    def event(self, message: pb.GenerateResponse) -> bytes:
+        if self.completion.logprobs or self.completion.echo:
+            part = choice(message, self.completion, self.offset)
+            self.offset += len(part["text"])
+            return sse(chunk([part], self.model, self.ident, self.created))
+        self.offset += len(message.text)
+        finish = FINISH_REASONS.get(message.finish_reason)
+        return (f'{self._head}{json.dumps(message.text)},"logprobs":null,'
+                f'"finish_reason":{"null" if finish is None else json.dumps(finish)}}}]}}\n\n').encode()
+
+
 def sse(data: Mapping[str, Any] | str) -> bytes:
     payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
     return f"data: {payload}\n\n".encode()
