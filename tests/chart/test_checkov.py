@@ -37,11 +37,13 @@ JUSTIFIED = {
                   "minutes-long reload; the request reserves the planned memory (spec.server.resources may "
                   "add a limit)",
     "CKV_K8S_15": "imagePullPolicy IfNotPresent: images are versioned tags, and pulling a multi-GB server "
-                  "image at every start slows each cold start (spec.*.imagePullPolicy may say Always)",
+                  "image at every start slows each cold start (spec.*.imagePullPolicy and the chart's "
+                  "image.pullPolicy may say Always)",
     "CKV_K8S_38": "the operator's and the router's pods mount a ServiceAccount token: the operator calls the "
                   "API, the router watches its servers' pods (a read-only Role); server pods mount none",
     "CKV_K8S_43": "images by tag, not digest, in the chart's default and the examples: a release names its "
-                  "version; image.tag and spec.*.image take name@sha256:... where a digest is wanted",
+                  "version; where a digest is wanted spec.*.image takes name@sha256:... and the chart's "
+                  "image.tag TAG@sha256:... (the template writes repository:tag)",
     "CKV2_K8S_6": "pods without a NetworkPolicy: the router is the front door, open to callers by design; "
                   "the operator takes only scrapes; servers get one with spec.router.auth, and examples "
                   "without it are open by choice (a FrontDoorOpen Event says so)",
