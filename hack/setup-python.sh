@@ -151,7 +151,11 @@ if [ ! -f "$checkov/.complete" ]; then
   "$PYTHON" -m venv "$checkov"
   "$checkov/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
     -r requirements/checkov/checkov.txt
-  "$checkov/bin/python" -m pip check --disable-pip-version-check >/dev/null
+  if ! broken=$("$checkov/bin/python" -m pip check --disable-pip-version-check); then
+    log "requirements/checkov/checkov.txt does not hold together (re-resolve it from checkov==3.3.30):"
+    log "$broken"
+    exit 1
+  fi
   touch "$checkov/.complete"
 fi
 ln -sfn "$checkov" .venv/checkov

@@ -153,3 +153,18 @@ def test_the_http_endpoint_in_the_status_says_https_with_tls(router, scheme):
 
     spec, p = built(router=router)
     assert observe(spec, p, None, [], ("Ready", "")).http_endpoint == f"{scheme}://grok.ml.svc:8080/v1"
+
+
+@pytest.mark.parametrize(("router", "grpc_protocol", "http_protocol"), [
+    ({}, "kubernetes.io/h2c", "http"),
+    ({"tls": {"secretName": "t"}}, "https", "https"),
+])
+def test_the_router_services_app_protocols_say_tls_when_the_router_serves_it(router, grpc_protocol,
+                                                                             http_protocol):
+    # Gateways and meshes pick the protocol they speak to a Service port from its appProtocol: h2c (HTTP/2
+    # in cleartext) or http in front of a TLS port would have them send plaintext to it.
+    from grok_operator.manifests.services import service
+
+    spec, _ = built(router=router)
+    ports = {p["name"]: p for p in service(spec)["spec"]["ports"]}
+    assert (ports["grpc"]["appProtocol"], ports["http"]["appProtocol"]) == (grpc_protocol, http_protocol)

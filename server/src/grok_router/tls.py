@@ -3,10 +3,13 @@ mounted `kubernetes.io/tls` Secret's tls.crt and tls.key) and take a renewed one
 
 The files are polled like the keys folder (keyfiles.py: inodes, sizes, mtimes, links followed, the kubelet's
 `..data` swap included). A change that reads as a matching certificate and key is handed to both ports: the
-HTTP port's SSLContext loads it in place (new handshakes use the context's current chain; connections open
-keep theirs), and gRPC's certificate fetcher returns it at the next handshake. A pair that does not match
-(a swap caught half-way, a wrong key) is not used: the ports keep the last good one, and the next poll tries
-again.
+HTTP port's listening SSLContext hands each new handshake to the newest pair's own SSLContext (its
+sni_callback, which OpenSSL runs for every ClientHello, with or without SNI), and gRPC's certificate fetcher
+returns the pair at the next handshake; connections open keep theirs. The listening context never loads a
+pair itself: loading in place would keep an older pair of another key type beside the new one (OpenSSL holds
+one per type, and an ECDSA-preferring client would still get the old certificate), and a load that fails
+half-way would leave it with a certificate and no key. A pair that does not match (a swap caught half-way, a
+wrong key) is not used: the ports keep the last good one, and the next poll tries again.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from grok_router.keyfiles import file_state
 
 log = logging.getLogger("grok_router.tls")
 
-Pair = tuple[Path, Path, bytes, bytes]  # resolved certificate and key paths, and their PEM bytes
+Pair = tuple[ssl.SSLContext, bytes, bytes]  # a server context with the pair loaded, and its PEM bytes
 
 
 def _context() -> ssl.SSLContext:
@@ -38,8 +41,12 @@ def read_pair(cert: Path, key: Path) -> Pair:
     # mismatch (or a missing file), not as half of each.
     cert, key = cert.resolve(strict=True), key.resolve(strict=True)
     cert_pem, key_pem = cert.read_bytes(), key.read_bytes()
-    _context().load_cert_chain(cert, key)
-    return cert, key, cert_pem, key_pem
+    context = _context()
+    context.load_cert_chain(cert, key)
+    # Files rewritten in place (not the kubelet's swap) while read: what gRPC gets must be what was checked.
+    if cert.read_bytes() != cert_pem or key.read_bytes() != key_pem:
+        raise ValueError("rewritten while being read")
+    return context, cert_pem, key_pem
 
 
 class CertificateFiles:
@@ -48,7 +55,9 @@ class CertificateFiles:
     def __init__(self, cert: Path, key: Path) -> None:
         self.cert, self.key = cert, key
         self.path = cert  # named in poll_forever's log
-        self.http = _context()
+        self.http = _context()  # the HTTP port's: holds no pair, hands each handshake the current one's
+        self.http.sni_callback = self._select
+        self._http_current: ssl.SSLContext | None = None
         self.signature: object = None
         self._refused: object = None  # the signature last found unusable (said once)
         self._lock = threading.Lock()
@@ -77,13 +86,8 @@ class CertificateFiles:
         return True, pair
 
     def on_change(self, pair: object) -> None:
-        cert, key, cert_pem, key_pem = pair  # type: ignore[misc]
-        try:
-            self.http.load_cert_chain(cert, key)
-        except (OSError, ssl.SSLError) as err:  # replaced again since poll read it: the next poll retries
-            self.signature = None
-            log.warning("reloading the TLS certificate %s failed (%s); retrying", cert, err)
-            return
+        context, cert_pem, key_pem = pair  # type: ignore[misc]
+        self._http_current = context
         config = grpc.ssl_server_certificate_configuration([(key_pem, cert_pem)])
         with self._lock:
             self._grpc_current = self._grpc_pending = config
@@ -95,6 +99,12 @@ class CertificateFiles:
         if changed:
             self.on_change(value)
         return changed
+
+    def _select(self, connection: ssl.SSLObject, server_name: str | None, listening: ssl.SSLContext) -> None:
+        """The HTTP port's handshakes: served from the newest good pair's context (one attribute read)."""
+        current = self._http_current
+        if current is not None:
+            connection.context = current
 
     def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """gRPC asks at each new handshake: the newest pair once, then None (no change)."""

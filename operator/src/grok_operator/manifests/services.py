@@ -23,6 +23,12 @@ def service(spec: GrokDeploymentSpec) -> dict[str, Any]:
     if not spec.router_enabled:
         return server_service(spec, spec.name, headless=False)
     http_port = spec.router.http_port
+    grpc_port = grpc_service_port(spec.server.grpc_port)
+    http_protocol = "http"
+    if spec.router.tls is not None:
+        # Both ports serve TLS (spec.router.tls): a gateway or mesh that reads appProtocol must not send them
+        # cleartext (h2c, http).
+        grpc_port["appProtocol"] = http_protocol = "https"
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -30,9 +36,9 @@ def service(spec: GrokDeploymentSpec) -> dict[str, Any]:
         "spec": {
             "selector": spec.router_selector_labels,
             "ports": [
-                grpc_service_port(spec.server.grpc_port),
+                grpc_port,
                 {"name": "http", "port": http_port, "targetPort": "http", "protocol": "TCP",
-                 "appProtocol": "http"},
+                 "appProtocol": http_protocol},
             ],
         },
     }
