@@ -161,6 +161,21 @@ def test_eviction_takes_the_least_recently_used_copy_not_in_use(tmp_path: Path):
         h.close()
 
 
+def test_eviction_that_keeps_failing_serves_from_shared_and_never_overruns_the_bound(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    total = sum(SMALL.values())
+    models = [make_model(tmp_path / "shared" / f"m{i}", SMALL, seed=i) for i in range(2)]
+    cache = NodeCache(tmp_path / "node", max_bytes=total + 10)
+    a, held = cache.ensure(models[0])
+    held.close()
+    # Every planned eviction loses its race (a replica takes the copy into use between plan and evict).
+    monkeypatch.setattr(NodeCache, "_evict", lambda self, key: False)
+    b, held = cache.ensure(models[1])
+    held.close()
+    assert b.source == "shared" and b.shared_bytes == 0 and "evict" in b.reason, b
+    assert [p.name for p in (tmp_path / "node" / "models").iterdir()] == [a.key]  # the bound holds
+
+
 def test_new_revision_in_the_shared_source_gets_its_own_copy(tmp_path: Path):
     source = make_model(tmp_path / "shared" / "m", SMALL)
     cache = NodeCache(tmp_path / "node")

@@ -193,6 +193,11 @@ class NodeCache:
                     return shared, Held(None)
                 if all([self._evict(victim) for victim in fit.evict]):
                     break
+            else:  # never copy past the bound or the free space on a plan whose evictions did not happen
+                shared.reason = found + ("the copies to evict for room kept being taken into use by other "
+                                         "replicas (3 tries)")
+                log.warning("node copy %s: serving from the shared source: %s", key, shared.reason)
+                return shared, Held(None)
             work = self.tmp / f"{key}.{uuid.uuid4().hex}"
             try:
                 digests, read = self._copy(source, listing, work)
