@@ -264,6 +264,8 @@ def test_server_start_loads_the_node_copy_and_reports_bytes_from_shared(tmp_path
         run.prepare_weights()
         runs.append(run)
         assert cfg.model.startswith(str(tmp_path / "node" / "models")) and cfg.tokenizer == cfg.model
+        # The model keeps its name (ModelInfo, vLLM's served name): --model, not the node copy's folder.
+        assert cfg.served_model_name == str(source)
     weights = [weights_info(r.cfg.model, r.node_weights) for r in runs]
     model_bytes = sum(v for k, v in SMALL.items() if k.endswith(".safetensors"))
     assert [(w.source, w.bytes, w.shared_bytes) for w in weights] == [
