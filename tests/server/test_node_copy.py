@@ -176,6 +176,22 @@ def test_eviction_that_keeps_failing_serves_from_shared_and_never_overruns_the_b
     assert [p.name for p in (tmp_path / "node" / "models").iterdir()] == [a.key]  # the bound holds
 
 
+def test_a_copy_served_until_just_now_is_more_recently_used_than_one_started_later(tmp_path: Path):
+    total = sum(SMALL.values())
+    models = [make_model(tmp_path / "shared" / f"m{i}", SMALL, seed=i) for i in range(3)]
+    cache = NodeCache(tmp_path / "node", max_bytes=2 * total + 10)
+    a, held_a = cache.ensure(models[0])  # a long-lived replica
+    b, held_b = cache.ensure(models[1])  # a short one, started later
+    held_b.close()
+    locks = tmp_path / "node" / "locks"
+    os.utime(locks / f"{a.key}.use", (100, 100))  # a started long ago, b after it
+    os.utime(locks / f"{b.key}.use", (200, 200))
+    held_a.close()  # a served until now: its copy was used last
+    c, held_c = cache.ensure(models[2])
+    held_c.close()
+    assert c.source == "node" and Path(a.path).is_dir() and not Path(b.path).exists()
+
+
 def test_new_revision_in_the_shared_source_gets_its_own_copy(tmp_path: Path):
     source = make_model(tmp_path / "shared" / "m", SMALL)
     cache = NodeCache(tmp_path / "node")

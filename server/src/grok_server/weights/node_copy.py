@@ -8,6 +8,7 @@ Layout under the node folder (`--node-cache-dir`, a hostPath in a cluster):
     <root>/locks/<key>.copy                flock, exclusive: held by the one replica copying or checking
     <root>/locks/<key>.use                 flock, shared: held by every replica serving from the copy, for its
                                            whole life; its modification time is the copy's last use
+                                           (touched when a replica starts and when it shuts down)
 
 The rules:
 - A copy is written under tmp/, checked, then renamed onto models/<key> in one step: a copier killed halfway
@@ -81,6 +82,8 @@ class Held:
 
     def close(self) -> None:
         if self._handle is not None:
+            with contextlib.suppress(OSError):  # last use is now, not this replica's start (eviction's LRU)
+                os.utime(self._handle.fileno())
             self._handle.close()
             self._handle = None
 
