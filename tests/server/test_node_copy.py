@@ -112,6 +112,19 @@ def test_bad_local_file_is_copied_again_never_served(tmp_path: Path, damage: str
     assert victim.read_bytes() == (source / "model-00001.safetensors").read_bytes()
 
 
+@pytest.mark.parametrize("files", [{"config.json": 5}, {"config.json": ["100", "x"]}, {"config.json": []}])
+def test_a_manifest_of_the_wrong_shape_is_a_bad_copy_not_a_crash(tmp_path: Path, files: dict):
+    source = make_model(tmp_path / "shared" / "m", SMALL)
+    cache = NodeCache(tmp_path / "node")
+    first, held = cache.ensure(source)
+    held.close()
+    path = Path(first.path) / MANIFEST
+    path.write_text(json.dumps({**json.loads(path.read_text()), "files": files}))  # valid JSON, bad shape
+    again, held = cache.ensure(source)
+    held.close()
+    assert again.source == "node" and again.copied and "copied again" in again.reason, again
+
+
 def test_verify_sizes_skips_checksums_but_not_sizes(tmp_path: Path):
     source = make_model(tmp_path / "shared" / "m", SMALL)
     cache = NodeCache(tmp_path / "node", verify="sizes")
