@@ -155,6 +155,34 @@ def test_too_small_node_folder_serves_from_shared_and_says_why(tmp_path: Path):
     assert list((tmp_path / "node" / "models").iterdir()) == []
 
 
+def test_a_full_node_disk_serves_from_shared_and_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import errno
+    import shutil
+
+    source = make_model(tmp_path / "shared" / "m", SMALL)
+    root = tmp_path / "node"
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1000))  # too little free space
+    weights, held = NodeCache(root).ensure(source)
+    held.close()
+    assert weights.source == "shared" and "free space" in weights.reason and weights.shared_bytes == 0
+    monkeypatch.setattr(shutil, "disk_usage", real)
+
+    # The disk fills during the copy (another writer on the node): the partial copy goes, its reads count.
+    def filling(self, source, listing, work):  # part of a file written, then the disk is full
+        work.mkdir(parents=True)
+        (work / "config.json").write_bytes(b"x" * 50)
+        self.read_so_far = 1234
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(NodeCache, "_copy", filling)
+    weights, held = NodeCache(root).ensure(source)
+    held.close()
+    assert weights.source == "shared" and weights.shared_bytes == 1234
+    assert "the node disk filled up during the copy" in weights.reason
+    assert list((root / "models").iterdir()) == [] and list((root / "tmp").iterdir()) == []
+
+
 def test_eviction_takes_the_least_recently_used_copy_not_in_use(tmp_path: Path):
     total = sum(SMALL.values())
     models = [make_model(tmp_path / "shared" / f"m{i}", SMALL, seed=i) for i in range(3)]
