@@ -246,6 +246,23 @@ def test_new_revision_in_the_shared_source_gets_its_own_copy(tmp_path: Path):
     assert (Path(old.path) / "model-00002.safetensors").stat().st_size == SMALL["model-00002.safetensors"]
 
 
+def test_hidden_folders_of_the_source_are_not_copied_nor_keyed(tmp_path: Path):
+    """huggingface_hub's snapshot_download(local_dir=) leaves .cache/huggingface/download/*.metadata beside
+    the model (grok-fetch's hf:// path): bookkeeping, not the model; touching it is no new revision."""
+    source = make_model(tmp_path / "shared" / "m", SMALL)
+    meta = source / ".cache" / "huggingface" / "download" / "model-00001.safetensors.metadata"
+    meta.parent.mkdir(parents=True)
+    meta.write_text("etag 1")
+    cache = NodeCache(tmp_path / "node")
+    first, held = cache.ensure(source)
+    held.close()
+    assert not (Path(first.path) / ".cache").exists() and first.shared_bytes == sum(SMALL.values())
+    meta.write_text("etag 1, checked again")
+    again, held = cache.ensure(source)
+    held.close()
+    assert again.key == first.key and not again.copied
+
+
 def test_unwritable_node_folder_serves_from_shared(tmp_path: Path):
     source = make_model(tmp_path / "shared" / "m", SMALL)
     (tmp_path / "file").write_text("not a folder")

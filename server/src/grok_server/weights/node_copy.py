@@ -89,11 +89,14 @@ class Held:
 
 
 def list_source(source: Path) -> list[SourceFile]:
+    """The model's files: not hidden ones nor those in hidden folders (huggingface_hub's .cache/ beside a
+    snapshot downloaded with local_dir, grok-fetch's marker), which are bookkeeping, not the model."""
     files = []
     for path in sorted(source.rglob("*")):
-        if path.is_file() and not path.name.startswith(".") and path.name != MANIFEST:
+        rel = path.relative_to(source)
+        if path.is_file() and not any(p.startswith(".") for p in rel.parts) and path.name != MANIFEST:
             st = path.stat()
-            files.append(SourceFile(str(path.relative_to(source)), st.st_size, st.st_mtime_ns))
+            files.append(SourceFile(str(rel), st.st_size, st.st_mtime_ns))
     return files
 
 
