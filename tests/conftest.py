@@ -22,6 +22,12 @@ def pytest_configure(config: pytest.Config) -> None:
     if COMPILE_CACHE_ENV not in os.environ:
         os.environ[COMPILE_CACHE_ENV] = tempfile.mkdtemp(prefix="grok-test-compile-cache-")
         config.stash[_OWN_CACHE] = os.environ[COMPILE_CACHE_ENV]
+    # The simulated cluster gives each node its own hostPath folders; this one stays one folder every node
+    # sees (as a network filesystem would), so a pod recreated on another node still finds its artifacts.
+    # The session's pod runner inherits this process's environment.
+    from grok_devcluster.podspec import SHARED_HOST_PATHS_ENV
+
+    os.environ[SHARED_HOST_PATHS_ENV] = os.environ[COMPILE_CACHE_ENV]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

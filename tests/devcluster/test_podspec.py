@@ -300,3 +300,19 @@ def test_a_host_path_is_a_folder_of_the_pods_own_node(tmp_path):
         host_path_folder(tmp_path, "gpu-1", "/mnt/nvme", "Directory")
     with pytest.raises(SpecError, match="no node"):
         host_path_folder(tmp_path, "", "/x", None)
+
+
+def test_a_shared_host_path_is_one_folder_every_node_sees(tmp_path):
+    """The test run's compile cache (tests/conftest.py) is such a path: a pipeline group recreated on other
+    nodes still finds the artifacts its first start compiled, as before nodes had folders of their own."""
+    from grok_devcluster.podspec import host_path_folder, shared_host_paths
+
+    shared = str(tmp_path / "run-cache")
+    assert shared_host_paths({"GROK_DEVCLUSTER_SHARED_HOST_PATHS": f"{shared}:relative:"}) == (shared,)
+    nodes = tmp_path / "nodes"
+    for node in ("gpu-0", "gpu-1"):
+        assert host_path_folder(nodes, node, shared, None, (shared,)) == Path(shared)
+        assert host_path_folder(nodes, node, f"{shared}/sub", None, (shared,)) == Path(shared) / "sub"
+    assert Path(shared).is_dir() and not nodes.exists()
+    # A path merely starting with the same characters is the node's own.
+    assert host_path_folder(nodes, "gpu-0", f"{shared}-other", None, (shared,)).is_relative_to(nodes)

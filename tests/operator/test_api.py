@@ -85,6 +85,9 @@ def test_the_node_cache_block_is_checked_as_the_crd_checks_it():
     assert parsed == NodeCache(max_size="2Ti", verify="sizes")
     for data, words in (({"verify": "none"}, "n.verify must be full or sizes"),
                         ({"maxSize": "2 TB"}, "n.maxSize must be a quantity"),
-                        ({"path": "models"}, "n.path must be an absolute path")):
+                        ({"path": "models"}, "n.path must be an absolute path"),
+                        # grok-server refuses --node-cache-max-bytes 0: refused here, not as a crash loop
+                        ({"maxSize": "0"}, "n.maxSize must be at least one byte"),
+                        ({"maxSize": "0.4"}, "n.maxSize must be at least one byte")):
         with pytest.raises(ValueError, match=words):
             parse(NodeCache, data, "n")

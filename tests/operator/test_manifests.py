@@ -1,6 +1,7 @@
 """Children of a GrokDeployment as the operator builds them (pure functions)."""
 
 import copy
+import dataclasses
 
 import pytest
 
@@ -566,6 +567,10 @@ def test_node_cache_gives_the_server_its_node_folder_and_prefers_nodes_holding_t
     assert pref["preference"]["matchExpressions"] == [{"key": node_label(spec), "operator": "In",
                                                        "values": ["true"]}]
     assert node_label(spec).startswith("models.grok.dev/") and "requiredDuringScheduling" not in str(pod)
+    # Nodes are cluster-wide: the same uri in another namespace (another claim, another fetch) is another
+    # model on the node, and must not be preferred as this one.
+    elsewhere = dataclasses.replace(spec, namespace=spec.namespace + "-other")
+    assert node_label(elsewhere) != node_label(spec) and len(node_label(spec).split("/")[1]) <= 63
 
 
 def test_node_cache_options_and_load_format_reach_grok_server_and_off_means_none():

@@ -112,6 +112,19 @@ def test_bad_local_file_is_copied_again_never_served(tmp_path: Path, damage: str
     assert victim.read_bytes() == (source / "model-00001.safetensors").read_bytes()
 
 
+@pytest.mark.parametrize("files", [{"config.json": 5}, {"config.json": ["100", "x"]}, {"config.json": []}])
+def test_a_manifest_of_the_wrong_shape_is_a_bad_copy_not_a_crash(tmp_path: Path, files: dict):
+    source = make_model(tmp_path / "shared" / "m", SMALL)
+    cache = NodeCache(tmp_path / "node")
+    first, held = cache.ensure(source)
+    held.close()
+    path = Path(first.path) / MANIFEST
+    path.write_text(json.dumps({**json.loads(path.read_text()), "files": files}))  # valid JSON, bad shape
+    again, held = cache.ensure(source)
+    held.close()
+    assert again.source == "node" and again.copied and "copied again" in again.reason, again
+
+
 def test_verify_sizes_skips_checksums_but_not_sizes(tmp_path: Path):
     source = make_model(tmp_path / "shared" / "m", SMALL)
     cache = NodeCache(tmp_path / "node", verify="sizes")
@@ -142,6 +155,34 @@ def test_too_small_node_folder_serves_from_shared_and_says_why(tmp_path: Path):
     assert list((tmp_path / "node" / "models").iterdir()) == []
 
 
+def test_a_full_node_disk_serves_from_shared_and_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import errno
+    import shutil
+
+    source = make_model(tmp_path / "shared" / "m", SMALL)
+    root = tmp_path / "node"
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1000))  # too little free space
+    weights, held = NodeCache(root).ensure(source)
+    held.close()
+    assert weights.source == "shared" and "free space" in weights.reason and weights.shared_bytes == 0
+    monkeypatch.setattr(shutil, "disk_usage", real)
+
+    # The disk fills during the copy (another writer on the node): the partial copy goes, its reads count.
+    def filling(self, source, listing, work):  # part of a file written, then the disk is full
+        work.mkdir(parents=True)
+        (work / "config.json").write_bytes(b"x" * 50)
+        self.read_so_far = 1234
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(NodeCache, "_copy", filling)
+    weights, held = NodeCache(root).ensure(source)
+    held.close()
+    assert weights.source == "shared" and weights.shared_bytes == 1234
+    assert "the node disk filled up during the copy" in weights.reason
+    assert list((root / "models").iterdir()) == [] and list((root / "tmp").iterdir()) == []
+
+
 def test_eviction_takes_the_least_recently_used_copy_not_in_use(tmp_path: Path):
     total = sum(SMALL.values())
     models = [make_model(tmp_path / "shared" / f"m{i}", SMALL, seed=i) for i in range(3)]
@@ -161,6 +202,37 @@ def test_eviction_takes_the_least_recently_used_copy_not_in_use(tmp_path: Path):
         h.close()
 
 
+def test_eviction_that_keeps_failing_serves_from_shared_and_never_overruns_the_bound(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    total = sum(SMALL.values())
+    models = [make_model(tmp_path / "shared" / f"m{i}", SMALL, seed=i) for i in range(2)]
+    cache = NodeCache(tmp_path / "node", max_bytes=total + 10)
+    a, held = cache.ensure(models[0])
+    held.close()
+    # Every planned eviction loses its race (a replica takes the copy into use between plan and evict).
+    monkeypatch.setattr(NodeCache, "_evict", lambda self, key: False)
+    b, held = cache.ensure(models[1])
+    held.close()
+    assert b.source == "shared" and b.shared_bytes == 0 and "evict" in b.reason, b
+    assert [p.name for p in (tmp_path / "node" / "models").iterdir()] == [a.key]  # the bound holds
+
+
+def test_a_copy_served_until_just_now_is_more_recently_used_than_one_started_later(tmp_path: Path):
+    total = sum(SMALL.values())
+    models = [make_model(tmp_path / "shared" / f"m{i}", SMALL, seed=i) for i in range(3)]
+    cache = NodeCache(tmp_path / "node", max_bytes=2 * total + 10)
+    a, held_a = cache.ensure(models[0])  # a long-lived replica
+    b, held_b = cache.ensure(models[1])  # a short one, started later
+    held_b.close()
+    locks = tmp_path / "node" / "locks"
+    os.utime(locks / f"{a.key}.use", (100, 100))  # a started long ago, b after it
+    os.utime(locks / f"{b.key}.use", (200, 200))
+    held_a.close()  # a served until now: its copy was used last
+    c, held_c = cache.ensure(models[2])
+    held_c.close()
+    assert c.source == "node" and Path(a.path).is_dir() and not Path(b.path).exists()
+
+
 def test_new_revision_in_the_shared_source_gets_its_own_copy(tmp_path: Path):
     source = make_model(tmp_path / "shared" / "m", SMALL)
     cache = NodeCache(tmp_path / "node")
@@ -172,6 +244,23 @@ def test_new_revision_in_the_shared_source_gets_its_own_copy(tmp_path: Path):
     assert new.key != old.key and new.copied
     assert (Path(new.path) / "model-00002.safetensors").read_bytes() == b"revision 2" * 1000
     assert (Path(old.path) / "model-00002.safetensors").stat().st_size == SMALL["model-00002.safetensors"]
+
+
+def test_hidden_folders_of_the_source_are_not_copied_nor_keyed(tmp_path: Path):
+    """huggingface_hub's snapshot_download(local_dir=) leaves .cache/huggingface/download/*.metadata beside
+    the model (grok-fetch's hf:// path): bookkeeping, not the model; touching it is no new revision."""
+    source = make_model(tmp_path / "shared" / "m", SMALL)
+    meta = source / ".cache" / "huggingface" / "download" / "model-00001.safetensors.metadata"
+    meta.parent.mkdir(parents=True)
+    meta.write_text("etag 1")
+    cache = NodeCache(tmp_path / "node")
+    first, held = cache.ensure(source)
+    held.close()
+    assert not (Path(first.path) / ".cache").exists() and first.shared_bytes == sum(SMALL.values())
+    meta.write_text("etag 1, checked again")
+    again, held = cache.ensure(source)
+    held.close()
+    assert again.key == first.key and not again.copied
 
 
 def test_unwritable_node_folder_serves_from_shared(tmp_path: Path):
@@ -249,6 +338,8 @@ def test_server_start_loads_the_node_copy_and_reports_bytes_from_shared(tmp_path
         run.prepare_weights()
         runs.append(run)
         assert cfg.model.startswith(str(tmp_path / "node" / "models")) and cfg.tokenizer == cfg.model
+        # The model keeps its name (ModelInfo, vLLM's served name): --model, not the node copy's folder.
+        assert cfg.served_model_name == str(source)
     weights = [weights_info(r.cfg.model, r.node_weights) for r in runs]
     model_bytes = sum(v for k, v in SMALL.items() if k.endswith(".safetensors"))
     assert [(w.source, w.bytes, w.shared_bytes) for w in weights] == [

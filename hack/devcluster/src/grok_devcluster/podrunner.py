@@ -819,7 +819,8 @@ class Runner:
                 folder.mkdir(parents=True, exist_ok=True)
             elif "hostPath" in v:  # the node's own folder: what one node writes, another does not see
                 folder = podspec.host_path_folder(self.state / "nodes", pod["spec"].get("nodeName") or "",
-                                                  v["hostPath"]["path"], v["hostPath"].get("type"))
+                                                  v["hostPath"]["path"], v["hostPath"].get("type"),
+                                                  podspec.shared_host_paths(os.environ))
             elif any(k in v for k in ("projected", "configMap", "secret", "downwardAPI")):
                 folder = self._file_volume(pod, v, pod_dir / "volumes" / m["name"])
             else:

@@ -7,7 +7,8 @@ container runtime is simulated here in the open:
 - volumes are folders on this machine; a path under a mount point, in an argument or an environment value,
   is rewritten to the folder behind it (no mount namespace, so the process sees the host's paths);
 - every simulated node has a folder of its own, and a hostPath volume is that path inside the folder of the
-  pod's node (`host_path_folder`): what one node writes there, pods on another node do not see;
+  pod's node (`host_path_folder`): what one node writes there, pods on another node do not see (but paths
+  named in $GROK_DEVCLUSTER_SHARED_HOST_PATHS, one folder for every node, as a network filesystem);
 - the pod's network is one loopback address of its own; a process told to listen on all interfaces would
   listen on every interface of this machine, so that is refused before it starts;
 - there is no cluster DNS: the one name pods are told to reach, the leader address a LeaderWorkerSet gives
@@ -19,6 +20,7 @@ container runtime is simulated here in the open:
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -32,12 +34,27 @@ _VAR_RE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 HOST_PATHS = ("/dev/shm",)
 
 
-def host_path_folder(nodes_root: Path, node: str, path: str, kind: str | None) -> Path:
-    """Where a hostPath volume lives for a pod on `node`: `path` inside that node's own folder. Types other
-    than DirectoryOrCreate (or none) must exist already, as on a node."""
+# hostPaths every node sees as one folder, as a network filesystem mounted at the same path on every node
+# (absolute paths, os.pathsep between them): the test run's compile cache, shared by all its engines.
+SHARED_HOST_PATHS_ENV = "GROK_DEVCLUSTER_SHARED_HOST_PATHS"
+
+
+def shared_host_paths(environ: Mapping[str, str]) -> tuple[str, ...]:
+    return tuple(p.rstrip("/") for p in environ.get(SHARED_HOST_PATHS_ENV, "").split(os.pathsep)
+                 if p.startswith("/"))
+
+
+def host_path_folder(nodes_root: Path, node: str, path: str, kind: str | None,
+                     shared: tuple[str, ...] = ()) -> Path:
+    """Where a hostPath volume lives for a pod on `node`: `path` inside that node's own folder, or `path`
+    itself when it is one of the `shared` paths or under one. Types other than DirectoryOrCreate (or none)
+    must exist already, as on a node."""
     if not node or "/" in node or node in (".", ".."):
         raise SpecError(f"hostPath {path!r}: the pod has no node to find it on")
-    folder = nodes_root / node / path.lstrip("/")
+    if any(path == s or path.startswith(f"{s}/") for s in shared):
+        folder = Path(path)
+    else:
+        folder = nodes_root / node / path.lstrip("/")
     if kind in (None, "", "DirectoryOrCreate"):
         folder.mkdir(parents=True, exist_ok=True)
     elif kind == "Directory" and not folder.is_dir():

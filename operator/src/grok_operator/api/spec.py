@@ -264,7 +264,8 @@ def _value(kind: type | str, value: Any, path: str) -> Any:
     if kind == "compileCache":
         return compile_cache_source(value, path)
     if kind == "quantity":
-        quantity_bytes(str(value), path)
+        if quantity_bytes(str(value), path) < 1:  # grok-server refuses a bound of 0 bytes (_positive)
+            raise wrong("at least one byte")
         return str(value)
     if kind == "full|sizes":
         if value not in ("full", "sizes"):

@@ -1,8 +1,9 @@
 """The node's copy of the model (spec.model.nodeCache) in a server pod: the hostPath folder, grok-server's
 flags, and the preference for nodes that already hold the model (pure).
 
-The operator labels a node `<NODE_LABEL_PREFIX>/<model key>: "true"` when a Ready replica there reports that
-it loaded the node's copy (its start-up report; the servers have no API access). Replicas PREFER such nodes,
+The operator labels a node `<NODE_LABEL_PREFIX>/<namespace and model key, hashed>: "true"` when a Ready
+replica there reports that it loaded the node's copy (its start-up report; the servers have no API access).
+Replicas PREFER such nodes,
 they do not require them: no node holds the model before the first replica copies it, a required affinity
 would keep every new model (and every scale-up past the labelled nodes) Pending, and a miss costs one copy
 from the shared cache, never a failure. A label can outlive the copy (evicted to make room for another model);
@@ -13,6 +14,7 @@ ours fills them with the pods.)
 from __future__ import annotations
 
 import copy
+import hashlib
 from typing import Any
 
 from grok_operator.api.resource import GrokDeploymentSpec
@@ -31,8 +33,11 @@ def node_cache_on(spec: GrokDeploymentSpec, plan: Plan) -> bool:
 
 
 def node_label(spec: GrokDeploymentSpec) -> str:
-    """The label of nodes holding this model, revision and format (the model cache's key)."""
-    return f"{NODE_LABEL_PREFIX}/{spec.model.cache_key}"
+    """The label of nodes holding this model, revision and format (the model cache's key) of this namespace:
+    nodes are cluster-wide, and the same uri in another namespace is another claim or another fetch, so
+    another copy on the node."""
+    key = hashlib.sha256(f"{spec.namespace}/{spec.model.cache_key}".encode()).hexdigest()[:16]
+    return f"{NODE_LABEL_PREFIX}/{key}"
 
 
 def node_cache_volume(spec: GrokDeploymentSpec) -> dict[str, Any]:

@@ -83,6 +83,8 @@ class StartupRun:
                      node.shared_bytes / 1e9)
             if cfg.tokenizer is None:
                 cfg.tokenizer = node.path
+            if cfg.served_model_name is None:  # the model's name stays --model, not the copy's folder
+                cfg.served_model_name = cfg.model
             cfg.model = node.path
         else:
             log.warning("weights: loading from the shared cache %s, not a node copy: %s", cfg.model,

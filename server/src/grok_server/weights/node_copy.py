@@ -8,6 +8,7 @@ Layout under the node folder (`--node-cache-dir`, a hostPath in a cluster):
     <root>/locks/<key>.copy                flock, exclusive: held by the one replica copying or checking
     <root>/locks/<key>.use                 flock, shared: held by every replica serving from the copy, for its
                                            whole life; its modification time is the copy's last use
+                                           (touched when a replica starts and when it shuts down)
 
 The rules:
 - A copy is written under tmp/, checked, then renamed onto models/<key> in one step: a copier killed halfway
@@ -81,16 +82,21 @@ class Held:
 
     def close(self) -> None:
         if self._handle is not None:
+            with contextlib.suppress(OSError):  # last use is now, not this replica's start (eviction's LRU)
+                os.utime(self._handle.fileno())
             self._handle.close()
             self._handle = None
 
 
 def list_source(source: Path) -> list[SourceFile]:
+    """The model's files: not hidden ones nor those in hidden folders (huggingface_hub's .cache/ beside a
+    snapshot downloaded with local_dir, grok-fetch's marker), which are bookkeeping, not the model."""
     files = []
     for path in sorted(source.rglob("*")):
-        if path.is_file() and not path.name.startswith(".") and path.name != MANIFEST:
+        rel = path.relative_to(source)
+        if path.is_file() and not any(p.startswith(".") for p in rel.parts) and path.name != MANIFEST:
             st = path.stat()
-            files.append(SourceFile(str(path.relative_to(source)), st.st_size, st.st_mtime_ns))
+            files.append(SourceFile(str(rel), st.st_size, st.st_mtime_ns))
     return files
 
 
@@ -193,6 +199,11 @@ class NodeCache:
                     return shared, Held(None)
                 if all([self._evict(victim) for victim in fit.evict]):
                     break
+            else:  # never copy past the bound or the free space on a plan whose evictions did not happen
+                shared.reason = found + ("the copies to evict for room kept being taken into use by other "
+                                         "replicas (3 tries)")
+                log.warning("node copy %s: serving from the shared source: %s", key, shared.reason)
+                return shared, Held(None)
             work = self.tmp / f"{key}.{uuid.uuid4().hex}"
             try:
                 digests, read = self._copy(source, listing, work)
