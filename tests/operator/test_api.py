@@ -91,3 +91,15 @@ def test_the_node_cache_block_is_checked_as_the_crd_checks_it():
                         ({"maxSize": "0.4"}, "n.maxSize must be at least one byte")):
         with pytest.raises(ValueError, match=words):
             parse(NodeCache, data, "n")
+
+
+def test_the_front_door_settings_need_the_router():
+    """auth, limits and tls act in the router: with it off nothing would check keys or serve TLS, and the
+    servers would ask for a token no one holds. Refused naming the fields, not ignored."""
+    from grok_operator.api.spec import RouterSpec
+
+    closed = {"auth": {"secretName": "keys"}, "tls": {"secretName": "cert"}}
+    with pytest.raises(ValueError, match=r"^spec\.router\.auth and spec\.router\.tls need the router"):
+        parse(RouterSpec, {"enabled": False, **closed}, "spec.router")
+    assert parse(RouterSpec, {"enabled": True, **closed}, "spec.router").tls is not None
+    assert not parse(RouterSpec, {"enabled": False}, "spec.router").enabled

@@ -181,6 +181,15 @@ class RouterSpec:
     node_selector: dict[str, str] = _field("nodeSelector", kind=dict, factory=dict)
     tolerations: list[dict[str, Any]] = _field("tolerations", kind=list, factory=list)
 
+    def __post_init__(self) -> None:
+        # The front door's settings act in the router: without it nothing would check keys, enforce limits
+        # or serve TLS, and the servers would ask for a token that no one holds.
+        given = [name for name in ("auth", "limits", "tls") if getattr(self, name) is not None]
+        if given and not self.enabled:
+            fields = " and ".join(f"spec.router.{name}" for name in given)
+            raise ValueError(f"{fields} need the router, and spec.router.enabled is false: enable the router "
+                             "or remove them")
+
 
 @dataclass(frozen=True)
 class RolloutSpec:
