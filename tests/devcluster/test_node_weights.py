@@ -44,8 +44,10 @@ def report(pod: dict) -> dict:
 def test_the_second_replica_on_a_node_reads_nothing_from_the_shared_cache(
         devcluster: DevCluster, grok_operator: OperatorProcess, namespace: str, tiny_grok_checkpoint: Path,
         tmp_path: Path) -> None:
-    # A copy of the checkpoint of this test's own (new files: a model no node holds yet).
-    model = shutil.copytree(tiny_grok_checkpoint, tmp_path / "tiny")
+    # A copy of the checkpoint of this test's own, with new modification times (copytree's default keeps
+    # them): the node copy is keyed by names, sizes and times, and other tests' replicas may have brought
+    # the shared tiny checkpoint to this node already. A model no node holds yet.
+    model = shutil.copytree(tiny_grok_checkpoint, tmp_path / "tiny", copy_function=shutil.copy)
     bind_weights(devcluster, namespace, "weights", model)
     body = tiny_grokd(NAME, {"engineArgs": ENGINE_ARGS, "nodeSelector": {"kubernetes.io/hostname": NODE}},
                       replicas=2)
