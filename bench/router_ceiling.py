@@ -180,7 +180,7 @@ def main() -> None:
         sys.exit("needs 2 usable cores (the router on one, the token source and client on the other)")
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     args.seconds = 3.0 if args.quick else 6.0
-    ladders = {1: (1000, 2000, 4000, 8000), 16: (4000, 8000, 16000, 32000, 64000)}
+    ladders = {1: (2000, 4000, 8000, 12000, 16000), 16: (16000, 32000, 64000, 96000, 128000)}
     if args.quick:
         ladders = {1: (2000, 8000), 16: (8000, 32000)}
     workdir = Path(tempfile.mkdtemp(prefix="grok-bench-ceiling-"))

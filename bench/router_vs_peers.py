@@ -6,19 +6,19 @@ Grok-1 model, in one run on this machine:
 - theirs: vllm-router (its default policy, cache_aware) in front of two vLLM OpenAI servers, over OpenAI
   streaming HTTP.
 
-The same model, prompt (32 token ids), 64 greedy output tokens (ignore_eos) and load generator (this script:
-aiohttp for HTTP, one gRPC channel for gRPC) at concurrency 1, 8 and 32. For each: the router process's
-CPU-seconds (utime + stime of all its threads, /proc) per 1,000 output tokens; time to first token and the
-gap between streamed chunks as the client sees them (p50/p99), through the router and straight to one of
-its replicas over the replica's own protocol (gRPC for grok-server, HTTP for vLLM), the router's addition as
-a ratio of the two; and ours over theirs.
+The same model, prompts (32 token ids, rotated per request), 64 greedy output tokens (ignore_eos) and load
+generator (this script: aiohttp for HTTP, one gRPC channel per target for gRPC) at concurrency 1, 8 and 32.
+For each: the router process's CPU-seconds (utime + stime of all its threads, /proc) per 1,000 output tokens,
+beside its replicas' main processes; time to first token and the gap between streamed chunks as the client
+sees them (p50/p99), through the router and straight to its replicas (in turn) over their own protocol (gRPC
+for grok-server, HTTP for vLLM), the router's addition as a ratio of the two; and ours over theirs.
 
 Placement (2 cores): the router under test alone on core 0; replicas (frontends and engine cores) and this
 load generator on core 1. Only one system runs at a time: the other one's processes are paused (SIGSTOP;
 an idle engine still polls). The order of systems flips every round. vllm-router is installed by this script
 on its first run, into an environment of its own (requirements/bench/vllm-router.txt), never the product's.
 
-    .venv/bin/python bench/router_vs_peers.py            # about 15 minutes on 2 cores
+    .venv/bin/python bench/router_vs_peers.py            # about 5 minutes on 2 cores
     .venv/bin/python bench/router_vs_peers.py --quick    # fewer requests and rounds
 """
 
@@ -130,10 +130,18 @@ async def pool(count: int, concurrency: int, one: Callable[[int], Awaitable[Stre
     return out
 
 
+def rotated(prompt: list[int], k: int) -> list[int]:
+    """The k-th request's prompt: the same tokens rotated, so that prefix-aware routers spread the requests
+    (one prompt for all would send every request to one replica, on both routers)."""
+    turn = k % len(prompt)
+    return prompt[turn:] + prompt[:turn]
+
+
 async def grpc_streams(targets: list[str], prompt: list[int], count: int, concurrency: int) -> list[Stream]:
-    request = pb.GenerateRequest(token_ids=pb.TokenIds(ids=prompt),
-                                 sampling=pb.SamplingParams(temperature=0.0),
-                                 stopping=pb.StoppingCriteria(max_new_tokens=OUT_TOKENS, ignore_eos=True))
+    requests = [pb.GenerateRequest(token_ids=pb.TokenIds(ids=rotated(prompt, k)),
+                                   sampling=pb.SamplingParams(temperature=0.0),
+                                   stopping=pb.StoppingCriteria(max_new_tokens=OUT_TOKENS, ignore_eos=True))
+                for k in range(len(prompt))]
     channels = [grpc.aio.insecure_channel(t) for t in targets]  # one connection per target
     stubs = [pb_grpc.GenerationServiceStub(c) for c in channels]
     try:
@@ -141,7 +149,7 @@ async def grpc_streams(targets: list[str], prompt: list[int], count: int, concur
         async def one(k: int) -> Stream:
             start = last = time.perf_counter()
             s = Stream(0.0, 0)
-            async for part in stubs[k % len(stubs)].GenerateStream(request, timeout=300):
+            async for part in stubs[k % len(stubs)].GenerateStream(requests[k % len(requests)], timeout=300):
                 if not part.token_ids:
                     continue
                 now = time.perf_counter()
@@ -162,7 +170,7 @@ async def grpc_streams(targets: list[str], prompt: list[int], count: int, concur
 async def http_streams(urls: list[str], prompt: list[int], count: int, concurrency: int) -> list[Stream]:
     import aiohttp
 
-    body = {"model": "tiny", "prompt": prompt, "max_tokens": OUT_TOKENS, "temperature": 0.0,
+    body = {"model": "tiny", "max_tokens": OUT_TOKENS, "temperature": 0.0,
             "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
@@ -170,7 +178,8 @@ async def http_streams(urls: list[str], prompt: list[int], count: int, concurren
             start = last = time.perf_counter()
             s = Stream(0.0, 0)
             chunks = 0
-            async with session.post(f"{urls[k % len(urls)]}/v1/completions", json=body) as resp:
+            async with session.post(f"{urls[k % len(urls)]}/v1/completions",
+                                    json={**body, "prompt": rotated(prompt, k)}) as resp:
                 resp.raise_for_status()
                 async for raw in resp.content:
                     line = raw.strip()
