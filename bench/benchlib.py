@@ -28,8 +28,15 @@ def percentile(values: Sequence[float], q: float) -> float:
 async def stream_completion(session: Any, url: str, body: dict[str, Any]) -> tuple[float, int]:
     """One streamed OpenAI completion (POST `url`, an aiohttp session): seconds to its first text chunk, and
     the completion tokens its usage chunk reports."""
-    start = time.perf_counter()
-    ttft, tokens, chunks = 0.0, 0, 0
+    ttft, tokens, _ = await stream_completion_gaps(session, url, body)
+    return ttft, tokens
+
+
+async def stream_completion_gaps(session: Any, url: str, body: dict[str, Any]
+                                 ) -> tuple[float, int, list[float]]:
+    """stream_completion, and the seconds between one text chunk and the next, as the client saw them."""
+    start = last = time.perf_counter()
+    ttft, tokens, gaps, chunks = 0.0, 0, [], 0
     async with session.post(url, json=body) as resp:
         resp.raise_for_status()
         async for raw in resp.content:
@@ -37,10 +44,13 @@ async def stream_completion(session: Any, url: str, body: dict[str, Any]) -> tup
             if not line.startswith(b"data: ") or line == b"data: [DONE]":
                 continue
             event = json.loads(line[6:])
-            if event.get("choices"):
-                chunks += 1
-                if chunks == 1:
-                    ttft = time.perf_counter() - start
+            if event.get("choices") and event["choices"][0].get("text"):
+                now = time.perf_counter()
+                if chunks:
+                    gaps.append(now - last)
+                else:
+                    ttft = now - start
+                last, chunks = now, chunks + 1
             if event.get("usage"):
                 tokens = event["usage"]["completion_tokens"]
-    return ttft, tokens
+    return ttft, tokens, gaps

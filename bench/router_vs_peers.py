@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from benchlib import cpu_seconds, percentile
+from benchlib import cpu_seconds, percentile, stream_completion_gaps
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 from router import CACHE, Fleet, Proc, frontend_pid, header, load_average, spawn, tiny_model, wait_http
@@ -175,27 +175,8 @@ async def http_streams(urls: list[str], prompt: list[int], count: int, concurren
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
         async def one(k: int) -> Stream:
-            start = last = time.perf_counter()
-            s = Stream(0.0, 0)
-            chunks = 0
-            async with session.post(f"{urls[k % len(urls)]}/v1/completions",
-                                    json={**body, "prompt": rotated(prompt, k)}) as resp:
-                resp.raise_for_status()
-                async for raw in resp.content:
-                    line = raw.strip()
-                    if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                        continue
-                    event = json.loads(line[6:])
-                    if event.get("choices") and event["choices"][0].get("text"):
-                        now = time.perf_counter()
-                        if chunks:
-                            s.gaps.append(now - last)
-                        else:
-                            s.ttft = now - start
-                        last, chunks = now, chunks + 1
-                    if event.get("usage"):
-                        s.tokens = event["usage"]["completion_tokens"]
-            return s
+            return Stream(*await stream_completion_gaps(session, f"{urls[k % len(urls)]}/v1/completions",
+                                                        {**body, "prompt": rotated(prompt, k)}))
 
         return await pool(count, concurrency, one)
 
