@@ -216,16 +216,29 @@ def test_the_weights_source_is_shaped_and_a_shared_fallback_is_told_apart():
     assert node_copy_unavailable(given_none) is None and not holds_node_copy(given_none)
 
 
-def test_a_shared_fallback_is_a_warning_event(monkeypatch, startup_endpoint):
+def serving_report(monkeypatch, startup_endpoint, body: dict) -> tuple[list[dict], str, int]:
+    """The report endpoint serving `body`, the operator's Events collected, its reports forgotten:
+    (events, ip, port)."""
     from grok_operator.control import grokdeployments as handlers
     from grok_operator.control.state import State
 
     ip, port, state = startup_endpoint
-    state.update(ready=True, body=TOO_SMALL)
+    state.update(ready=True, body=body)
     events: list[dict] = []
     monkeypatch.setattr(handlers.kopf, "event", lambda body, **kw: events.append(kw))
     monkeypatch.setattr(State, "startup_reports", StartupReports())
-    owner = {"metadata": {"name": "g", "namespace": "ml", "uid": "u"}, "status": {}}
+    return events, ip, port
+
+
+def owner_body() -> dict:
+    return {"metadata": {"name": "g", "namespace": "ml", "uid": "u"}, "status": {}}
+
+
+def test_a_shared_fallback_is_a_warning_event(monkeypatch, startup_endpoint):
+    from grok_operator.control import grokdeployments as handlers
+
+    events, ip, port = serving_report(monkeypatch, startup_endpoint, TOO_SMALL)
+    owner = owner_body()
     p = {**pod("g-1", "2026-12-01T00:01:00Z", ip=ip, port=port), "spec": {"nodeName": "gpu-0"}}
     for _ in range(2):
         handlers.collect_startup(owner, [p], SPEC)
@@ -237,12 +250,8 @@ def test_an_unusable_cache_volume_is_one_warning_event_per_pod(monkeypatch, star
     from grok_operator.control import grokdeployments as handlers
     from grok_operator.control.state import State
 
-    ip, port, state = startup_endpoint
-    state.update(ready=True, body=UNWRITABLE)
-    events: list[dict] = []
-    monkeypatch.setattr(handlers.kopf, "event", lambda body, **kw: events.append(kw))
-    monkeypatch.setattr(State, "startup_reports", StartupReports())
-    owner = {"metadata": {"name": "g", "namespace": "ml", "uid": "u"}, "status": {}}
+    events, ip, port = serving_report(monkeypatch, startup_endpoint, UNWRITABLE)
+    owner = owner_body()
     pods = [pod("g-1", "2026-12-01T00:01:00Z", ip=ip, port=port)]
     for _ in range(3):
         handlers.collect_startup(owner, pods, SPEC)
