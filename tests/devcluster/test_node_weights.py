@@ -6,8 +6,10 @@ holding the model, which its replicas prefer."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,15 @@ ENGINE_ARGS = ["--enforce-eager", "--kv-cache-memory-bytes", str(256 * 1024 * 10
                "--max-num-seqs", "4", "--no-warmup"]
 
 
+@pytest.fixture(scope="module")
+def namespace(devcluster: DevCluster) -> Iterator[str]:
+    ns = f"node-weights-{os.getpid()}"
+    devcluster.kubectl("create", "namespace", ns)
+    devcluster.kubectl("wait", "--for=create", "serviceaccount/default", "-n", ns, "--timeout=120s")
+    yield ns
+    devcluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
 def report(pod: dict) -> dict:
     url = f"http://{pod['status']['podIP']}:9090/startup"
     with urllib.request.urlopen(url, timeout=10) as answer:
@@ -31,9 +42,8 @@ def report(pod: dict) -> dict:
 
 
 def test_the_second_replica_on_a_node_reads_nothing_from_the_shared_cache(
-        devcluster: DevCluster, grok_operator: OperatorProcess, k8s_namespace: str,
-        tiny_grok_checkpoint: Path, tmp_path: Path) -> None:
-    namespace = k8s_namespace
+        devcluster: DevCluster, grok_operator: OperatorProcess, namespace: str, tiny_grok_checkpoint: Path,
+        tmp_path: Path) -> None:
     # A copy of the checkpoint of this test's own, with new modification times (copytree's default keeps
     # them): the node copy is keyed by names, sizes and times, and other tests' replicas may have brought
     # the shared tiny checkpoint to this node already. A model no node holds yet.
