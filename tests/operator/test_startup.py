@@ -246,6 +246,23 @@ def test_a_shared_fallback_is_a_warning_event(monkeypatch, startup_endpoint):
     assert "on node gpu-0 loads the model from the shared cache" in events[0]["message"]
 
 
+def test_every_ready_server_pod_that_holds_a_node_copy_labels_its_node(monkeypatch, startup_endpoint):
+    """Replicas turning Ready together, or before a restart of the operator: each pod's report is read once,
+    not only the newest one's, so every node that holds the model is marked (and every fallback said)."""
+    from grok_operator.control import grokdeployments as handlers
+
+    events, ip, port = serving_report(monkeypatch, startup_endpoint, NODE_COPY)
+    labelled: list[tuple[str, dict]] = []
+    monkeypatch.setattr(handlers, "kube", lambda: SimpleNamespace(
+        label_node=lambda node, labels: labelled.append((node, labels))))
+    pods = [{**pod(f"g-{i}", f"2026-12-01T00:0{i}:00Z", uid=f"uid-{i}", ip=ip, port=port),
+             "spec": {"nodeName": f"gpu-{i}"}} for i in (1, 2, 3)]
+    for _ in range(2):
+        handlers.collect_startup(owner_body(), pods, SPEC)
+    assert sorted(node for node, _ in labelled) == ["gpu-1", "gpu-2", "gpu-3"]  # once each
+    assert events == []
+
+
 def test_an_unusable_cache_volume_is_one_warning_event_per_pod(monkeypatch, startup_endpoint):
     from grok_operator.control import grokdeployments as handlers
     from grok_operator.control.state import State

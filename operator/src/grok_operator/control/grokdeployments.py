@@ -23,6 +23,7 @@ from grok_operator.observe.startup import (
     holds_node_copy,
     newest_ready_server,
     node_copy_unavailable,
+    ready_servers,
 )
 from grok_operator.observe.status import status_patch
 from grok_operator.plan.admission import admit
@@ -101,21 +102,28 @@ def refresh_status(owner: dict[str, Any], views: Views) -> None:
 
 
 def collect_startup(owner: dict[str, Any], pods: list[dict[str, Any]], spec: GrokDeploymentSpec) -> None:
-    """Fetches the start-up report of the server pod that turned Ready last, once per pod (outside the
-    status lock: a slow pod delays no status write for long, and fails nothing); says once per pod when the
-    compile cache volume or the node copy could not be used; labels the node of a pod that loaded the node's
-    copy of the model (the label replicas prefer: the servers themselves have no API access)."""
-    pod = newest_ready_server(pods)
-    report = State.startup_reports.collect(pod, spec.server.metrics_port) if pod is not None else None
-    if pod is not None and report is not None:
+    """Fetches the start-up report of every Ready server pod, once per pod (outside the status lock: a slow
+    pod delays no status write for long, and fails nothing): replicas turning Ready together, or before a
+    restart of ours, each have their node labelled when they loaded its copy of the model (the label
+    replicas prefer: the servers themselves have no API access), and a fallback to the shared cache said.
+    The pod that turned Ready last (status.lastStartup's) also says once when its compile cache volume could
+    not be used."""
+    newest = newest_ready_server(pods)
+    newest_report = None
+    for pod in ready_servers(pods):
+        report = State.startup_reports.collect(pod, spec.server.metrics_port)
+        if report is None:
+            continue  # fetched before (said then), or no report yet: tried again at the pod's next event
         node_copy(owner, pod, report, spec)
-    reason = cache_unavailable(report) if report is not None else None
+        if pod is newest:
+            newest_report = report
+    reason = cache_unavailable(newest_report) if newest_report is not None else None
     reported = ((owner.get("status") or {}).get("lastStartup") or {}).get("pod")
-    if pod is not None and reason and reported != pod["metadata"]["name"]:  # (said before a restart of ours)
+    if newest is not None and reason and reported != newest["metadata"]["name"]:  # (said before our restart)
         log.warning("%s/%s: pod %s runs without its compile cache: %s", owner["metadata"]["namespace"],
-                    owner["metadata"]["name"], pod["metadata"]["name"], reason)
+                    owner["metadata"]["name"], newest["metadata"]["name"], reason)
         kopf.event(owner, type="Warning", reason="CompileCacheUnavailable",
-                   message=f"pod {pod['metadata']['name']}: {reason}")
+                   message=f"pod {newest['metadata']['name']}: {reason}")
 
 
 def node_copy(owner: dict[str, Any], pod: dict[str, Any], report: dict[str, Any],

@@ -6,19 +6,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from grok_operator.observe.pods import turned_ready_last
+from grok_operator.observe.pods import is_ready, turned_ready_last
 
 SERVER_NAME = "grok-server"  # app.kubernetes.io/name of the pods that run grok-server (not the workers)
 
 
+def server_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pods that run grok-server: a multi-node group's leader, never its workers."""
+    return [pod for pod in pods
+            if ((pod.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/name", SERVER_NAME)
+            == SERVER_NAME]
+
+
+def ready_servers(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [pod for pod in server_pods(pods) if is_ready(pod)]
+
+
 def newest_ready_server(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Of the server pods (a multi-node group's leader, never its workers, which run no grok-server), the
-    Ready one that turned Ready last; None before any did."""
-    return turned_ready_last([
-        pod for pod in pods
-        if ((pod.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/name", SERVER_NAME)
-        == SERVER_NAME
-    ])
+    """Of the server pods, the Ready one that turned Ready last; None before any did."""
+    return turned_ready_last(server_pods(pods))
 
 
 def pod_uid(pod: dict[str, Any]) -> str:
