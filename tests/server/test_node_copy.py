@@ -170,7 +170,7 @@ def test_a_full_node_disk_serves_from_shared_and_says_why(tmp_path: Path, monkey
 
     # The disk fills during the copy (another writer on the node): the partial copy goes, its reads count.
     def filling(self, source, listing, work):  # part of a file written, then the disk is full
-        work.mkdir(parents=True)
+        assert work.is_dir()  # made with the copy's reservation
         (work / "config.json").write_bytes(b"x" * 50)
         self.read_so_far = 1234
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -318,6 +318,67 @@ def test_two_copiers_at_once_one_copies_the_other_waits_and_reads_nothing(tmp_pa
     weights, held = NodeCache(root, max_bytes=sum(BIG.values()) + 10).ensure(other)
     held.close()
     assert weights.source == "node" and not Path(outcomes[0]["path"]).exists()
+
+
+def test_two_models_copied_at_once_stay_under_the_bound_together(tmp_path: Path):
+    """Two replicas of different models starting on one node at once: each plans its room knowing of the
+    other's copy under way (a reservation), so together they never overrun the bound."""
+    root = tmp_path / "node"
+    models = [make_model(tmp_path / "shared" / f"m{i}", BIG, seed=i) for i in range(2)]
+    bound = str(sum(BIG.values()) * 3 // 2)  # room for one copy, not two
+    first = copier(models[0], root, "--max-bytes", bound, "--max-read-bytes-per-second", "4000000", "--hold")
+    wait_for(lambda: (root / "tmp").is_dir() and any((root / "tmp").iterdir()), "the first copy to start")
+    second = copier(models[1], root, "--max-bytes", bound, "--hold")
+    outcomes = []
+    for proc in (first, second):
+        assert proc.stdout is not None
+        outcomes.append(json.loads(proc.stdout.readline()))
+    assert [o["source"] for o in outcomes] == ["node", "shared"], outcomes
+    assert "does not fit" in outcomes[1]["reason"] and outcomes[0]["key"] in outcomes[1]["reason"]
+    assert [p.name for p in (root / "models").iterdir()] == [outcomes[0]["key"]]
+    for proc in (first, second):
+        proc.communicate("")
+        assert proc.returncode == 0
+
+
+def test_a_bad_copy_other_replicas_serve_from_is_left_to_them_and_redone_once_free(tmp_path: Path):
+    """A copy found bad while a replica on the node still serves from it is not pulled from under that
+    replica (it may still be loading): this start reads the shared cache, and the first start after the
+    last user stopped copies it again."""
+    source = make_model(tmp_path / "shared" / "m", SMALL)
+    cache = NodeCache(tmp_path / "node")
+    first, serving = cache.ensure(source)
+    victim = Path(first.path) / "model-00002.safetensors"
+    data = bytearray(victim.read_bytes())
+    data[99] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    second, held = cache.ensure(source)
+    held.close()
+    assert second.source == "shared" and "model-00002.safetensors" in second.reason, second
+    assert "still serve from it" in second.reason
+    assert (Path(first.path) / MANIFEST).is_file()  # left in place for the replica using it
+    serving.close()
+    third, held = cache.ensure(source)
+    held.close()
+    assert third.source == "node" and third.copied and "copied again" in third.reason
+    assert victim.read_bytes() == (source / "model-00002.safetensors").read_bytes()
+
+
+def test_a_lock_that_fails_leaves_no_open_file_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import errno
+    import fcntl
+
+    source = make_model(tmp_path / "shared" / "m", SMALL)
+
+    def no_locks(handle, kind):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    before = sum(1 for _ in Path("/proc/self/fd").iterdir())
+    weights, held = NodeCache(tmp_path / "node").ensure(source)
+    held.close()
+    assert weights.source == "shared" and "No locks available" in weights.reason
+    assert sum(1 for _ in Path("/proc/self/fd").iterdir()) == before
 
 
 # -- grok-server's use of it ---------------------------------------------------------------------------------

@@ -4,7 +4,11 @@ Layout under the node folder (`--node-cache-dir`, a hostPath in a cluster):
 
     <root>/models/<key>/                   a whole copy; its manifest grok-weights.json (every file's size and
                                            sha256, computed from the bytes read from the source) written last
-    <root>/tmp/<key>.<random>/             a copy being made (a dead copier's is removed by the next one)
+    <root>/tmp/<key>.<random>/             a copy being made (a dead copier's is removed by the next one); its
+                                           .reserved file holds the room it was planned with, until the rename
+    <root>/locks/node.plan                 flock, exclusive: held while a copier plans its room (evictions and
+                                           the reservation), so copies of different models stay under the
+                                           bound together
     <root>/locks/<key>.copy                flock, exclusive: held by the one replica copying or checking
     <root>/locks/<key>.use                 flock, shared: held by every replica serving from the copy, for its
                                            whole life; its modification time is the copy's last use
@@ -20,7 +24,10 @@ The rules:
 - A copy that does not fit (the bound, or the disk's free space, even after evicting what may go): the
   replica serves from the shared cache and says why (the start-up report's weights source is "shared").
 - Eviction: least recently used copies go first, and only those whose use lock and copy lock are both free
-  (no replica serves from them and none is copying them).
+  (no replica serves from them and none is copying them). A copy found bad while replicas still serve from it
+  is left to them (this replica reads the shared cache) and copied again by the first start after they stop.
+- Lock files stay when their copy is evicted: unlinking a file others may be about to flock would let two
+  holders lock two different files of one name; they are empty, two per model revision the node has held.
 - The source's files are listed before and after the copy; if they changed meanwhile (a new revision
   written in place), the copy is dropped and the replica serves from the source.
 """
@@ -57,6 +64,8 @@ from grok_server.weights.plan import (
 log = logging.getLogger("grok_server")
 
 CHUNK = 8 << 20
+PLAN_LOCK = "node.plan"
+RESERVED = ".reserved"
 VERIFY = ("full", "sizes")
 
 
@@ -187,28 +196,29 @@ class NodeCache:
                 problem = check_copy(entry, key, self.checksums)
                 if problem is None:
                     return self._use(entry, key, total, 0, False, "a whole copy was on the node")
-                found = f"the node's copy was bad and is copied again: {problem}; "
-                log.warning("node copy %s: %s", key, found.rstrip("; "))
-                self._discard(entry)
-            self._sweep_tmp(key)
-            for _ in range(3):  # again when a copy planned for eviction was taken into use meanwhile
-                fit = plan_fit(total, self._entries(key), self.max_bytes, shutil.disk_usage(self.root).free)
-                if fit.problem is not None:
-                    shared.reason = found + fit.problem
+                serving = _lock(self.locks / f"{key}.use", fcntl.LOCK_EX, wait=False)
+                if serving is None:  # pulling it away could fail a replica still loading from it
+                    shared.reason = (f"the node's copy is bad ({problem}) and replicas on this node still "
+                                     "serve from it: it is copied again once they stop")
                     log.warning("node copy %s: serving from the shared source: %s", key, shared.reason)
                     return shared, Held(None)
-                if all([self._evict(victim) for victim in fit.evict]):
-                    break
-            else:  # never copy past the bound or the free space on a plan whose evictions did not happen
-                shared.reason = found + ("the copies to evict for room kept being taken into use by other "
-                                         "replicas (3 tries)")
+                try:
+                    found = f"the node's copy was bad and is copied again: {problem}; "
+                    log.warning("node copy %s: %s", key, found.rstrip("; "))
+                    self._discard(entry)
+                finally:
+                    serving.close()
+            self._sweep_tmp(key)
+            work = self.tmp / f"{key}.{uuid.uuid4().hex}"
+            if (problem := self._make_room(key, total, work)) is not None:
+                shared.reason = found + problem
                 log.warning("node copy %s: serving from the shared source: %s", key, shared.reason)
                 return shared, Held(None)
-            work = self.tmp / f"{key}.{uuid.uuid4().hex}"
             try:
                 digests, read = self._copy(source, listing, work)
                 if list_source(source) != listing:
                     raise ChangedError("the source's files changed during the copy (a new revision?)")
+                (work / RESERVED).unlink()  # the copy's own files hold its room from here on
                 written = manifest(key, str(source), digests)
                 (work / f"{MANIFEST}.tmp").write_text(json.dumps(written, indent=1))
                 (work / f"{MANIFEST}.tmp").replace(work / MANIFEST)  # last: a copy without it is never used
@@ -228,6 +238,28 @@ class NodeCache:
         finally:
             assert copy_lock is not None
             copy_lock.close()
+
+    def _make_room(self, key: str, total: int, work: Path) -> str | None:
+        """Evicts what the copy needs and reserves its room (`work`, holding its size), under the node's
+        planning lock: copies of other models starting at the same moment each plan knowing of the others',
+        so together they stay under the bound and in the free space. None, or why it cannot fit."""
+        plan_lock = _lock(self.locks / PLAN_LOCK, fcntl.LOCK_EX)
+        try:
+            for _ in range(3):  # again when a copy planned for eviction was taken into use meanwhile
+                entries, pending = self._entries(key)
+                fit = plan_fit(total, entries, self.max_bytes, shutil.disk_usage(self.root).free - pending)
+                if fit.problem is not None:
+                    return fit.problem
+                if all([self._evict(victim) for victim in fit.evict]):
+                    break
+            else:  # never copy past the bound or the free space on a plan whose evictions did not happen
+                return "the copies to evict for room kept being taken into use by other replicas (3 tries)"
+            work.mkdir()
+            (work / RESERVED).write_text(str(total))
+            return None
+        finally:
+            assert plan_lock is not None
+            plan_lock.close()
 
     def _use(self, entry: Path, key: str, total: int, read: int, copied: bool, reason: str
              ) -> tuple[NodeWeights, Held]:
@@ -265,8 +297,20 @@ class NodeCache:
             digests[f.rel] = (size, h.hexdigest())
         return digests, read
 
-    def _entries(self, copying: str) -> list[Entry]:
-        entries = []
+    def _entries(self, copying: str) -> tuple[list[Entry], int]:
+        """The node's copies, and the copies of other models under way (their reserved size, never evicted),
+        as eviction sees them; with the bytes those still have to write (not yet out of the free space)."""
+        entries, pending = [], 0
+        for work in self.tmp.iterdir():
+            other = work.name.rsplit(".", 1)[0]
+            if other == copying or work.name.startswith("discarded-"):
+                continue
+            with contextlib.suppress(OSError, ValueError):  # one finished or swept meanwhile
+                reserved = int((work / RESERVED).read_text())
+                if self._copy_in_progress(other):
+                    written = sum(p.stat().st_size for p in work.rglob("*") if p.is_file())
+                    entries.append(Entry(f"{other} (being copied)", reserved, time.time(), True))
+                    pending += max(0, reserved - written)
         for entry in self.models.iterdir():
             if entry.name == copying:
                 continue
@@ -278,7 +322,15 @@ class NodeCache:
                 use = self.locks / f"{entry.name}.use"
                 last = use.stat().st_mtime if use.exists() else entry.stat().st_mtime
                 entries.append(Entry(entry.name, size, last, self._in_use(entry.name)))
-        return entries
+        return entries, pending
+
+    def _copy_in_progress(self, key: str) -> bool:
+        """Whether a live copier holds `key`'s copy lock (a dead one's partial copy is swept by the next)."""
+        probe = _lock(self.locks / f"{key}.copy", fcntl.LOCK_EX, wait=False)
+        if probe is None:
+            return True
+        probe.close()
+        return False
 
     def _in_use(self, key: str) -> bool:
         probe = _lock(self.locks / f"{key}.use", fcntl.LOCK_EX, wait=False)
