@@ -12,8 +12,13 @@ default loader reads the node's copy beside `cat` (real files, real processes, C
    posix_fadvise(DONTNEED) before every read, no root needed: what a node copy made on an earlier day gives).
 4. With --server: grok-server itself, twice with the same node folder (the second a second replica on the
    node): its own start-up report (the weights phase, vLLM's measure; bytes read from the shared cache).
+5. With --from-source: the first replica's bytes from the shared cache (grok-node-cache: copy, sha256,
+   fsync) beside straight from the source (grok-fetch from S3: moto_server on loopback, the simulated
+   cluster's S3, boto3 as the server image has it), alternating, each into a fresh node folder: GB/s and
+   CPU-s per GB of the copying process, and the S3 server's own CPU. Loopback has no network in it: the
+   source's figures are its software's cost, an upper bound on what a real S3 gives.
 
-    .venv/bin/python bench/node_weights.py [--size small] [--rounds 5] [--server]
+    .venv/bin/python bench/node_weights.py [--size small] [--rounds 5] [--server] [--from-source]
 """
 
 from __future__ import annotations
@@ -128,12 +133,84 @@ class StraightIntoParameters:
         return total
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process, from /proc (clock ticks)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def from_source(shared: Path, root: Path, rounds: int) -> None:
+    """Section 5: the first copy on a node from the shared cache, and from the source (S3)."""
+    import os
+
+    from grok_devcluster.local import free_port, wait
+
+    venv = Path(sys.prefix)
+    moto, image = venv / "s3-server" / "bin", venv / "server-image" / "bin"
+    port = free_port()
+    env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
+           "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+    server = subprocess.Popen([str(moto / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        probe = [str(moto / "python"), "-c", "import boto3; boto3.client('s3').list_buckets()"]
+        wait(lambda: subprocess.run(probe, env=env, capture_output=True, check=False).returncode == 0, 60,
+             "moto_server to answer", interval=0.5)
+        upload = ("import boto3, pathlib, sys; s3 = boto3.client('s3'); s3.create_bucket(Bucket='bench')\n"
+                  "for f in sorted(pathlib.Path(sys.argv[1]).iterdir()):\n"
+                  "    s3.upload_file(str(f), 'bench', 'model/' + f.name)")
+        subprocess.run([str(moto / "python"), "-c", upload, str(shared)], env=env, check=True)
+        size = sum(f.stat().st_size for f in shared.iterdir() if f.is_file())
+        ways = {
+            "from the shared cache (grok-node-cache: copy + sha256 + fsync)":
+                lambda out: [sys.executable, "-m", "grok_server.weights.node_copy", "--source", str(shared),
+                             "--root", str(out)],
+            "from the source (grok-fetch from S3 on loopback, boto3)":
+                lambda out: [str(image / "grok-fetch"), "--uri", "s3://bench/model", "--out", str(out)],
+        }
+        rates: dict[str, list[tuple[float, float, float]]] = {name: [] for name in ways}
+        for i in range(rounds):
+            for name, command in ways.items():
+                out = root / f"first-copy-{i}-{len(rates[name])}-{'s3' if 'S3' in name else 'shared'}"
+                drop_from_page_cache([f for f in shared.iterdir() if f.is_file()])
+                cpu, s3_cpu = children_cpu_seconds(), process_cpu_seconds(server.pid)
+                started = time.perf_counter()
+                subprocess.run(command(out), env=env, check=True, capture_output=True)
+                seconds = time.perf_counter() - started
+                rates[name].append((size / seconds / 1e9, (children_cpu_seconds() - cpu) / (size / 1e9),
+                                    (process_cpu_seconds(server.pid) - s3_cpu) / (size / 1e9)))
+        print(f"\n5. the first replica on a node: its copy of the model ({size / 1e6:.1f} MB), median of "
+              f"{rounds} alternating rounds, each into a fresh folder, the source's pages dropped first:")
+        for name, values in rates.items():
+            gbps = statistics.median(v[0] for v in values)
+            cpu = statistics.median(v[1] for v in values)
+            s3 = statistics.median(v[2] for v in values)
+            extra = f", S3 server {s3:.2f} CPU-s per GB" if "S3" in name else ""
+            print(f"   {name:62s} {gbps:5.2f} GB/s, {cpu:.2f} CPU-s per GB{extra}   "
+                  f"(rounds: {', '.join(f'{v[0]:.2f}' for v in values)})")
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="small", choices=["tiny", "small"])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--torch-threads", type=int, default=1, help="torch's threads for the loader rows")
     p.add_argument("--server", action="store_true", help="also start grok-server twice on one node folder")
+    p.add_argument("--from-source", action="store_true",
+                   help="also copy the model to a fresh node folder from S3 (a local moto_server) beside the "
+                        "shared cache")
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="grok-bench-node-weights-"))
     shared = make_tiny_checkpoint(root / "shared" / args.size, size=args.size, naming="hpcai", seed=0)
@@ -182,6 +259,9 @@ def main() -> None:
             print(f"   {name:48s} {median:6.2f} GB/s = {median / cat:.2f} x cat   "
                   f"(rounds: {', '.join(f'{r:.2f}' for r in values)})")
         print("   (target: the default path at least 0.8 x cat)")
+
+    if args.from_source:
+        from_source(shared, root, args.rounds)
 
     if args.server:
         from grok_devcluster.local import launch_server
