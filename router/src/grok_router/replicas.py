@@ -26,7 +26,7 @@ import grpc
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
 from grok_router import picker
-from grok_server.exposition import samples
+from grok_rpc.exposition import samples
 
 log = logging.getLogger("grok_router.replicas")
 T = TypeVar("T")

@@ -30,7 +30,7 @@ from grok_router.metrics import RouterMetrics
 from grok_router.replicas import Endpoint, PodWatcher, ReplicaSet, scrape_forever
 from grok_router.service import RouterServicer
 from grok_router.tls import CertificateFiles
-from grok_server.grpc_setup import SERVICE_NAME, generation_server
+from grok_rpc.grpc_setup import SERVICE_NAME, generation_server
 
 log = logging.getLogger("grok_router")
 
