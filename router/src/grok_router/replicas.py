@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import grpc
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
+from grok_common.pods import is_ready
 from grok_router import picker
 from grok_rpc.exposition import samples
 
@@ -83,10 +84,7 @@ def endpoint_of(
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
     if meta.get("deletionTimestamp") or not status.get("podIP"):
         return None
-    ready = any(
-        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ()
-    )
-    if not ready:
+    if not is_ready(pod):
         return None
     ports = [p for c in (pod.get("spec") or {}).get("containers") or () for p in c.get("ports") or ()]
     grpc_number = _port(ports, grpc_port) if not grpc_port.isdigit() else int(grpc_port)
