@@ -86,7 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d.add_argument(
         "--metrics-port-name", default="metrics", help="the servers' metrics port (name or number)"
     )
-    d.add_argument("--kubeconfig", help="default: the pod's service account (in-cluster)")
+    d.add_argument(
+        "--kubeconfig",
+        help="default: the pod's service account (in-cluster), else $KUBECONFIG or ~/.kube/config",
+    )
     d.add_argument(
         "--replica",
         type=_static_replica,

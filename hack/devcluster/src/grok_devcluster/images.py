@@ -61,12 +61,7 @@ _SERVER = LocalImage(
 _ROUTER = LocalImage(
     name="grok-serve/router",
     entrypoint=("grok-router",),
-    env={
-        "PYTHONUNBUFFERED": "1",
-        # Simulation: a pod's service-account volume is a folder of its own, not the standard path the
-        # Kubernetes client reads in a pod; the runner rewrites this value to where the volume really is.
-        "GROK_SERVICE_ACCOUNT_DIR": "/var/run/secrets/kubernetes.io/serviceaccount",
-    },
+    env={"PYTHONUNBUFFERED": "1"},
     bin_dir=ROUTER_IMAGE_ENV / "bin",
     listen_flags=("--host",),
 )
