@@ -40,7 +40,7 @@ from router import header, wait_http
 from router_vs_peers import on_core
 
 from grok_devcluster.local import free_port
-from grok_server.grpc_setup import SERVICE_NAME
+from grok_rpc.grpc_setup import SERVICE_NAME
 
 ROUTER_CORE, LOAD_CORE = 0, 1
 STREAMS = 32

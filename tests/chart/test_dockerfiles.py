@@ -1,4 +1,4 @@
-"""The two images, checked by reading their Dockerfiles (no container engine here to build them; see
+"""The three images, checked by reading their Dockerfiles (no container engine here to build them; see
 the chart README): base images, pins, users and entrypoints agree with the rest of the repository."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from tests.chart.conftest import CHART, CRDS, ROOT
 
 OPERATOR_DOCKERFILE = ROOT / "operator" / "Dockerfile"
 SERVER_DOCKERFILE = ROOT / "server" / "Dockerfile"
-ROUTER_DOCKERFILE = ROOT / "server" / "router.Dockerfile"
+ROUTER_DOCKERFILE = ROOT / "router" / "Dockerfile"
 
 
 def instructions(path) -> list[tuple[str, str]]:
@@ -77,13 +77,17 @@ def test_server_image_installs_the_s3_extra_at_the_tested_versions():
     assert "import boto3, grok_server.fetch" in runs
 
 
-def test_server_image_generates_the_stubs_from_protos():
-    build = " ".join(rest for k, rest in instructions(SERVER_DOCKERFILE) if k in ("RUN", "COPY"))
-    assert "grpc_tools.protoc -Iprotos" in build
-    for out in ("--python_out=server/src", "--pyi_out=server/src", "--grpc_python_out=server/src"):
-        assert out in build
-    assert "rm -rf server/src/grok" in build, "stubs are generated in the build, never copied in"
-    assert ("COPY", "protos/ protos/") in instructions(SERVER_DOCKERFILE)
+def test_server_and_router_images_generate_the_stubs_from_protos_into_grok_rpc():
+    for dockerfile in (SERVER_DOCKERFILE, ROUTER_DOCKERFILE):
+        build = " ".join(rest for k, rest in instructions(dockerfile) if k in ("RUN", "COPY"))
+        assert "grpc_tools.protoc -Iprotos" in build
+        for out in ("--python_out=rpc/src", "--pyi_out=rpc/src", "--grpc_python_out=rpc/src"):
+            assert out in build, dockerfile
+        assert "rm -rf rpc/src/grok" in build, "stubs are generated in the build, never copied in"
+        assert ("COPY", "protos/ protos/") in instructions(dockerfile)
+        assert ("COPY", "rpc/ rpc/") in instructions(dockerfile)
+    # Where hack/gen-protos.sh writes them for development: the same folder.
+    assert "src=rpc/src" in (ROOT / "hack" / "gen-protos.sh").read_text()
     pins = (ROOT / "requirements" / "dev.txt").read_text()
     assert re.search(r"^grpcio-tools==", pins, re.M), "the grpcio-tools version the build uses"
 
@@ -102,7 +106,7 @@ def test_entrypoints_are_the_distributions_console_scripts():
     expected = {
         OPERATOR_DOCKERFILE: ("operator", "grok-operator"),
         SERVER_DOCKERFILE: ("server", "grok-server"),
-        ROUTER_DOCKERFILE: ("server", "grok-router"),
+        ROUTER_DOCKERFILE: ("router", "grok-router"),
     }
     for path, (part, script) in expected.items():
         (entrypoint,) = [rest for k, rest in final_stage(path) if k == "ENTRYPOINT"]
@@ -129,7 +133,7 @@ def test_operator_image_is_small_and_pinned():
 def test_images_install_grok_common_from_the_repository_at_the_pinned_version():
     # grok-common is on no index: each image copies common/ and installs it beside what depends on it.
     version = pyproject("common")["project"]["version"]
-    for part in ("operator", "server"):
+    for part in ("operator", "server", "router"):
         assert f"grok-common=={version}" in pyproject(part)["project"]["dependencies"]
     for dockerfile in (OPERATOR_DOCKERFILE, SERVER_DOCKERFILE, ROUTER_DOCKERFILE):
         ins = instructions(dockerfile)
@@ -138,20 +142,36 @@ def test_images_install_grok_common_from_the_repository_at_the_pinned_version():
         assert re.search(r"pip (install|wheel) [^&]*\./common ", runs), dockerfile
 
 
+def test_server_and_router_images_install_grok_rpc_from_the_repository_at_the_pinned_version():
+    # grok-rpc (the stubs, the gRPC server setup) is what the server and the router share: neither depends
+    # on the other.
+    version = pyproject("rpc")["project"]["version"]
+    for part in ("server", "router"):
+        assert f"grok-rpc=={version}" in pyproject(part)["project"]["dependencies"]
+    assert not any(r.startswith("grok-server") for r in pyproject("router")["project"]["dependencies"])
+    for dockerfile in (SERVER_DOCKERFILE, ROUTER_DOCKERFILE):
+        runs = " ".join(rest for k, rest in instructions(dockerfile) if k == "RUN")
+        assert re.search(r"pip (install|wheel) [^&]*\./rpc ", runs), dockerfile
+
+
 def test_router_image_has_no_engine_and_is_pinned():
     runs = " ".join(rest for k, rest in instructions(ROUTER_DOCKERFILE) if k in ("RUN", "ENV", "FROM", "ARG"))
-    assert '"./server[router]"' in runs and "PIP_CONSTRAINT=/src/requirements/constraints.txt" in runs
+    assert "./router" in runs and "PIP_CONSTRAINT=/src/requirements/constraints.txt" in runs
+    assert "./server" not in runs and ("COPY", "server/ server/") not in instructions(ROUTER_DOCKERFILE)
     assert not re.search(r"vllm/|\[cuda\]|\[cpu\]|pip install[^&]*torch", runs, re.I)
-    assert '! /opt/grok-router/bin/python -c "import vllm"' in runs  # the build proves it
+    for module in ("grok_server", "vllm", "torch"):  # the build proves it
+        assert f'! /opt/grok-router/bin/python -c "import {module}"' in runs
     assert arg_default(ROUTER_DOCKERFILE, "PYTHON_IMAGE").startswith("python:3.11-slim")
     constraints = (ROOT / "requirements" / "constraints.txt").read_text().lower()
-    for requirement in pyproject("server")["project"]["optional-dependencies"]["router"]:
-        assert requirement.lower() in constraints
+    for part in ("router", "rpc"):
+        for requirement in pyproject(part)["project"]["dependencies"]:
+            if not requirement.startswith("grok-"):  # the repository's own
+                assert requirement.lower().replace("_", "-") in constraints.replace("_", "-")
 
 
-def test_router_package_imports_neither_vllm_nor_torch():
+def test_router_package_imports_neither_grok_server_nor_vllm_nor_torch():
     code = ("import sys, grok_router.main, grok_router.http; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('vllm', 'torch')))")
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('grok_server', 'vllm', 'torch')))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"
 
@@ -185,11 +205,11 @@ def test_dockerignore_keeps_what_the_builds_copy():
         for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    assert {".venv", "server/src/grok", "**/__pycache__"} <= set(ignored)
+    assert {".venv", "rpc/src/grok", "**/__pycache__"} <= set(ignored)
     copied = set()
     for path in (OPERATOR_DOCKERFILE, SERVER_DOCKERFILE, ROUTER_DOCKERFILE):
         for keyword, rest in instructions(path):
             if keyword == "COPY" and "--from" not in rest:
                 copied.add(rest.split()[0].rstrip("/").split("/")[0])
-    assert copied == {"common", "operator", "protos", "requirements", "server"}
+    assert copied == {"common", "operator", "protos", "requirements", "router", "rpc", "server"}
     assert not copied & {entry.rstrip("/") for entry in ignored}

@@ -5,7 +5,7 @@ by kwokctl from binaries built from the Go module proxy); KWOK plays the kubelet
 scheduler places GPU pods exactly as on a real cluster and those pods turn Running and Ready.
 """
 
+from grok_common.pods import is_ready
 from grok_devcluster.cluster import DevCluster, NodePool
-from grok_operator.observe.pods import is_ready
 
 __all__ = ["DevCluster", "NodePool", "is_ready"]

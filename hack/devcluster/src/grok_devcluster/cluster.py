@@ -27,13 +27,13 @@ from typing import Any
 
 import yaml
 
+from grok_common.pods import is_ready
 from grok_devcluster import nodes, stages
 from grok_devcluster.documents import documents
 from grok_devcluster.lws import CRDS as lws_crds
 from grok_devcluster.lws import LwsError, LwsManager
 from grok_devcluster.tools import tools_dir
 from grok_operator.api.gpus import gpu_product
-from grok_operator.observe.pods import is_ready
 
 KUBE_VERSION = "v1.36.3"
 # Pods KWOK simulates get loopback addresses from here; the pod runner's from podrunner.RUNNER_POD_CIDR.

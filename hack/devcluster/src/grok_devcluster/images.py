@@ -7,7 +7,9 @@ purpose: an image the runner owns but does not know is refused (ErrImagePull), n
 The server image's stand-in is `.venv/server-image` (made by hack/setup-python.sh): the repository's
 environment plus what server/Dockerfile adds to vLLM's, the `s3` extra (boto3, with the python-dateutil 2.x
 botocore needs shadowing the development tools' 4.x), so that grok-server pods and grok-fetch Jobs run with
-what the real image has.
+what the real image has. The router image's is `.venv/router-image`: the dependency environment plus the
+router's own distributions (grok-common, grok-rpc, grok-router) and no grok-server, as router/Dockerfile
+installs them.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# hack/setup-python.sh makes it inside the repository's .venv (the environment the runner itself runs in).
+# hack/setup-python.sh makes them inside the repository's .venv (the environment the runner itself runs in).
 SERVER_IMAGE_ENV = Path(sys.prefix) / "server-image"
+ROUTER_IMAGE_ENV = Path(sys.prefix) / "router-image"
 
 # The images of this project's serving pods, whatever the registry or tag: the runner owns their pods, KWOK
 # simulates the others (the chart's operator pods included: the tests run the operator as a local process).
@@ -58,12 +61,8 @@ _SERVER = LocalImage(
 _ROUTER = LocalImage(
     name="grok-serve/router",
     entrypoint=("grok-router",),
-    env={
-        "PYTHONUNBUFFERED": "1",
-        # Simulation: a pod's service-account volume is a folder of its own, not the standard path the
-        # Kubernetes client reads in a pod; the runner rewrites this value to where the volume really is.
-        "GROK_SERVICE_ACCOUNT_DIR": "/var/run/secrets/kubernetes.io/serviceaccount",
-    },
+    env={"PYTHONUNBUFFERED": "1"},
+    bin_dir=ROUTER_IMAGE_ENV / "bin",
     listen_flags=("--host",),
 )
 

@@ -18,7 +18,7 @@ from typing import TypeVar
 from urllib.error import URLError
 from urllib.request import urlopen
 
-from grok_server.exposition import samples as parse_metrics
+from grok_rpc.exposition import samples as parse_metrics
 
 T = TypeVar("T")
 

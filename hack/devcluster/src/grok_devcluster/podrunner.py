@@ -23,6 +23,7 @@ import contextlib
 import ctypes
 import datetime
 import ipaddress
+import json
 import logging
 import os
 import shutil
@@ -504,6 +505,12 @@ class PodWorker(threading.Thread):
             base = {"PATH": f"{image.bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
                     "HOME": str(self.dir / "home"), "HOSTNAME": self.pod_name, "LANG": "C.UTF-8",
                     **self.runner.service_env}
+            account = mounts.get(podspec.SERVICE_ACCOUNT_PATH)
+            if account is not None:  # the in-cluster files are elsewhere: the same files as a kubeconfig
+                kubeconfig = self.dir / f"{c.name}.kubeconfig"
+                kubeconfig.write_text(json.dumps(podspec.in_cluster_kubeconfig(
+                    self.runner.api_server, account, self.namespace)))
+                base["KUBECONFIG"] = str(kubeconfig)
             leader = self._leader_ip(c.spec)
             env = podspec.container_env(c.spec, self._facts(), image, self.runner.lookup, base, leader)
             env = {k: podspec.rewrite_paths(v, mounts) for k, v in env.items()}
@@ -736,7 +743,8 @@ class Runner:
         self.api = client.CoreV1Api()
         # What a kubelet gives every container for the `kubernetes` Service. There is no kube-proxy here to
         # route its ClusterIP, so pods are given the API server's own (loopback) address instead.
-        api_server = urllib.parse.urlsplit(client.Configuration.get_default_copy().host)
+        self.api_server = client.Configuration.get_default_copy().host
+        api_server = urllib.parse.urlsplit(self.api_server)
         self.service_env = {"KUBERNETES_SERVICE_HOST": api_server.hostname or "127.0.0.1",
                             "KUBERNETES_SERVICE_PORT": str(api_server.port or 443)}
         self.custom = client.CustomObjectsApi()

@@ -11,6 +11,9 @@ container runtime is simulated here in the open:
   named in $GROK_DEVCLUSTER_SHARED_HOST_PATHS, one folder for every node, as a network filesystem);
 - the pod's network is one loopback address of its own; a process told to listen on all interfaces would
   listen on every interface of this machine, so that is refused before it starts;
+- a pod's service-account volume cannot be at the standard in-cluster path, so a container that mounts it
+  is given a kubeconfig made of the same files (`in_cluster_kubeconfig`) in $KUBECONFIG, the client's
+  standard lookup when in-cluster configuration is absent;
 - there is no cluster DNS: the one name pods are told to reach, the leader address a LeaderWorkerSet gives
   every pod of a group (`LWS_LEADER_ADDRESS`, `<name>-<group>.<subdomain>.<namespace>`), is resolved here to
   the leader pod's IP in the environment the process starts with (the name is kept in
@@ -32,6 +35,8 @@ from grok_devcluster.images import LocalImage
 _VAR_RE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 # Mount points the host already provides with the same meaning (shared memory): not rewritten.
 HOST_PATHS = ("/dev/shm",)
+# Where a pod's service account (token, ca.crt, namespace) is mounted: where in-cluster clients read it.
+SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 # hostPaths every node sees as one folder, as a network filesystem mounted at the same path on every node
@@ -404,3 +409,19 @@ def pod_phase(states: list[dict[str, Any]], policy: str, started: bool) -> str:
         if policy == "Never":
             return "Failed"
     return "Running"
+
+
+def in_cluster_kubeconfig(server: str, account_folder: str, namespace: str) -> dict[str, Any]:
+    """A kubeconfig holding what in-cluster configuration reads: the API server, and the CA and token of the
+    pod's service-account volume (the folder behind SERVICE_ACCOUNT_PATH), so the pod authenticates as its
+    own ServiceAccount with the same files."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "in-cluster", "cluster": {
+            "server": server, "certificate-authority": f"{account_folder}/ca.crt"}}],
+        "users": [{"name": "service-account", "user": {"tokenFile": f"{account_folder}/token"}}],
+        "contexts": [{"name": "in-cluster", "context": {
+            "cluster": "in-cluster", "user": "service-account", "namespace": namespace}}],
+        "current-context": "in-cluster",
+    }

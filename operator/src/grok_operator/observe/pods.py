@@ -1,28 +1,18 @@
-"""Reading pods (pure): a pod's (or node's) Ready condition and since when, when a pod was made, and which
-turned Ready last. The one reading of Ready that the autoscaler, status.lastStartup and the development
-cluster share."""
+"""Reading pods (pure): since when a pod has been Ready (its Ready condition read by grok_common.pods, as the
+router reads it), when a pod was made, and which turned Ready last: for the autoscaler and
+status.lastStartup."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
+from grok_common.pods import is_ready, ready_condition
+
 
 def timestamp(stamp: str | None) -> float | None:
     """An API server timestamp (RFC 3339) as seconds since the epoch; None for none."""
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else None
-
-
-def ready_condition(obj: dict[str, Any]) -> dict[str, Any] | None:
-    """The object's Ready condition (any status), or None where it has none yet."""
-    conditions = (obj.get("status") or {}).get("conditions") or []
-    return next((c for c in conditions if c.get("type") == "Ready"), None)
-
-
-def is_ready(obj: dict[str, Any]) -> bool:
-    """Whether a pod or a node has its Ready condition True."""
-    ready = ready_condition(obj)
-    return ready is not None and ready.get("status") == "True"
 
 
 def ready_since(pod: dict[str, Any]) -> float | None:

@@ -12,7 +12,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from grok_operator.observe.pods import created_at, is_ready, ready_since
+from grok_common.pods import is_ready
+from grok_operator.observe.pods import created_at, ready_since
 from grok_operator.scale.decide import DEFAULT_STARTUP_SECONDS
 
 DEFAULT_DEPLOYMENT_LABEL = "serving_grok_dev_deployment"  # the pod label serving.grok.dev/deployment, as

@@ -20,7 +20,7 @@ from vllm.sampling_params import SamplingParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
-from grok_server.grpc_setup import Undecodable
+from grok_rpc.grpc_setup import Undecodable
 from grok_server.server import engine as eng
 from grok_server.server.admission import Admission, auto_stream_interval
 from grok_server.server.lifecycle import Lifecycle, unavailable_message

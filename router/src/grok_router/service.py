@@ -13,7 +13,7 @@ from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
 from grok_router.forward import Forwarder, RouteError, request_key
 from grok_router.gate import Gate
-from grok_server.grpc_setup import Undecodable
+from grok_rpc.grpc_setup import Undecodable
 
 API = "grpc"
 

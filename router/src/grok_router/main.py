@@ -30,7 +30,7 @@ from grok_router.metrics import RouterMetrics
 from grok_router.replicas import Endpoint, PodWatcher, ReplicaSet, scrape_forever
 from grok_router.service import RouterServicer
 from grok_router.tls import CertificateFiles
-from grok_server.grpc_setup import SERVICE_NAME, generation_server
+from grok_rpc.grpc_setup import SERVICE_NAME, generation_server
 
 log = logging.getLogger("grok_router")
 
@@ -86,7 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d.add_argument(
         "--metrics-port-name", default="metrics", help="the servers' metrics port (name or number)"
     )
-    d.add_argument("--kubeconfig", help="default: the pod's service account (in-cluster)")
+    d.add_argument(
+        "--kubeconfig",
+        help="default: the pod's service account (in-cluster), else $KUBECONFIG or ~/.kube/config",
+    )
     d.add_argument(
         "--replica",
         type=_static_replica,

@@ -14,27 +14,24 @@ import collections
 import contextlib
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
+from grok_common.pods import is_ready
 from grok_router import picker
-from grok_server.exposition import samples
+from grok_rpc.exposition import samples
 
 log = logging.getLogger("grok_router.replicas")
 T = TypeVar("T")
 
 # The replicas' gauges that the load estimate reads (grok-server's metric contract).
 SCRAPED = ("grok_requests_in_flight", "grok_requests_waiting", "grok_kv_cache_usage_ratio")
-# Where a pod finds its service account's token and the cluster's CA (GROK_SERVICE_ACCOUNT_DIR overrides it).
-SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", -1),
     ("grpc.max_send_message_length", -1),
@@ -83,10 +80,7 @@ def endpoint_of(
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
     if meta.get("deletionTimestamp") or not status.get("podIP"):
         return None
-    ready = any(
-        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ()
-    )
-    if not ready:
+    if not is_ready(pod):
         return None
     ports = [p for c in (pod.get("spec") or {}).get("containers") or () for p in c.get("ports") or ()]
     grpc_number = _port(ports, grpc_port) if not grpc_port.isdigit() else int(grpc_port)
@@ -276,10 +270,17 @@ class PodWatcher:
         if self.kubeconfig:
             config.load_kube_config(self.kubeconfig)
         else:
-            from kubernetes.config.incluster_config import InClusterConfigLoader
-
-            account = Path(os.environ.get("GROK_SERVICE_ACCOUNT_DIR", SERVICE_ACCOUNT_DIR))
-            InClusterConfigLoader(str(account / "token"), str(account / "ca.crt")).load_and_set()
+            # The pod's service account (the standard in-cluster files); outside a pod, the client's own
+            # kubeconfig lookup ($KUBECONFIG, then ~/.kube/config), as the operator's login does.
+            try:
+                config.load_incluster_config()
+            except config.ConfigException as not_in_a_pod:
+                try:
+                    config.load_kube_config()
+                except config.ConfigException as err:
+                    raise config.ConfigException(
+                        f"no service account ({not_in_a_pod}) and no kubeconfig ({err}): pass --kubeconfig"
+                    ) from err
         return client.CoreV1Api()
 
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
