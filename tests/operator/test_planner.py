@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grok_common.attention import engine_backend_args
+from grok_common.attention import describe, engine_backend_args
 from grok_common.quantization import NAMES, canonical
 from grok_operator.api.gpus import GPU_PRODUCTS, gpu_product
 from grok_operator.api.models import GROK_1, GROK_1_TINY, model_shape
@@ -222,4 +222,5 @@ def test_the_readmes_sizing_table_is_what_the_planner_and_the_attention_rule_say
         weights, kv, sequences, backend = (cell.strip() for cell in rest.split("|")[:4])
         assert (weights, kv, sequences) == (f"{p.weight_gib_per_gpu:.1f}", f"{p.kv_cache_gib_per_gpu:.1f}",
                                             str(p.max_concurrent_sequences)), (product, quantization)
-        assert backend.split()[0] == engine_backend_args({}, gpu.attention_device)["attention_backend"]
+        device = gpu.attention_device
+        assert backend == describe(engine_backend_args({}, device)["attention_backend"], device), product
