@@ -59,6 +59,37 @@ def test_backends_that_apply_the_cap_are_admitted(product, engine_args):
     assert admission.refusal is None and admission.plan is not None
 
 
+def with_env(b, *env):
+    b["spec"]["server"]["env"] = list(env)
+    return b
+
+
+@pytest.mark.parametrize(("product", "device"), [
+    ("NVIDIA-H100-80GB-HBM3", Device("cuda", (9, 0))),
+    ("NVIDIA-B200", Device("cuda", (10, 0))),
+])
+def test_vllm_attention_backend_in_env_naming_a_backend_that_drops_the_cap_is_refused(product, device):
+    """vLLM 0.32 ignores the variable, but whoever set it expects FlashInfer: refused with grok-server's
+    words (tests/server/test_start_refusals.py), not started on another backend."""
+    env = {"name": "VLLM_ATTENTION_BACKEND", "value": "flashinfer"}
+    reason, message = refused(with_env(body(product), env))
+    assert reason == "AttentionBackendDropsSoftCap"
+    assert message == "spec.server.env: VLLM_ATTENTION_BACKEND=flashinfer: " + refusal("FLASHINFER", device)
+
+
+@pytest.mark.parametrize("env", [
+    [{"name": "VLLM_ATTENTION_BACKEND", "value": "TRITON_ATTN"}],
+    [{"name": "VLLM_ATTENTION_BACKEND", "value": "FLASHINFER"},
+     {"name": "VLLM_ATTENTION_BACKEND", "value": "FLASH_ATTN"}],  # the later entry is the container's
+    # A ConfigMap's value cannot be read at admission: grok-server checks it at start.
+    [{"name": "VLLM_ATTENTION_BACKEND", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}],
+    [{"name": "OTHER", "value": "FLASHINFER"}],
+])
+def test_other_environments_are_admitted(env):
+    admission = admit(with_env(body(), *env))
+    assert admission.refusal is None and admission.plan is not None
+
+
 def test_malformed_engine_args_are_refused_with_what_is_wrong():
     reason, message = refused(body(engine_args=["--engine-arg", "no-equals-sign"]))
     assert reason == "InvalidEngineArgs"

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grok_common.attention import engine_backend_args
+from grok_common.attention import describe, engine_backend_args
 from grok_common.quantization import NAMES, canonical
 from grok_operator.api.gpus import GPU_PRODUCTS, gpu_product
 from grok_operator.api.models import GROK_1, GROK_1_TINY, model_shape
@@ -205,10 +205,17 @@ def test_the_tiny_profiles_are_the_shapes_the_generator_writes():
     assert GROK_1_SMALL.parameters == parameter_count("small")
 
 
+def _doc_table(header: str) -> list[list[str]]:
+    """The cells of the docs/resource.md table whose header row starts with `header`."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "resource.md").read_text()
+    block = text[text.index("\n" + header) + 1:].split("\n\n", 1)[0]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in block.splitlines()[2:]]
+
+
 def test_the_readmes_sizing_table_is_what_the_planner_and_the_attention_rule_say():
-    readme = (Path(__file__).resolve().parents[2] / "docs" / "resource.md").read_text()
+    table = "\n".join("| " + " | ".join(row) + " |" for row in _doc_table("| GPU | quantization |"))
     rows = re.findall(r"^\| (NVIDIA-\S+|AMD-\S+)(?: \(`amd.com/gpu`\))? \| (\S+)[^|]* \| ([^|]+) \|(.*)\|$",
-                      readme, re.M)
+                      table, re.M)
     assert len(rows) >= 12
     for product, quantization, layout, rest in rows:
         gpu = gpu_product(product)
@@ -222,4 +229,24 @@ def test_the_readmes_sizing_table_is_what_the_planner_and_the_attention_rule_say
         weights, kv, sequences, backend = (cell.strip() for cell in rest.split("|")[:4])
         assert (weights, kv, sequences) == (f"{p.weight_gib_per_gpu:.1f}", f"{p.kv_cache_gib_per_gpu:.1f}",
                                             str(p.max_concurrent_sequences)), (product, quantization)
-        assert backend.split()[0] == engine_backend_args({}, gpu.attention_device)["attention_backend"]
+        device = gpu.attention_device
+        assert backend == describe(engine_backend_args({}, device)["attention_backend"], device), product
+
+
+def test_the_fp8_table_cites_what_the_planner_decides_with():
+    """docs/resource.md's per-product fp8 figures are gpus.py's, and a datasheet FP8 figure goes with
+    compute capability 8.9+ (what the planner decides on) for every NVIDIA product."""
+    rows = _doc_table("| GPU product | compute capability |")
+    assert sorted(row[0].split()[0] for row in rows) == sorted(GPU_PRODUCTS)
+    for product, capability, tflops, _sources in rows:
+        gpu = GPU_PRODUCTS[product.split()[0]]
+        if gpu.compute_capability is None:
+            assert (capability, tflops, gpu.fp8_tensor_tflops) == ("n/a", "not verified", None), product
+            continue
+        assert capability == "{}.{}".format(*gpu.compute_capability), product
+        assert gpu.fp8_tensor_tflops is not None, product
+        if gpu.fp8_tensor_tflops == 0:
+            assert tflops == "none" and not gpu.fp8, product
+        else:
+            dense = gpu.fp8_tensor_tflops
+            assert tflops == f"{dense:,} ({2 * dense:,})" and gpu.fp8, product

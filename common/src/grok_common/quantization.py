@@ -21,6 +21,7 @@ NAMES = (NONE, *FP8_SCHEMES)
 # fp8 tensor cores arrived with compute capability 8.9 (Ada: L4, L40S; then Hopper 9.0: H100, H200;
 # Blackwell 10.0: B200). Ampere (A100, 8.0) has none: NVIDIA's H100 and L40S datasheets list FP8 Tensor Core
 # throughput, the A100 datasheet lists none, and Transformer Engine requires compute capability 8.9 for FP8.
+# Per product, with figures and links: docs/resource.md ("fp8").
 FP8_MIN_CAPABILITY = (8, 9)
 
 

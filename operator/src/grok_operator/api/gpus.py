@@ -18,6 +18,9 @@ class GPUProduct:
     instance_type: str = ""  # a typical 8-GPU cloud machine carrying it
     # NVIDIA's compute capability (developer.nvidia.com/cuda-gpus); None: not NVIDIA, or not known
     compute_capability: tuple[int, int] | None = None
+    # FP8 Tensor Core TFLOPS, dense (NVIDIA's datasheets give twice this, "with sparsity"): 0 where the
+    # datasheet lists no FP8 (A100), None where not verified. docs/resource.md cites the source of each.
+    fp8_tensor_tflops: int | None = None
 
     @property
     def fp8(self) -> bool:
@@ -44,12 +47,18 @@ class GPUProduct:
 GPU_PRODUCTS: dict[str, GPUProduct] = {
     p.product: p
     for p in (
-        GPUProduct("NVIDIA-A100-SXM4-40GB", 40960, instance_type="p4d.24xlarge", compute_capability=(8, 0)),
-        GPUProduct("NVIDIA-A100-SXM4-80GB", 81920, instance_type="p4de.24xlarge", compute_capability=(8, 0)),
-        GPUProduct("NVIDIA-H100-80GB-HBM3", 81559, instance_type="p5.48xlarge", compute_capability=(9, 0)),
-        GPUProduct("NVIDIA-H200", 143771, instance_type="p5e.48xlarge", compute_capability=(9, 0)),
-        GPUProduct("NVIDIA-B200", 183359, instance_type="p6-b200.48xlarge", compute_capability=(10, 0)),
-        GPUProduct("NVIDIA-L40S", 46068, instance_type="g6e.48xlarge", compute_capability=(8, 9)),
+        GPUProduct("NVIDIA-A100-SXM4-40GB", 40960, instance_type="p4d.24xlarge", compute_capability=(8, 0),
+                   fp8_tensor_tflops=0),
+        GPUProduct("NVIDIA-A100-SXM4-80GB", 81920, instance_type="p4de.24xlarge", compute_capability=(8, 0),
+                   fp8_tensor_tflops=0),
+        GPUProduct("NVIDIA-H100-80GB-HBM3", 81559, instance_type="p5.48xlarge", compute_capability=(9, 0),
+                   fp8_tensor_tflops=1979),
+        GPUProduct("NVIDIA-H200", 143771, instance_type="p5e.48xlarge", compute_capability=(9, 0),
+                   fp8_tensor_tflops=1979),
+        GPUProduct("NVIDIA-B200", 183359, instance_type="p6-b200.48xlarge", compute_capability=(10, 0),
+                   fp8_tensor_tflops=4500),
+        GPUProduct("NVIDIA-L40S", 46068, instance_type="g6e.48xlarge", compute_capability=(8, 9),
+                   fp8_tensor_tflops=733),
         GPUProduct("AMD-Instinct-MI300X", 196592, resource="amd.com/gpu", instance_type="ND96isr_MI300X_v5"),
     )
 }

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from grok_common.attention import AttentionBackendRefused, Device, engine_backend_args
+from grok_common.attention import ENV_VAR, AttentionBackendRefused, Device, check_env, engine_backend_args
 from grok_common.engine_args import engine_args_in
 from grok_common.load_formats import SERVER_IMAGE_MODULES, load_format_problem
 from grok_operator.api.gpus import GPU_PRODUCTS, GPUProduct
@@ -41,8 +41,9 @@ def admit(body: dict[str, Any]) -> Admission:
 
 
 def check_attention_backend(spec: GrokDeploymentSpec) -> None:
-    """spec.server.engineArgs must not force an attention backend that drops Grok-1's logit soft-cap on the
-    spec's GPUs. Raises PlanError (AttentionBackendDropsSoftCap, or InvalidEngineArgs)."""
+    """spec.server.engineArgs, and VLLM_ATTENTION_BACKEND in spec.server.env, must not ask for an attention
+    backend that drops Grok-1's logit soft-cap on the spec's GPUs (the checks grok-server runs at start,
+    grok_common.attention.check_start). Raises PlanError (AttentionBackendDropsSoftCap, InvalidEngineArgs)."""
     try:
         engine_args = engine_args_in(spec.server.engine_args)
     except ValueError as err:
@@ -52,6 +53,14 @@ def check_attention_backend(spec: GrokDeploymentSpec) -> None:
         engine_backend_args(engine_args, device)
     except AttentionBackendRefused as err:
         raise PlanError("AttentionBackendDropsSoftCap", f"spec.server.engineArgs: {err}") from None
+    # The container's environment: a later entry of the same name wins. A value from a ConfigMap or Secret
+    # (valueFrom) cannot be read here; grok-server checks it at start.
+    environ = {str(e.get("name")): str(e["value"]) for e in spec.server.env
+               if isinstance(e, dict) and e.get("name") == ENV_VAR and "value" in e}
+    try:
+        check_env(environ, device)
+    except AttentionBackendRefused as err:
+        raise PlanError("AttentionBackendDropsSoftCap", f"spec.server.env: {err}") from None
 
 
 # The project's own server image (server/Dockerfile): the operator knows which loader packages it has.

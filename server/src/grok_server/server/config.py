@@ -1,13 +1,16 @@
-"""Command-line flags of `grok-server` (pure: parsing only, no I/O beyond reading the arguments)."""
+"""Command-line flags of `grok-server` (pure: parsing only, no I/O beyond reading the arguments), and the
+checks of them that refuse a start before any work."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grok_common import quantization
+from grok_common.attention import Device, check_start
 from grok_common.engine_args import parse_engine_arg
 
 
@@ -58,6 +61,8 @@ class ServerConfig:
     log_level: str = "INFO"
     warmup: bool = True
     warmup_timeout_seconds: float = 300.0
+    # What parsing changed, for the log (a deprecated quantization name translated, say).
+    notices: list[str] = field(default_factory=list)
     warmup_prompt_tokens: int = 1024
     warmup_new_tokens: int = 16
     stream_interval: int = 0  # 0: auto
@@ -282,6 +287,7 @@ def parse_worker_args(argv: list[str] | None = None) -> ServerConfig:
     _check_multinode(p, ns, worker=True)
     values = vars(ns)
     values["engine_args"] = dict(values.pop("engine_arg"))
+    values["notices"] = _current_quantization_names(values)
     return ServerConfig(**values)
 
 
@@ -295,4 +301,27 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         p.error("--tls-client-ca needs --tls-cert and --tls-key")
     values = vars(ns)
     values["engine_args"] = dict(values.pop("engine_arg"))
+    values["notices"] = _current_quantization_names(values)
     return ServerConfig(**values)
+
+
+def _current_quantization_names(values: dict[str, Any]) -> list[str]:
+    """vLLM 0.32 deprecates `fp8` on bf16 weights (a warning, then fp8_per_tensor): the current name is passed
+    instead, as the operator does (grok_common.quantization). Other names are vLLM's to judge."""
+    notices = []
+    for where, holder, key in (("--quantization", values, "quantization"),
+                               ("--engine-arg quantization", values["engine_args"], "quantization")):
+        name = holder.get(key)
+        if isinstance(name, str) and name in quantization.DEPRECATED:
+            holder[key] = quantization.DEPRECATED[name]
+            notices.append(f"{where} {name} is deprecated in vLLM 0.32 for bf16 weights: passing its current "
+                           f"name, {holder[key]}")
+    return notices
+
+
+def start_checks(cfg: ServerConfig, device: Device, environ: Mapping[str, str]) -> list[str]:
+    """What grok-server refuses before reading weights or touching the compile cache, on `device` (vLLM's
+    platform: grok_server.model.device.current_device): an attention backend that drops Grok-1's logit
+    soft-cap, asked for by --engine-arg or VLLM_ATTENTION_BACKEND. Raises AttentionBackendRefused, whose
+    message names the backend, why and the backends that work; returns warnings to log."""
+    return check_start(cfg.engine_args, environ, device)

@@ -29,7 +29,7 @@ from grok_server import __version__
 from grok_server.grpc_setup import SERVICE_NAME, generation_server
 from grok_server.server import placement
 from grok_server.server.admission import Admission
-from grok_server.server.config import ServerConfig, parse_args
+from grok_server.server.config import ServerConfig, parse_args, start_checks
 from grok_server.server.group import PeerWatch
 from grok_server.server.lifecycle import Lifecycle, Phase
 from grok_server.server.metrics import MetricsHTTPServer, ServerMetrics
@@ -102,9 +102,13 @@ class Server:
         return server
 
     async def _load_engine(self) -> None:
+        from grok_server.model.device import current_device
         from grok_server.server import engine as eng
 
         loop = asyncio.get_running_loop()
+        # Refusals first: a refused start reads no weights and touches no compile cache.
+        for notice in self.cfg.notices + start_checks(self.cfg, current_device(), os.environ):
+            log.warning("%s", notice)
         eng.check_load_format(self.cfg)
         await loop.run_in_executor(None, self.startup.prepare_weights)
         compile_outcome = await loop.run_in_executor(None, self.startup.prepare_compile_cache)
