@@ -511,6 +511,10 @@ class PodWorker(threading.Thread):
                 kubeconfig.write_text(json.dumps(podspec.in_cluster_kubeconfig(
                     self.runner.api_server, account, self.namespace)))
                 base["KUBECONFIG"] = str(kubeconfig)
+                # Without the service variables in-cluster configuration is absent by construction: on a
+                # machine that is itself a pod, the host's own service account is never taken for the pod's.
+                for name in self.runner.service_env:
+                    base.pop(name)
             leader = self._leader_ip(c.spec)
             env = podspec.container_env(c.spec, self._facts(), image, self.runner.lookup, base, leader)
             env = {k: podspec.rewrite_paths(v, mounts) for k, v in env.items()}

@@ -25,8 +25,8 @@ from grpc_health.v1.health import aio as health_aio
 
 from grok_common.attention import AttentionBackendRefused
 from grok_common.load_formats import LoadFormatRefused
+from grok_rpc.grpc_setup import SERVICE_NAME, generation_server
 from grok_server import __version__
-from grok_server.grpc_setup import SERVICE_NAME, generation_server
 from grok_server.server import placement
 from grok_server.server.admission import Admission
 from grok_server.server.config import ServerConfig, parse_args, start_checks
