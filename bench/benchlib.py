@@ -2,14 +2,46 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import subprocess
+import sys
+import sysconfig
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 TICKS = os.sysconf("SC_CLK_TCK")
+CACHE = Path(os.environ.get("GROK_SERVE_CACHE", Path.home() / ".cache" / "grok-serve")) / "bench"
+
+
+def pinned_environment(pins: Path, name: str) -> Path:
+    """The python of an environment of a benchmark's own (made on its first run, keyed by its pin file): the
+    pinned wheels installed --no-deps on top of the dependency environment's packages, never into the
+    product's environment."""
+    key = hashlib.sha256(pins.read_bytes() + sys.version.encode()).hexdigest()[:16]
+    env = CACHE / "venvs" / f"{name}-{key}"
+    python = env / "bin" / "python"
+    if not (env / ".complete").exists():
+        print(f"installing {pins.name} into {env} (first run only)", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(env)], check=True)
+        purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+        site = Path(subprocess.run([str(python), "-c", purelib], check=True, capture_output=True,
+                                   text=True).stdout.strip())
+        ours = [p for p in sys.path if p.endswith("site-packages") and p != sysconfig.get_paths()["purelib"]]
+        (site / "_grok_deps.pth").write_text("\n".join(ours) + "\n")
+        subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
+                        "--disable-pip-version-check", "--no-deps", "-r", str(pins)], check=True)
+        (env / ".complete").touch()
+    return python
+
+
+def site_packages(python: Path) -> str:
+    """An environment's own site-packages folder (to import its pinned wheels in this process)."""
+    return subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
 
 
 def cpu_seconds(pid: int) -> float:

@@ -33,7 +33,11 @@ import time
 from pathlib import Path
 from urllib.request import urlopen
 
+from benchlib import cpu_seconds, pinned_environment, site_packages
+
 from grok_server.checkpoints.tiny import make_tiny_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def copier(source: Path, root: Path) -> subprocess.Popen[str]:
@@ -102,6 +106,30 @@ class DefaultLoader:
         return total
 
 
+class RunaiStreamer:
+    """vLLM's `--load-format runai_streamer` path: its runai_safetensors_weights_iterator (the streamer's
+    concurrent reads into a CPU buffer, each tensor cloned out of it), each tensor copied into the
+    parameters allocated beforehand, as the default loader does."""
+
+    def __init__(self, files: list[Path]) -> None:
+        import torch
+
+        self.files = [str(f) for f in files]
+        self.params = {name: torch.empty_like(t) for name, t in self._tensors()}
+
+    def _tensors(self):  # type: ignore[no-untyped-def]
+        from vllm.model_executor.model_loader.weight_utils import runai_safetensors_weights_iterator
+
+        return runai_safetensors_weights_iterator(self.files, False)
+
+    def __call__(self) -> int:
+        total = 0
+        for name, tensor in self._tensors():
+            self.params[name].copy_(tensor)
+            total += tensor.numel() * tensor.element_size()
+        return total
+
+
 class StraightIntoParameters:
     """Not a loader vLLM has: each tensor read with readinto() straight into its parameter's memory (one copy,
     as `cat` makes one), the parameters allocated beforehand. What the default path would need to come near
@@ -131,14 +159,6 @@ class StraightIntoParameters:
         for handle in handles.values():
             handle.close()
         return total
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of a live process, from /proc (clock ticks)."""
-    import os
-
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def children_cpu_seconds() -> float:
@@ -182,12 +202,12 @@ def from_source(shared: Path, root: Path, rounds: int) -> None:
             for name, command in ways.items():
                 out = root / f"first-copy-{i}-{len(rates[name])}-{'s3' if 'S3' in name else 'shared'}"
                 drop_from_page_cache([f for f in shared.iterdir() if f.is_file()])
-                cpu, s3_cpu = children_cpu_seconds(), process_cpu_seconds(server.pid)
+                cpu, s3_cpu = children_cpu_seconds(), cpu_seconds(server.pid)
                 started = time.perf_counter()
                 subprocess.run(command(out), env=env, check=True, capture_output=True)
                 seconds = time.perf_counter() - started
                 rates[name].append((size / seconds / 1e9, (children_cpu_seconds() - cpu) / (size / 1e9),
-                                    (process_cpu_seconds(server.pid) - s3_cpu) / (size / 1e9)))
+                                    (cpu_seconds(server.pid) - s3_cpu) / (size / 1e9)))
         print(f"\n5. the first replica on a node: its copy of the model ({size / 1e6:.1f} MB), median of "
               f"{rounds} alternating rounds, each into a fresh folder, the source's pages dropped first:")
         for name, values in rates.items():
@@ -236,9 +256,12 @@ def main() -> None:
     # One intra-op thread: on a shared 2-core machine two OpenMP threads wait on each other and on everyone
     # else (the copy ran 0.2-0.6 GB/s with 2 threads, 3-4 GB/s with 1, in one run).
     torch.set_num_threads(args.torch_threads)
+    # runai-model-streamer in an environment of the benchmark's own (requirements/bench/runai.txt).
+    sys.path.append(site_packages(pinned_environment(ROOT / "requirements" / "bench" / "runai.txt", "runai")))
     readers = {"cat": lambda: read_with_cat(files),
                "default loader (mmap, vLLM's default)": DefaultLoader(files, None),
                "default loader, safetensors_load_strategy=eager": DefaultLoader(files, "eager"),
+               "runai_streamer (runai-model-streamer 0.17.1)": RunaiStreamer(files),
                "readinto() straight into the parameters (no such loader)": StraightIntoParameters(files)}
     size = sum(f.stat().st_size for f in files) / 1e6
     sources = (("page cache warm", False), ("from the disk, page cache dropped before each read", True))

@@ -28,13 +28,10 @@ import argparse
 import asyncio
 import contextlib
 import datetime
-import hashlib
 import json
 import os
 import signal
-import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -42,10 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from benchlib import cpu_seconds, percentile, stream_completion_gaps
+from benchlib import cpu_seconds, percentile, pinned_environment, stream_completion_gaps
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
-from router import CACHE, Fleet, Proc, frontend_pid, header, load_average, spawn, tiny_model, wait_http
+from router import Fleet, Proc, frontend_pid, header, load_average, spawn, tiny_model, wait_http
 
 from grok_devcluster.local import free_port
 
@@ -61,21 +58,7 @@ CONCURRENCIES = (1, 8, 32)
 
 def vllm_router_python() -> Path:
     """An environment with vllm-router's pinned wheel, on top of the dependency environment's packages."""
-    key = hashlib.sha256(PINS.read_bytes() + sys.version.encode()).hexdigest()[:16]
-    env = CACHE / "venvs" / f"vllm-router-{key}"
-    python = env / "bin" / "python"
-    if not (env / ".complete").exists():
-        print(f"installing {PINS.name} into {env} (first run only)", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(env)], check=True)
-        purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-        site = Path(subprocess.run([str(python), "-c", purelib], check=True, capture_output=True,
-                                   text=True).stdout.strip())
-        ours = [p for p in sys.path if p.endswith("site-packages") and p != sysconfig.get_paths()["purelib"]]
-        (site / "_grok_deps.pth").write_text("\n".join(ours) + "\n")
-        subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
-                        "--disable-pip-version-check", "--no-deps", "-r", str(PINS)], check=True)
-        (env / ".complete").touch()
-    return python
+    return pinned_environment(PINS, "vllm-router")
 
 
 @contextlib.contextmanager
