@@ -110,19 +110,17 @@ def start_systems(model: Path, workdir: Path, names: list[str]) -> list[System]:
 
 def _wait_generates(system: System, timeout: float) -> None:
     """Until a tiny Generate succeeds (the engine is loaded and warm)."""
-    deadline = time.monotonic() + timeout
     with grpc.insecure_channel(system.target) as channel:
         stub = pb_grpc.GenerationServiceStub(channel)
-        while time.monotonic() < deadline:
+
+        def generates() -> bool:
             if any(p.poll() is not None for p in system.roots):
                 raise RuntimeError(f"{system.name}: a process exited while starting")
-            try:
-                stub.Generate(pb.GenerateRequest(token_ids=pb.TokenIds(ids=PROMPT),
-                                                 stopping=pb.StoppingCriteria(max_new_tokens=2)), timeout=30)
-                return
-            except grpc.RpcError:
-                time.sleep(1)
-    raise TimeoutError(f"{system.name} not serving after {timeout:.0f} s")
+            stub.Generate(pb.GenerateRequest(token_ids=pb.TokenIds(ids=PROMPT),
+                                             stopping=pb.StoppingCriteria(max_new_tokens=2)), timeout=30)
+            return True
+
+        local.wait(generates, timeout, f"{system.name} to serve", interval=1, transient=(grpc.RpcError,))
 
 
 def one_round(system: System, concurrency: int, requests: int, output_tokens: int) -> tuple[float, float]:

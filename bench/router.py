@@ -67,6 +67,7 @@ from grok_devcluster.local import (
     http_status,
     launch_server,
     parse_metrics,
+    wait,
 )
 from grok_router.picker import prefix_key, ranking
 from grok_server.server.placement import descendants, process_title
@@ -85,16 +86,13 @@ PREFIX_BLOCKS = 8  # the router's default: 8 blocks of 16 tokens key the prefix
 
 
 def wait_http(proc: subprocess.Popen[bytes], url: str, log: Path, what: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}; log {log}:\n"
                                + log.read_text(errors="replace")[-4000:])
-        with contextlib.suppress(OSError):
-            if http_status(url) == 200:
-                return
-        time.sleep(0.25)
-    raise TimeoutError(f"{what} not ready after {START_TIMEOUT:.0f} s; log {log}")
+        return http_status(url) == 200
+
+    wait(ready, START_TIMEOUT, f"{what} to answer {url} (log {log})", interval=0.25, transient=(OSError,))
 
 
 @dataclass

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import statistics
@@ -44,7 +43,7 @@ from benchlib import cpu_seconds
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
-from grok_devcluster.local import free_port, parse_metrics
+from grok_devcluster.local import free_port, parse_metrics, wait
 
 TOKENS = 16  # generated per request by the fake upstream
 
@@ -91,15 +90,12 @@ class Router:
             return parse_metrics(answer.read().decode())
 
     def wait(self) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        def started() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(self.log.read_text()[-3000:])
-            with contextlib.suppress(OSError):
-                if self.metrics().get('grok_router_replicas{state="ready"}') == 1:
-                    return
-            time.sleep(0.1)
-        raise TimeoutError(f"router did not start: {self.log}")
+            return self.metrics().get('grok_router_replicas{state="ready"}') == 1
+
+        wait(started, 60, f"the router to start (log {self.log})", interval=0.1, transient=(OSError,))
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -39,7 +39,7 @@ from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 from router import header, wait_http
 from router_vs_peers import on_core
 
-from grok_devcluster.local import free_port
+from grok_devcluster.local import free_port, wait
 from grok_rpc.grpc_setup import SERVICE_NAME
 
 ROUTER_CORE, LOAD_CORE = 0, 1
@@ -124,14 +124,14 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def wait_grpc(target: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"exited with {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
-        with contextlib.suppress(grpc.FutureTimeoutError), grpc.insecure_channel(target) as channel:
-            grpc.channel_ready_future(channel).result(timeout=1)
-            return
-    raise TimeoutError(f"{target} not listening; log {log}")
+        with grpc.insecure_channel(target) as channel:
+            grpc.channel_ready_future(channel).result(timeout=1)  # waits itself: no pause between tries
+        return True
+
+    wait(listening, 60, f"{target} to listen (log {log})", interval=0, transient=(grpc.FutureTimeoutError,))
 
 
 def measure(rate: float, tokens_per_message: int, args: argparse.Namespace, workdir: Path) -> list[str]:

@@ -51,7 +51,7 @@ from pathlib import Path
 
 from benchlib import percentile, stream_completion
 
-from grok_devcluster.local import engine_env, free_port
+from grok_devcluster.local import engine_env, free_port, wait
 from grok_server.server import placement
 
 REPO = Path(__file__).resolve().parents[1]
@@ -356,18 +356,17 @@ def spawn(
 
 
 def wait_port(proc: Proc, port: int, check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
+    def up() -> bool:
         if proc.popen.poll() is not None:
             raise RuntimeError(
                 f"{proc.name} exited with {proc.popen.returncode}; log {proc.log}:\n"
                 + proc.log.read_text(errors="replace")[-4000:]
             )
-        with contextlib.suppress(Exception):
-            if check():
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"{proc.name} did not come up in {START_TIMEOUT} s; log {proc.log}")
+        with contextlib.suppress(Exception):  # any failure of the check is "not up yet"; exiting is not
+            return check()
+        return False
+
+    wait(up, START_TIMEOUT, f"{proc.name} to come up (log {proc.log})", interval=0.5)
 
 
 _HEALTH_CHECK = """

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import yaml
 
 from grok_devcluster import DevCluster
 from grok_devcluster.cluster import ClusterError
-from grok_devcluster.local import free_port, wait
+from grok_devcluster.local import free_port, parse_metrics, wait
 from tests.caches import run_compile_cache
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,32 +84,24 @@ class OperatorProcess:
         )[0]
 
     def metric(self, name: str) -> float | None:
+        """The first series of `name` (any labels), or None when it is absent or the scrape fails."""
         try:
-            text = (
-                urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2)
-                .read()
-                .decode()
-            )
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as r:
+                samples = parse_metrics(r.read().decode())
         except OSError:
             return None
-        for line in text.splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
-        return None
+        return next((v for k, v in samples.items() if k == name or k.startswith(name + "{")), None)
 
     def wait_leading(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def leading() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(
                     f"operator exited {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}"
                 )
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2)
-                return
-            except OSError:
-                time.sleep(0.3)
-        raise AssertionError(f"operator did not start leading:\n{self.log_path.read_text()[-3000:]}")
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2):
+                return True
+
+        wait_for(leading, timeout, message=f"the operator to lead (log {self.log_path})")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 90) -> int:
         if self.proc.poll() is None:

@@ -6,12 +6,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from grok_devcluster import DevCluster
+from grok_devcluster.local import wait
 
 pytestmark = pytest.mark.cluster
 
@@ -67,26 +67,23 @@ def test_gpus_are_accounted_per_node(devcluster, k8s_namespace):
     manifest = gpu_deployment("h200", 8, "NVIDIA-H200")
     manifest["spec"]["replicas"] = 3
     apply(devcluster, k8s_namespace, manifest)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        placed = [p["spec"].get("nodeName") for p in pods(devcluster, k8s_namespace, "h200")]
-        if len(placed) == 3 and sum(1 for n in placed if n) == 2:
-            break
-        time.sleep(0.5)
-    assert sorted(n for n in placed if n) == ["h200-0", "h200-1"]
+
+    def placed() -> list[str] | None:
+        nodes = [p["spec"].get("nodeName") for p in pods(devcluster, k8s_namespace, "h200")]
+        return nodes if len(nodes) == 3 and sum(1 for n in nodes if n) == 2 else None
+
+    nodes = wait(placed, 60, "three pods, two of them placed", interval=0.5)
+    assert sorted(n for n in nodes if n) == ["h200-0", "h200-1"]
 
 
 def test_more_gpus_than_any_node_has_stays_pending_unschedulable(devcluster, k8s_namespace):
     apply(devcluster, k8s_namespace, gpu_deployment("sixteen", 16))
-    deadline = time.monotonic() + 60
-    condition = None
-    while time.monotonic() < deadline and condition is None:
-        for pod in pods(devcluster, k8s_namespace, "sixteen"):
-            condition = next(
-                (c for c in pod["status"].get("conditions", []) if c["type"] == "PodScheduled"), None
-            )
-        time.sleep(0.5)
-    assert condition is not None, "the scheduler never looked at the pod"
+
+    def scheduled() -> dict | None:
+        return next((c for pod in pods(devcluster, k8s_namespace, "sixteen")
+                     for c in pod["status"].get("conditions", []) if c["type"] == "PodScheduled"), None)
+
+    condition = wait(scheduled, 60, "the scheduler to look at the pod", interval=0.5)
     assert condition["status"] == "False"
     assert condition["reason"] == "Unschedulable"
     assert "Insufficient nvidia.com/gpu" in condition["message"]
@@ -176,10 +173,8 @@ def test_service_account_tokens_work_and_rbac_denies_what_is_not_granted(devclus
     devcluster.kubectl(
         "create", "rolebinding", "reader", "--role=pod-reader", f"--serviceaccount={ns}:reader", "-n", ns
     )
-    deadline = time.monotonic() + 10
-    while (allowed := as_reader("get", "pods")).returncode != 0 and time.monotonic() < deadline:
-        time.sleep(0.2)  # RBAC caches take a moment to see the binding
-    assert allowed.returncode == 0, allowed.stderr
+    # RBAC caches take a moment to see the binding.
+    wait(lambda: as_reader("get", "pods").returncode == 0, 10, "the binding to allow getting pods")
     write = as_reader("create", "configmap", "not-granted")
     assert write.returncode != 0
     assert 'cannot create resource "configmaps"' in write.stderr

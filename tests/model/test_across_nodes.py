@@ -22,7 +22,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -117,17 +116,17 @@ class Replica:
         return beyond_loopback(listening_addresses(pids))
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             if self.leader.proc.poll() is not None:
                 raise NodeExited(f"the leader exited with {self.leader.proc.returncode}\n{self.logs()}")
             if self.worker.proc.poll() is not None:
                 raise NodeExited(f"the worker exited with {self.worker.proc.returncode}\n{self.logs()}")
-            with contextlib.suppress(OSError):
-                if self.leader.http_status("/readyz") == 200:
-                    return
-            time.sleep(0.5)
-        raise TimeoutError(f"the replica was not ready after {timeout:.0f} s\n{self.logs()}")
+            return self.leader.http_status("/readyz") == 200
+
+        try:
+            local.wait(ready, timeout, "the replica to be ready", interval=0.5, transient=(OSError,))
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}\n{self.logs()}") from e
 
 
 class NodeExited(RuntimeError):

@@ -11,9 +11,19 @@ from grok_common.attention import describe, engine_backend_args
 from grok_common.quantization import NAMES, canonical
 from grok_operator.api.gpus import GPU_PRODUCTS, gpu_product
 from grok_operator.api.models import GROK_1, GROK_1_TINY, model_shape
+from grok_operator.api.resource import GrokDeploymentSpec
+from grok_operator.plan.admission import plan_request
 from grok_operator.plan.planner import PlanError, PlanRequest, plan, weight_bytes
 
 H100, H200 = gpu_product("NVIDIA-H100-80GB-HBM3"), gpu_product("NVIDIA-H200")
+
+
+def test_a_request_with_only_shape_and_gpu_is_what_a_spec_without_those_fields_plans():
+    """The planner's defaults are the spec's (CRD) defaults: a test's bare PlanRequest sizes what a user's
+    GrokDeployment that sets none of them gets."""
+    spec = GrokDeploymentSpec.from_body({"metadata": {"name": "g"},
+                                         "spec": {"model": {"uri": "pvc://weights/grok-1"}}})
+    assert plan_request(spec) == PlanRequest(spec.shape, H100)
 
 
 def test_grok1_parameter_count_and_kv_cache_match_the_published_model():

@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,20 +93,16 @@ def wait_serving(
 ) -> None:
     own = channel is None
     channel = channel or grpc.insecure_channel(server.target)
-    deadline = time.monotonic() + timeout
+
+    def serving() -> bool:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"grok-server exited with {server.proc.returncode}:\n{server.log()[-5000:]}")
+        return health_status(channel) == "SERVING"
+
     try:
-        while time.monotonic() < deadline:
-            if server.proc.poll() is not None:
-                raise RuntimeError(
-                    f"grok-server exited with {server.proc.returncode}:\n{server.log()[-5000:]}"
-                )
-            try:
-                if health_status(channel) == "SERVING":
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.25)
-        raise TimeoutError(f"grok-server not SERVING after {timeout} s:\n{server.log()[-5000:]}")
+        wait(serving, timeout, "grok-server to be SERVING", interval=0.25, transient=(grpc.RpcError,))
+    except TimeoutError as e:
+        raise TimeoutError(f"{e}:\n{server.log()[-5000:]}") from e
     finally:
         if own:
             channel.close()
@@ -147,11 +142,8 @@ class EngineHold:
         self.held = True
         # SIGSTOP takes effect asynchronously: return only once every thread has stopped, so that the engine
         # takes no further step after hold().
-        deadline = time.monotonic() + timeout
-        while not all(_stopped(pid) for pid in self.pids):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the engine core {self.pids} did not stop within {timeout} s")
-            time.sleep(0.005)
+        wait(lambda: all(_stopped(pid) for pid in self.pids), timeout, f"the engine core {self.pids} to stop",
+             interval=0.005)
 
     def release(self) -> None:
         self._signal(signal.SIGCONT)

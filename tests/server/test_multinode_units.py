@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from grok_devcluster.local import wait
+from grok_devcluster.local import free_port, wait
 from grok_server.server import rendezvous
 from grok_server.server.config import parse_args, parse_worker_args
 from grok_server.server.group import LeaderWatch, PeerWatch, heartbeat_interval, heartbeat_key, port_open
@@ -237,9 +237,7 @@ def test_the_rendezvous_store_listens_on_the_master_address_only(monkeypatch: py
     monkeypatch.setenv(rendezvous.BIND_ENV, "1")
     rendezvous.install()
     rendezvous.install()  # idempotent (every vLLM process calls the plugin, some more than once)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     store = store_module._create_c10d_store("127.0.0.1", port, 0, 1, datetime.timedelta(seconds=30))
     store.set("k", "v")
     assert store.get("k") == b"v"

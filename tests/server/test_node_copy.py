@@ -10,11 +10,11 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from grok_devcluster.local import wait
 from grok_server.weights import node_copy
 from grok_server.weights.node_copy import NodeCache
 from grok_server.weights.plan import MANIFEST, Entry, plan_fit, source_key
@@ -40,12 +40,7 @@ def copier(source: Path, root: Path, *extra: str) -> subprocess.Popen[str]:
 
 
 def wait_for(check, what: str):
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        if (value := check()):
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait(check, DEADLINE, what, interval=0.02)
 
 
 # -- pure decisions ------------------------------------------------------------------------------------------

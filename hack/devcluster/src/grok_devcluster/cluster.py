@@ -30,6 +30,7 @@ import yaml
 from grok_common.pods import is_ready
 from grok_devcluster import nodes, stages
 from grok_devcluster.documents import documents
+from grok_devcluster.local import wait
 from grok_devcluster.lws import CRDS as lws_crds
 from grok_devcluster.lws import LwsError, LwsManager
 from grok_devcluster.tools import tools_dir
@@ -261,16 +262,18 @@ class DevCluster:
 
     def wait_crd_established(self, name: str, timeout: float = 60) -> None:
         """`kubectl wait` fails outright on a CRD whose status is not written yet: retry until it can wait."""
-        deadline = time.monotonic() + timeout
-        while True:
-            result = self.kubectl(
+        results: list[subprocess.CompletedProcess[str]] = []
+
+        def established() -> bool:
+            results.append(self.kubectl(
                 "wait", "--for=condition=Established", f"crd/{name}", "--timeout=10s", check=False
-            )
-            if result.returncode == 0:
-                return
-            if time.monotonic() > deadline:
-                raise ClusterError(f"CRD {name} not established: {result.stderr.strip()}")
-            time.sleep(0.2)
+            ))
+            return results[-1].returncode == 0
+
+        try:
+            wait(established, timeout, f"CRD {name} to be established")
+        except TimeoutError as e:
+            raise ClusterError(f"CRD {name} not established: {results[-1].stderr.strip()}") from e
 
     def service_account_kubeconfig(self, namespace: str, account: str, path: Path, hours: int = 4) -> Path:
         """A kubeconfig that authenticates as a ServiceAccount (with a real token from the API server),

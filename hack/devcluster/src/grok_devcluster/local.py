@@ -96,15 +96,13 @@ class LocalServer:
     def wait_ready(self, timeout: float) -> None:
         """Until `/readyz` answers 200 (the model is loaded and warm). Plain HTTP, so that the caller needs no
         synchronous gRPC (which disturbs grpc.aio channels used later in the same process)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"grok-server exited with {self.proc.returncode}:\n{self.log()[-5000:]}")
-            with contextlib.suppress(OSError):
-                if self.http_status("/readyz") == 200:
-                    return
-            time.sleep(0.25)
-        raise TimeoutError(f"grok-server not ready after {timeout:.0f} s; log {self.log_path}")
+            return self.http_status("/readyz") == 200
+
+        wait(ready, timeout, f"grok-server to be ready (log {self.log_path})", interval=0.25,
+             transient=(OSError,))
 
     def engine_core_pids(self) -> list[int]:
         """The vLLM engine-core process(es) under this server (process title 'VLLM::EngineCore')."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from grok_devcluster.local import free_port
+from grok_devcluster.local import free_port, wait
 from grok_devcluster.tools import tools_dir
 
 
@@ -93,15 +92,16 @@ class PrometheusServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a process group of its own: DevCluster.adopt can stop it
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"{self.url}/-/ready", timeout=2)
-                return
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"Prometheus did not become ready; see {self.workdir / 'prometheus.log'}")
+        def ready() -> bool:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2):  # an error status raises
+                return True
+
+        try:
+            wait(ready, timeout, "Prometheus to be ready", transient=(OSError,))
+        except TimeoutError as e:
+            self.stop()
+            log = self.workdir / "prometheus.log"
+            raise RuntimeError(f"Prometheus did not become ready; see {log}") from e
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

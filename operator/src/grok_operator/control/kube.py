@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 # DynamicClient with server_side_apply: measured with bench/kube_client.py (fresh processes, empty /tmp as in
 # a starting pod, simulated cluster with the GrokDeployment CRD and without the optional ServiceMonitor and
 # LeaderWorkerSet CRDs, kubernetes==37.0.2; 2026-12-07, two runs each):
-#   - memory: RSS after importing the operator and resolving its 12 kinds: 63.4-63.6 MiB with this table,
+#   - memory: RSS after importing the operator and resolving its 12 kinds of then (before Secret and
+#     NetworkPolicy): 63.4-63.6 MiB with this table,
 #     63.7-63.8 MiB with DynamicClient. No reason either way.
 #   - API round trips before the first apply: 0 here; 71 (25 distinct discovery paths) with DynamicClient,
 #     0.09-0.19 s on a loopback API server (against 0.01-0.03 s). Resolving a core kind ("v1") reads every
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 #     reads them all again (21 requests): the operator would have to cache "absent" itself, which crd_exists
 #     already does, on one request.
 #   - DynamicClient also writes its discovery cache as a file under TMPDIR.
-# The 12 kinds and their paths are fixed by the manifests this operator builds; a kind missing here fails
+# The 14 kinds and their paths are fixed by the manifests this operator builds; a kind missing here fails
 # the first test that applies it (KeyError), so the table cannot drift silently.
 PLURALS = {
     "Deployment": "deployments",

@@ -10,8 +10,6 @@ from typing import Any
 from grok_operator.api.resource import INSTANCE_LABEL, GrokDeploymentSpec
 from grok_operator.manifests.meta import metadata
 
-ROUTER_GRPC_PORT = 50051
-
 
 def grpc_service_port(port: int) -> dict[str, Any]:
     return {"name": "grpc", "port": port, "targetPort": "grpc", "protocol": "TCP",

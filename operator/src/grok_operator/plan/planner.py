@@ -20,27 +20,31 @@ from typing import Any
 from grok_common.quantization import bytes_per_weight, canonical, is_fp8
 from grok_operator.api.gpus import GIB, GPU_PRODUCTS, GPUProduct
 from grok_operator.api.models import ModelShape
+from grok_operator.api.spec import GPUSpec, ModelSpec, ParallelismSpec, ServerSpec
 
 DTYPE_BYTES = {"auto": 2, "bfloat16": 2, "float16": 2, "float32": 4}
 KV_CACHE_BYTES = 2  # bf16 KV cache
 ACTIVATION_RESERVE_GIB = 4.0  # activations, CUDA graphs, NCCL buffers, CUDA context: per GPU
-DEFAULT_MIN_SEQUENCES = 4
 
 
 @dataclass(frozen=True)
 class PlanRequest:
+    """What the planner sizes (admission.plan_request builds one from a spec). The defaults are the spec's
+    own: a dataclass keeps a field's plain default as its class attribute, so each is written once, in
+    api/spec."""
+
     shape: ModelShape
     gpu: GPUProduct
-    quantization: str = "none"  # grok_common.quantization's names
-    dtype: str = "auto"
-    max_model_len: int = 8192
-    tensor_parallel: int | None = None  # None: choose
-    gpus_per_node: int = 8
-    gpu_memory_utilization: float = 0.90
+    quantization: str = ModelSpec.quantization  # grok_common.quantization's names
+    dtype: str = ModelSpec.dtype
+    max_model_len: int = ModelSpec.max_model_len
+    tensor_parallel: int | None = None  # None: choose (spec.parallelism.tensor auto)
+    gpus_per_node: int = GPUSpec.per_node
+    gpu_memory_utilization: float = ServerSpec.gpu_memory_utilization
     gpu_memory_gib: float | None = None  # overrides the product's memory (e.g. MIG slices)
-    min_sequences: int = DEFAULT_MIN_SEQUENCES
+    min_sequences: int = ServerSpec.min_concurrent_sequences
     pipeline: int | None = None  # pipeline stages (nodes per replica); None: 1 if one node fits, else choose
-    max_nodes_per_replica: int = 4
+    max_nodes_per_replica: int = ParallelismSpec.max_nodes_per_replica
 
 
 @dataclass(frozen=True)
