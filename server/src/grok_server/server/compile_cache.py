@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from grok_server.checked_folder import file_digest, files_problem, read_manifest
 from grok_server.server.startup import CompileCacheOutcome
 
 MANIFEST = "grok-cache.json"
@@ -92,31 +93,20 @@ def describe_difference(ours: dict[str, str], theirs: dict[str, str]) -> str:
     return ", ".join(diffs) or "nothing"
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def inventory(folder: Path) -> dict[str, list[Any]]:
     """Every regular file under `folder` (but the manifest): relative path -> [size, sha256]."""
     files: dict[str, list[Any]] = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file() and not path.is_symlink() and path.name != MANIFEST:
-            files[str(path.relative_to(folder))] = [path.stat().st_size, _file_digest(path)]
+            files[str(path.relative_to(folder))] = [path.stat().st_size, file_digest(path)]
     return files
 
 
 def check_entry(entry: Path, key: CacheKey) -> str | None:
     """None when the entry is whole and of this key; else why it cannot be used."""
-    try:
-        manifest = json.loads((entry / MANIFEST).read_text())
-    except FileNotFoundError:
-        return "its manifest is missing (a copy that never finished)"
-    except (OSError, ValueError) as e:
-        return f"its manifest is unreadable ({e})"
+    manifest, unreadable = read_manifest(entry, MANIFEST)
+    if unreadable is not None:
+        return unreadable
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         return "its manifest is of another format"
     theirs = manifest.get("key") or {}
@@ -125,17 +115,7 @@ def check_entry(entry: Path, key: CacheKey) -> str | None:
     files = manifest.get("files")
     if not isinstance(files, dict):
         return "its manifest lists no files"
-    for rel, (size, digest) in files.items():
-        path = entry / rel
-        try:
-            actual = path.stat().st_size
-        except OSError:
-            return f"{rel} is missing"
-        if actual != size:
-            return f"{rel} has {actual} bytes, the manifest says {size} (truncated or overwritten)"
-        if _file_digest(path) != digest:
-            return f"{rel} does not match its checksum"
-    return None
+    return files_problem(entry, files)
 
 
 def _nearest_other_key(entries: Path, key: CacheKey) -> str:

@@ -46,11 +46,11 @@ import shutil
 import sys
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from grok_server.checked_folder import CHUNK, files_problem, read_manifest
 from grok_server.weights.plan import (
     MANIFEST,
     Entry,
@@ -63,7 +63,6 @@ from grok_server.weights.plan import (
 
 log = logging.getLogger("grok_server")
 
-CHUNK = 8 << 20
 PLAN_LOCK = "node.plan"
 RESERVED = ".reserved"
 VERIFY = ("full", "sizes")
@@ -109,39 +108,15 @@ def list_source(source: Path) -> list[SourceFile]:
     return files
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_copy(entry: Path, key: str, checksums: bool = True) -> str | None:
     """None when the copy at `entry` is whole: its manifest is this key's and every file has its size and
-    (unless `checksums` is off) its checksum (checked in parallel: hashlib releases the GIL)."""
-    try:
-        data = json.loads((entry / MANIFEST).read_text())
-    except FileNotFoundError:
-        return "its manifest is missing"
-    except (OSError, ValueError) as e:
-        return f"its manifest is unreadable ({e})"
+    (unless `checksums` is off) its checksum."""
+    data, unreadable = read_manifest(entry, MANIFEST)
+    if unreadable is not None:
+        return unreadable
     if (problem := manifest_problem(data, key)) is not None:
         return problem
-    files = data["files"]
-    for rel, (size, _) in files.items():
-        try:
-            actual = (entry / rel).stat().st_size
-        except OSError:
-            return f"{rel} is missing"
-        if actual != size:
-            return f"{rel} has {actual} bytes, the manifest says {size} (truncated or overwritten)"
-    if not checksums:
-        return None
-    with ThreadPoolExecutor(max(1, min(8, len(files)))) as pool:
-        digests = dict(zip(files, pool.map(lambda rel: file_digest(entry / rel), files), strict=True))
-    bad = sorted(rel for rel, (_, digest) in files.items() if digests[rel] != digest)
-    return f"{', '.join(bad)} does not match its checksum" if bad else None
+    return files_problem(entry, data["files"], checksums)
 
 
 def _lock(path: Path, kind: int, wait: bool = True) -> IO[bytes] | None:
