@@ -106,28 +106,18 @@ class DefaultLoader:
         return total
 
 
-class RunaiStreamer:
+class RunaiStreamer(DefaultLoader):
     """vLLM's `--load-format runai_streamer` path: its runai_safetensors_weights_iterator (the streamer's
     concurrent reads into a CPU buffer, each tensor cloned out of it), each tensor copied into the
     parameters allocated beforehand, as the default loader does."""
 
     def __init__(self, files: list[Path]) -> None:
-        import torch
-
-        self.files = [str(f) for f in files]
-        self.params = {name: torch.empty_like(t) for name, t in self._tensors()}
+        super().__init__(files, None)
 
     def _tensors(self):  # type: ignore[no-untyped-def]
         from vllm.model_executor.model_loader.weight_utils import runai_safetensors_weights_iterator
 
         return runai_safetensors_weights_iterator(self.files, False)
-
-    def __call__(self) -> int:
-        total = 0
-        for name, tensor in self._tensors():
-            self.params[name].copy_(tensor)
-            total += tensor.numel() * tensor.element_size()
-        return total
 
 
 class StraightIntoParameters:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.importgraph import assert_no_cycles
+
 PACKAGES = ("grok_common", "grok_rpc", "grok_server", "grok_router")
 # The router's image installs grok-router, grok-rpc and grok-common only (no grok-server, no vLLM).
 ROUTER_MAY_REACH = {"grok_common", "grok_rpc", "grok_router", "grok"}
@@ -64,20 +66,7 @@ def _ours(name: str) -> bool:
 
 @pytest.mark.parametrize("package", PACKAGES)
 def test_no_import_cycles(package: str) -> None:
-    modules = _graph((package,))
-    state: dict[str, str] = {}
-
-    def visit(m: str, path: list[str]) -> None:
-        state[m] = "open"
-        for i in sorted(modules[m]):
-            assert state.get(i) != "open", " -> ".join([*path, i])
-            if i not in state:
-                visit(i, [*path, i])
-        state[m] = "done"
-
-    for m in sorted(modules):
-        if m not in state:
-            visit(m, [m])
+    assert_no_cycles(_graph((package,)))
 
 
 @pytest.mark.parametrize("package", PACKAGES)

@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 import grok_operator
+from tests.importgraph import assert_no_cycles
 
 ROOT = Path(grok_operator.__file__).parent
 LAYERS = {"api": 0, "plan": 1, "manifests": 2, "observe": 2, "scale": 3, "control": 4, "handlers": 5,
@@ -38,20 +39,7 @@ def test_every_module_is_in_a_layer_and_imports_only_its_own_or_lower_ones():
 
 
 def test_no_import_cycles():
-    modules = _modules()
-    state: dict[str, str] = {}
-
-    def visit(m: str, path: list[str]) -> None:
-        state[m] = "open"
-        for i in sorted(modules[m]):
-            assert state.get(i) != "open", " -> ".join([*path, i])
-            if i not in state:
-                visit(i, [*path, i])
-        state[m] = "done"
-
-    for m in sorted(modules):
-        if m not in state:
-            visit(m, [m])
+    assert_no_cycles(_modules())
 
 
 def test_no_operator_file_is_over_400_lines():

@@ -282,7 +282,7 @@ class NodeCache:
                 continue
             with contextlib.suppress(OSError, ValueError):  # one finished or swept meanwhile
                 reserved = int((work / RESERVED).read_text())
-                if self._copy_in_progress(other):
+                if self._held(f"{other}.copy"):
                     written = sum(p.stat().st_size for p in work.rglob("*") if p.is_file())
                     entries.append(Entry(f"{other} (being copied)", reserved, time.time(), True))
                     pending += max(0, reserved - written)
@@ -296,19 +296,13 @@ class NodeCache:
                     size = sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
                 use = self.locks / f"{entry.name}.use"
                 last = use.stat().st_mtime if use.exists() else entry.stat().st_mtime
-                entries.append(Entry(entry.name, size, last, self._in_use(entry.name)))
+                entries.append(Entry(entry.name, size, last, self._held(f"{entry.name}.use")))
         return entries, pending
 
-    def _copy_in_progress(self, key: str) -> bool:
-        """Whether a live copier holds `key`'s copy lock (a dead one's partial copy is swept by the next)."""
-        probe = _lock(self.locks / f"{key}.copy", fcntl.LOCK_EX, wait=False)
-        if probe is None:
-            return True
-        probe.close()
-        return False
-
-    def _in_use(self, key: str) -> bool:
-        probe = _lock(self.locks / f"{key}.use", fcntl.LOCK_EX, wait=False)
+    def _held(self, lock: str) -> bool:
+        """Whether a live process holds the lock file `lock` (a dead one's lock is gone with it: a partial
+        copy whose `.copy` lock is free is a dead copier's, swept by the next copier of its key)."""
+        probe = _lock(self.locks / lock, fcntl.LOCK_EX, wait=False)
         if probe is None:
             return True
         probe.close()
