@@ -127,8 +127,8 @@ ROWS: list[tuple[str, list[Panel]]] = [
         Panel("Autoscaler: state and decisions",
               [(f"max by (status, reason) (grok_operator_grokdeployment_condition{{{OP}, "
                 f'type="AutoscalingActive"}})', "AutoscalingActive {{status}}: {{reason}}"),
-               (f"sum by (direction) (increase(grok_operator_scaling_decisions_total[{W}]))",
-                "scaled {{direction}} (all GrokDeployments)")], "short",
+               (f"sum by (direction) (increase(grok_operator_scaling_decisions_total{{{OP}}}[{W}]))",
+                "scaled {{direction}}")], "short",
               "AutoscalingActive's reason (Evaluating, ScaledToZero, or why it holds: MetricMissing, "
               "MetricStale, PrometheusUnreachable) and the scalings; the last one's reason is in "
               "status.lastScale (kubectl describe grokd)."),
