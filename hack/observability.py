@@ -441,6 +441,55 @@ def check_queries(
     return checks
 
 
+def check_rule_expressions(prometheus_url: str) -> list[QueryCheck]:
+    """Every alert rule's whole expression, evaluated now: it must evaluate (an error, e.g. many-to-many
+    matching, fails), while no series is what a silent alert answers."""
+    checks = []
+    for r in RULES:
+        result, error = instant(prometheus_url, r.expr)
+        checks.append(QueryCheck(f"rule {r.alert}", r.expr, len(result), error,
+                                 [float(s["value"][1]) for s in result]))
+    return checks
+
+
+def get(prometheus_url: str, path: str) -> dict:
+    """An API answer, its error answers (4xx, 5xx with a JSON body) included."""
+    try:
+        with urllib.request.urlopen(f"{prometheus_url}{path}", timeout=30) as answer:
+            return dict(json.load(answer))
+    except urllib.error.HTTPError as err:
+        return dict(json.load(err))
+
+
+def rule_problems(answer: dict) -> list[str]:
+    """What is wrong with the rules as Prometheus evaluates them (its /api/v1/rules answer): a shipped rule
+    not loaded, or any loaded rule not yet evaluated, or whose last evaluation failed (health "err",
+    lastError).
+    Prometheus loads a rule that parses, then fails it at every evaluation when it cannot be computed
+    (many-to-many matching, a timeout): the alert would never fire."""
+    if answer.get("status") != "success":
+        return [f"/api/v1/rules: {answer.get('errorType')}: {answer.get('error')}"]
+    problems = []
+    loaded = set()
+    for group in answer["data"]["groups"]:
+        for r in group["rules"]:
+            loaded.add(r["name"])
+            where = f"{group['file']}: {r['name']}"
+            if r.get("health") == "unknown":
+                problems.append(f"{where}: not evaluated yet")
+            elif r.get("health") != "ok" or r.get("lastError"):
+                problems.append(f"{where}: health {r.get('health')}: {r.get('lastError') or '-'}")
+    problems += [f"{r.alert}: not loaded" for r in RULES if r.alert not in loaded]
+    return problems
+
+
+def not_silent(alerts: list[dict]) -> list[str]:
+    """The alerts that are not silent: firing, or pending (their expression holds and only `for` keeps them
+    from firing)."""
+    return sorted({f"{a['labels']['alertname']} ({a['state']})" for a in alerts
+                   if a["state"] in ("firing", "pending")})
+
+
 def series_names(prometheus_url: str) -> set[str]:
     """The metric names of every series Prometheus holds."""
     with urllib.request.urlopen(f"{prometheus_url}/api/v1/label/__name__/values", timeout=30) as answer:

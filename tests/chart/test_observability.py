@@ -160,3 +160,57 @@ def test_readme_shows_the_picture_and_how_to_import_the_dashboard():
     assert picture.read_bytes().startswith(b"\x89PNG") and picture.stat().st_size < 150_000
     assert "charts/grok-operator/dashboards/grok-serve.json" in readme and "dashboards.enabled=true" in readme
     assert "alerts.prometheusRule.enabled=true" in readme
+
+
+def rules_api(*rules: dict) -> dict:
+    """/api/v1/rules' answer: the shipped rules, each evaluated fine unless `rules` says otherwise."""
+    named = {r["name"]: r for r in rules}
+    loaded = [{"name": r.alert, "query": r.expr, "type": "alerting", "health": "ok", "lastError": "",
+               "state": "inactive", "lastEvaluation": "2026-12-08T02:00:00Z", **named.pop(r.alert, {})}
+              for r in obs.RULES]
+    return {"status": "success", "data": {"groups": [
+        {"name": "grok-serve", "file": "grok-serve.rules.yaml", "interval": 1, "rules": loaded},
+        {"name": "extra", "file": "extra.rules.yaml", "interval": 1, "rules": list(named.values())}]}}
+
+
+def test_rule_check_passes_every_rule_evaluated_fine():
+    assert obs.rule_problems(rules_api()) == []
+
+
+@pytest.mark.parametrize(("rule", "why"), [
+    # Loads (promtool and Prometheus accept it) but fails every evaluation.
+    ({"name": "GrokHighErrorRatio", "health": "err",
+      "lastError": "found duplicate series for the match group {pod=\"a\"} on the right hand-side of the "
+                   "operation: many-to-many matching not allowed"}, "many-to-many"),
+    ({"name": "GrokKVCacheNearlyFull", "health": "ok", "lastError": "query timed out"}, "query timed out"),
+    ({"name": "GrokOperatorNoLeader", "health": "unknown", "lastEvaluation": "0001-01-01T00:00:00Z"},
+     "not evaluated"),
+    # Not one of the shipped rules, loaded from another file: every loaded rule counts.
+    ({"name": "SomeoneElsesAlert", "query": "up == 0", "type": "alerting", "health": "err",
+      "lastError": "bad data"}, "SomeoneElsesAlert"),
+])
+def test_rule_check_refuses_a_rule_that_does_not_evaluate(rule, why):
+    problems = obs.rule_problems(rules_api(rule))
+    assert len(problems) == 1 and rule["name"] in problems[0] and why in problems[0], problems
+
+
+def test_rule_check_refuses_a_shipped_rule_not_loaded_and_an_error_answer():
+    answer = rules_api()
+    answer["data"]["groups"][0]["rules"].pop(0)
+    problems = obs.rule_problems(answer)
+    assert len(problems) == 1 and obs.RULES[0].alert in problems[0] and "not loaded" in problems[0], problems
+    problems = obs.rule_problems({"status": "error", "errorType": "unavailable", "error": "not ready"})
+    assert problems and "not ready" in problems[0]
+
+
+def test_silent_means_neither_firing_nor_pending():
+    def alert(name: str, state: str) -> dict:
+        return {"labels": {"alertname": name, "severity": "warning"}, "state": state, "annotations": {},
+                "activeAt": "2026-12-08T02:00:00Z", "value": "1e+00"}
+
+    assert obs.not_silent([]) == []
+    assert obs.not_silent([alert("GrokKVCacheNearlyFull", "inactive")]) == []
+    assert obs.not_silent([alert("GrokTimeToFirstTokenP99High", "pending"),
+                           alert("GrokHighErrorRatio", "firing"),
+                           alert("GrokHighErrorRatio", "firing")]) == [
+        "GrokHighErrorRatio (firing)", "GrokTimeToFirstTokenP99High (pending)"]
