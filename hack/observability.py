@@ -219,22 +219,29 @@ def dashboard() -> dict:
                     for i, (expr, legend) in enumerate(p.targets)
                 ],
             }
+            # Every field Grafana's schema requires of the panel's options (the bar gauge's at its defaults).
+            legend = {"displayMode": "list", "placement": "bottom", "showLegend": p.kind == "timeseries",
+                      "calcs": []}
             if p.kind == "timeseries":
-                panel["options"] = {"legend": {"displayMode": "list", "placement": "bottom"},
-                                    "tooltip": {"mode": "multi", "sort": "none"}}
+                panel["options"] = {"legend": legend, "tooltip": {"mode": "multi", "sort": "none"}}
             else:
                 panel["options"] = {"orientation": "horizontal", "displayMode": "gradient",
                                     "reduceOptions": {"calcs": ["lastNotNull"], "fields": "",
-                                                      "values": False}}
+                                                      "values": False},
+                                    "valueMode": "color", "namePlacement": "auto", "showUnfilled": True,
+                                    "sizing": "auto", "minVizWidth": 8, "minVizHeight": 16,
+                                    "maxVizHeight": 300, "legend": legend}
             panels.append(panel)
             x += p.width
         y += 8
+    # No "current" (Grafana picks the first value) and no "definition" (not in Grafana's schema: its UI
+    # derives it from the query).
     templating = [{"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
-                   "current": {}, "hide": 0, "refresh": 1, "options": []}]
+                   "hide": 0, "refresh": 1, "options": []}]
     for name, label, query in VARIABLES:
         templating.append({"name": name, "label": label, "type": "query", "datasource": DATASOURCE,
-                           "definition": query, "query": {"query": query, "refId": f"{name}-values"},
-                           "current": {}, "hide": 0, "refresh": 2, "sort": 1, "includeAll": False,
+                           "query": {"query": query, "refId": f"{name}-values"},
+                           "hide": 0, "refresh": 2, "sort": 1, "includeAll": False,
                            "multi": False, "options": []})
     return {
         "title": "grok-serve",

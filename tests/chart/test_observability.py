@@ -5,14 +5,23 @@ returns data on a real workload is proven by the demo (tests/e2e/test_demo.py)."
 
 from __future__ import annotations
 
+import enum
+import functools
 import importlib.util
+import inspect
 import json
+import re
 import subprocess
 import sys
+import types
+import typing
 
 import jsonschema
 import pytest
 import yaml
+from grafana_foundation_sdk.cog import plugins as grafana_plugins
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.dashboard import Dashboard
 from prometheus_client import REGISTRY
 
 from grok_devcluster.tools import tools_dir
@@ -39,7 +48,8 @@ GRID = {"type": "object", "required": ["h", "w", "x", "y"],
                        "w": {"type": "integer", "minimum": 1, "maximum": 24},
                        "x": {"type": "integer", "minimum": 0, "maximum": 23},
                        "y": {"type": "integer", "minimum": 0}}}
-# What Grafana (schemaVersion 39) requires of a dashboard it imports, and of the parts used here.
+# This dashboard's own rules on top of Grafana's schema (checked below with Grafana's typed models): a
+# Prometheus data source everywhere, a uid Grafana accepts, only the panel types used here.
 SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$defs": {"datasource": {"type": "object", "required": ["type", "uid"],
@@ -75,6 +85,106 @@ SCHEMA = {
 }
 ROWS = ["Traffic", "Latency", "Saturation", "Replicas", "Router", "Operator"]
 
+# Grafana's own schema, as the typed models grafana-foundation-sdk generates from it (for Grafana 11.6,
+# requirements/grafana/foundation-sdk.txt): each panel's options and field config decode into its plugin's
+# models, each target into the Prometheus query's.
+grafana_plugins.register_default_plugins()
+NONE = type(None)
+
+
+@functools.cache
+def json_keys(cls: type) -> dict[str, str]:
+    """A model's attribute -> the JSON key it is read from (its generated from_json: `if "key" in data:
+    args["attribute"] = ...`)."""
+    chunks = inspect.getsource(cls.from_json).split('if "')[1:]  # one per key, some over several lines
+    found = (re.match(r'(\w+)" in data:.*?args\["(\w+)"\]', chunk, re.DOTALL) for chunk in chunks)
+    return {m[2]: m[1] for m in found if m}
+
+
+def grafana_problems(value: object, hint: object, written: object, path: str) -> list[str]:
+    """Where `value` (decoded from `written`, the dashboard's JSON) is not of the schema's type `hint`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint in (typing.Any, object):
+        found = []
+    elif origin in (typing.Union, types.UnionType):
+        # The member the value was decoded as (Panel or RowPanel), else the one it fits best.
+        models = [a for a in args if isinstance(a, type) and isinstance(value, a)
+                  and a.__module__.startswith("grafana_foundation_sdk")]
+        members = models or [a for a in args if a is not NONE]
+        tries = [grafana_problems(value, a, written, path) for a in members]
+        found = [] if any(not t for t in tries) else min(tries, key=len)
+    elif origin is typing.Literal:
+        found = [] if value in args else [f"{path}: {value!r} is none of {args}"]
+    elif origin is list:
+        found = [f"{path}: a list, not {value!r}"] if not isinstance(value, list) else [
+            p for i, v in enumerate(value) for p in grafana_problems(
+                v, args[0], written[i] if isinstance(written, list) else None, f"{path}[{i}]")]
+    elif origin is dict:
+        found = [f"{path}: an object, not {value!r}"] if not isinstance(value, dict) else [
+            p for k, v in value.items() for p in grafana_problems(
+                v, args[1], (written or {}).get(k), f"{path}.{k}")]
+    elif isinstance(hint, type) and issubclass(hint, enum.Enum):
+        allowed = {m.value for m in hint}
+        found = [] if value in allowed or isinstance(value, hint) else [
+            f"{path}: {value!r} is none of {sorted(map(str, allowed))}"]
+    elif hint is float:
+        found = [] if isinstance(value, int | float) and not isinstance(value, bool) else [
+            f"{path}: a number, not {value!r}"]
+    elif hint is int:
+        found = [] if isinstance(value, int) and not isinstance(value, bool) else [
+            f"{path}: an integer, not {value!r}"]
+    elif isinstance(hint, type):  # str, bool, a model's class
+        found = [] if isinstance(value, hint) else [f"{path}: a {hint.__name__}, not {value!r}"]
+    else:
+        raise AssertionError(f"{path}: a type the check does not know: {hint}")
+    if not found and type(value).__module__.startswith("grafana_foundation_sdk.models."):
+        found = model_problems(value, written, path)
+    return found
+
+
+def model_problems(model: object, written: object, path: str) -> list[str]:
+    """A decoded model's fields against their types; the fields the schema requires present in the JSON."""
+    if not isinstance(written, dict):
+        return [f"{path}: an object, not {written!r}"]
+    keys = json_keys(type(model))
+    found = []
+    for attr, hint in typing.get_type_hints(type(model)).items():
+        if keys and attr not in keys:
+            continue  # not read from the JSON: a constant of the model's (a row's type)
+        key = keys.get(attr, attr)
+        if key not in written:
+            if NONE not in typing.get_args(hint):  # not Optional
+                found.append(f"{path}.{key}: required")
+            continue
+        found += grafana_problems(getattr(model, attr), hint, written[key], f"{path}.{key}")
+    return found
+
+
+def unknown_to_grafana(written: object, encoded: object, path: str = "") -> list[str]:
+    """What the typed models dropped or changed on the way through (a field Grafana's schema has not)."""
+    if isinstance(written, dict) and isinstance(encoded, dict):
+        return [p for k, v in written.items() for p in (
+            [f"{path}.{k}: not in Grafana's schema"] if k not in encoded
+            else unknown_to_grafana(v, encoded[k], f"{path}.{k}"))]
+    if isinstance(written, list) and isinstance(encoded, list) and len(written) == len(encoded):
+        return [p for i, (w, e) in enumerate(zip(written, encoded, strict=True))
+                for p in unknown_to_grafana(w, e, f"{path}[{i}]")]
+    return [] if written == encoded else [f"{path}: {written!r} read back as {encoded!r}"]
+
+
+def grafana_check(dashboard: dict) -> list[str]:
+    model = Dashboard.from_json(dashboard)
+    encoded = json.loads(json.dumps(model, cls=JSONEncoder))
+    found = unknown_to_grafana(dashboard, encoded) + model_problems(model, dashboard, "dashboard")
+    for i, panel in enumerate(model.panels or []):
+        # A panel type or datasource the models do not know stays an untyped bag, checked by nothing.
+        if panel.type_val != "row":
+            if isinstance(panel.options, dict) or isinstance(panel.field_config.defaults.custom, dict):
+                found.append(f"panels[{i}]: panel type {panel.type_val!r} has no model")
+            found += [f"panels[{i}].targets[{j}]: not a Prometheus query" for j, t in enumerate(panel.targets)
+                      if type(t).__module__ != "grafana_foundation_sdk.models.prometheus"]
+    return found
+
 
 def test_committed_files_are_what_the_code_makes():
     result = subprocess.run([sys.executable, str(ROOT / "hack" / "observability.py"), "--check"],
@@ -105,6 +215,27 @@ def test_dashboard_passes_the_schema_with_rows_variables_and_unique_ids():
         for t in p["targets"]:
             if current != "Operator":
                 assert '"$namespace"' in t["expr"] and '"$deployment"' in t["expr"], t["expr"]
+
+
+def test_dashboard_passes_grafanas_schema_through_the_sdks_typed_models():
+    assert grafana_check(DASHBOARD) == []
+
+
+@pytest.mark.parametrize(("change", "why"), [
+    (lambda d: d.update(schemaVersoin=39), ".schemaVersoin: not in Grafana's schema"),
+    (lambda d: d.update(graphTooltip=7), ".graphTooltip: 7 is none of"),
+    (lambda d: d["panels"][1]["gridPos"].update(w="8"), "gridPos.w: an integer, not '8'"),
+    (lambda d: d["panels"][1]["gridPos"].pop("h"), "gridPos.h: required"),
+    (lambda d: d["panels"][1]["options"]["legend"].update(placement="top"), "placement: 'top' is none of"),
+    (lambda d: d["panels"][1]["targets"][0].update(legend="x"), "targets[0].legend: not in Grafana's schema"),
+    (lambda d: d["panels"][1].update(type="fancy"), "panel type 'fancy' has no model"),
+    (lambda d: d["templating"]["list"][1].update(type="qeury"), "'qeury' is none of"),
+])
+def test_grafanas_schema_check_refuses_what_grafana_would_not_read(change, why):
+    broken = json.loads(json.dumps(DASHBOARD))
+    change(broken)
+    found = grafana_check(broken)
+    assert any(why in p for p in found), found
 
 
 def test_promtool_accepts_the_rules_and_each_says_what_to_look_at():
