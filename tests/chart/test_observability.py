@@ -24,6 +24,8 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import Dashboard
 from prometheus_client import REGISTRY
 
+from grok_devcluster.local import wait
+from grok_devcluster.prometheus import PrometheusServer
 from grok_devcluster.tools import tools_dir
 from grok_operator.control import metrics as operator_metrics  # noqa: F401  (registers the operator's metrics)
 from grok_router.metrics import METRIC_NAMES as ROUTER_METRICS
@@ -345,3 +347,38 @@ def test_silent_means_neither_firing_nor_pending():
                            alert("GrokHighErrorRatio", "firing"),
                            alert("GrokHighErrorRatio", "firing")]) == [
         "GrokHighErrorRatio (firing)", "GrokTimeToFirstTokenP99High (pending)"]
+
+
+# Two series, {a="x"} and {a="y"}, matched on no label against themselves: many-to-many, refused only when
+# evaluated.
+TWO = 'label_replace(vector(1), "a", "x", "", "") or label_replace(vector(1), "a", "y", "", "")'
+MANY_TO_MANY = f"({TWO}) * on () ({TWO})"
+
+
+def test_a_real_prometheus_refusing_a_rule_at_every_evaluation_is_caught(tmp_path):
+    bad = tmp_path / "bad.rules.yaml"
+    bad.write_text(yaml.safe_dump({"groups": [{"name": "bad", "rules": [
+        {"alert": "ManyToMany", "expr": MANY_TO_MANY}]}]}))
+    promtool = subprocess.run([str(tools_dir() / "promtool"), "check", "rules", str(bad)],
+                              capture_output=True, text=True, check=False)
+    assert promtool.returncode == 0, promtool.stdout  # it loads: only evaluating it shows what is wrong
+    (tmp_path / "prometheus").mkdir()
+    prometheus = PrometheusServer(tmp_path / "prometheus", rule_files=[obs.RULES_PATH, bad])
+    prometheus.start()
+    try:
+        def evaluated() -> tuple[list[str]] | None:
+            problems = obs.rule_problems(obs.get(prometheus.url, "/api/v1/rules"))
+            return None if any("not evaluated" in p for p in problems) else (problems,)
+
+        (problems,) = wait(evaluated, 30, "every rule to be evaluated")
+        assert len(problems) == 1 and "ManyToMany: health err" in problems[0], problems
+        assert "many-to-many matching not allowed" in problems[0]
+        # Each shipped rule's whole expression evaluates (no series: nothing is scraped); this one does not.
+        assert [c.error for c in obs.check_rule_expressions(prometheus.url)] == [""] * len(obs.RULES)
+        _, error = obs.instant(prometheus.url, MANY_TO_MANY)
+        assert error.startswith("422: ") and "many-to-many" in error
+        # Nothing scraped: no operator leads, so its alert is pending (for 5m), which is not silent.
+        assert wait(lambda: obs.not_silent(obs.alerts(prometheus.url)), 30, "an alert") == [
+            "GrokOperatorNoLeader (pending)"]
+    finally:
+        prometheus.stop()
