@@ -403,13 +403,17 @@ class Demo:
         quiet = sorted(named - observability.series_names(url) - set(unknown))
         print(f"  of the {len(named)} named, exposed but with no series yet (nothing counted): "
               + (", ".join(quiet) or "none"))
-        # Silent is neither firing nor pending (a pending alert's expression holds on a healthy workload).
+        # Silent is neither firing nor pending (a pending alert's expression holds on this workload), but for
+        # TTFT's: see QUEUED_ON_PURPOSE.
         alerts = observability.alerts(url)
-        loud = observability.not_silent(alerts)
+        loud = observability.not_silent(alerts, may_pend=QUEUED_ON_PURPOSE)
         for a in alerts:
             if a["state"] in ("firing", "pending"):
-                print(f"  ALERT  {a['state']} {a['labels']} (value {a.get('value')})")
-        print(f"alerts firing or pending: {', '.join(loud) or 'none'} (of {len(observability.RULES)} rules)")
+                print(f"  ALERT  {a['state']} {a['labels']} (value {float(a['value']):.3g})")
+        queued = sorted({a["labels"]["alertname"] for a in alerts
+                         if a["state"] == "pending" and a["labels"]["alertname"] in QUEUED_ON_PURPOSE})
+        print(f"alerts firing or pending: {', '.join(loud) or 'none'} (of {len(observability.RULES)} rules); "
+              f"pending as the queued load makes it: {', '.join(queued) or 'none'}")
         drawn = dashboard_png().render(url, NAMESPACE, NAME, self.applied_at - 10, time.time(), png)
         print(f"the dashboard's main panels from Prometheus: {png} "
               + ", ".join(f"{title}: {n} series" for title, n in drawn.items()))
@@ -487,6 +491,10 @@ class Demo:
 
 
 PROOF_ALERT = "GrokNoReadyReplicaWhileRequestsHeld"
+# The load queues on purpose (12 streams on a replica that runs 2 at a time: the queue the autoscaler scales
+# on), and time to first token counts that queueing: its p99 on this CPU is a minute, far above the rule's
+# 5 s, so that alert is pending (never firing: its `for` is longer than the demo). Every other one is silent.
+QUEUED_ON_PURPOSE = ("GrokTimeToFirstTokenP99High",)
 
 
 def dashboard_png():  # type: ignore[no-untyped-def]
