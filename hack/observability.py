@@ -24,6 +24,7 @@ import re
 import sys
 import urllib.parse
 import urllib.request
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,8 +128,8 @@ ROWS: list[tuple[str, list[Panel]]] = [
         Panel("Autoscaler: state and decisions",
               [(f"max by (status, reason) (grok_operator_grokdeployment_condition{{{OP}, "
                 f'type="AutoscalingActive"}})', "AutoscalingActive {{status}}: {{reason}}"),
-               (f"sum by (direction) (increase(grok_operator_scaling_decisions_total[{W}]))",
-                "scaled {{direction}} (all GrokDeployments)")], "short",
+               (f"sum by (direction) (increase(grok_operator_scaling_decisions_total{{{OP}}}[{W}]))",
+                "scaled {{direction}}")], "short",
               "AutoscalingActive's reason (Evaluating, ScaledToZero, or why it holds: MetricMissing, "
               "MetricStale, PrometheusUnreachable) and the scalings; the last one's reason is in "
               "status.lastScale (kubectl describe grokd)."),
@@ -219,22 +220,29 @@ def dashboard() -> dict:
                     for i, (expr, legend) in enumerate(p.targets)
                 ],
             }
+            # Every field Grafana's schema requires of the panel's options (the bar gauge's at its defaults).
+            legend = {"displayMode": "list", "placement": "bottom", "showLegend": p.kind == "timeseries",
+                      "calcs": []}
             if p.kind == "timeseries":
-                panel["options"] = {"legend": {"displayMode": "list", "placement": "bottom"},
-                                    "tooltip": {"mode": "multi", "sort": "none"}}
+                panel["options"] = {"legend": legend, "tooltip": {"mode": "multi", "sort": "none"}}
             else:
                 panel["options"] = {"orientation": "horizontal", "displayMode": "gradient",
                                     "reduceOptions": {"calcs": ["lastNotNull"], "fields": "",
-                                                      "values": False}}
+                                                      "values": False},
+                                    "valueMode": "color", "namePlacement": "auto", "showUnfilled": True,
+                                    "sizing": "auto", "minVizWidth": 8, "minVizHeight": 16,
+                                    "maxVizHeight": 300, "legend": legend}
             panels.append(panel)
             x += p.width
         y += 8
+    # No "current" (Grafana picks the first value) and no "definition" (not in Grafana's schema: its UI
+    # derives it from the query).
     templating = [{"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
-                   "current": {}, "hide": 0, "refresh": 1, "options": []}]
+                   "hide": 0, "refresh": 1, "options": []}]
     for name, label, query in VARIABLES:
         templating.append({"name": name, "label": label, "type": "query", "datasource": DATASOURCE,
-                           "definition": query, "query": {"query": query, "refId": f"{name}-values"},
-                           "current": {}, "hide": 0, "refresh": 2, "sort": 1, "includeAll": False,
+                           "query": {"query": query, "refId": f"{name}-values"},
+                           "hide": 0, "refresh": 2, "sort": 1, "includeAll": False,
                            "multi": False, "options": []})
     return {
         "title": "grok-serve",
@@ -439,6 +447,56 @@ def check_queries(
         values = [float(s["value"][1]) for s in result]
         checks.append(QueryCheck(where, filled, len(result), error, values))
     return checks
+
+
+def check_rule_expressions(prometheus_url: str) -> list[QueryCheck]:
+    """Every alert rule's whole expression, evaluated now: it must evaluate (an error, e.g. many-to-many
+    matching, fails), while no series is what a silent alert answers."""
+    checks = []
+    for r in RULES:
+        result, error = instant(prometheus_url, r.expr)
+        checks.append(QueryCheck(f"rule {r.alert}", r.expr, len(result), error,
+                                 [float(s["value"][1]) for s in result]))
+    return checks
+
+
+def get(prometheus_url: str, path: str) -> dict:
+    """An API answer, its error answers (4xx, 5xx with a JSON body) included."""
+    try:
+        with urllib.request.urlopen(f"{prometheus_url}{path}", timeout=30) as answer:
+            return dict(json.load(answer))
+    except urllib.error.HTTPError as err:
+        return dict(json.load(err))
+
+
+def rule_problems(answer: dict) -> list[str]:
+    """What is wrong with the rules as Prometheus evaluates them (its /api/v1/rules answer): a shipped rule
+    not loaded, or any loaded rule not yet evaluated, or whose last evaluation failed (health "err",
+    lastError).
+    Prometheus loads a rule that parses, then fails it at every evaluation when it cannot be computed
+    (many-to-many matching, a timeout): the alert would never fire."""
+    if answer.get("status") != "success":
+        return [f"/api/v1/rules: {answer.get('errorType')}: {answer.get('error')}"]
+    problems = []
+    loaded = set()
+    for group in answer["data"]["groups"]:
+        for r in group["rules"]:
+            loaded.add(r["name"])
+            where = f"{group['file']}: {r['name']}"
+            if r.get("health") == "unknown":
+                problems.append(f"{where}: not evaluated yet")
+            elif r.get("health") != "ok" or r.get("lastError"):
+                problems.append(f"{where}: health {r.get('health')}: {r.get('lastError') or '-'}")
+    problems += [f"{r.alert}: not loaded" for r in RULES if r.alert not in loaded]
+    return problems
+
+
+def not_silent(alerts: list[dict], may_pend: Collection[str] = ()) -> list[str]:
+    """The alerts that are not silent: firing, or pending (their expression holds and only `for` keeps them
+    from firing), but for those in `may_pend` pending (a condition the workload is known to hold)."""
+    return sorted({f"{a['labels']['alertname']} ({a['state']})" for a in alerts
+                   if a["state"] == "firing"
+                   or (a["state"] == "pending" and a["labels"]["alertname"] not in may_pend)})
 
 
 def series_names(prometheus_url: str) -> set[str]:

@@ -88,6 +88,25 @@ venv_site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["
 if [ "$(cat "$venv_site/_grok_bench_plot.pth" 2>/dev/null)" != "$plot_site" ]; then
   echo "$plot_site" > "$venv_site/_grok_bench_plot.pth"
 fi
+# Grafana's typed dashboard models (tests/chart/test_observability.py checks the chart's dashboard with them):
+# pinned in requirements/grafana/foundation-sdk.txt, an environment of its own put on .venv's path. Development
+# only: never in an image.
+GRAFANA_RECIPE=1
+grafana_key=$( { "$PYTHON" --version; echo "$GRAFANA_RECIPE"; cat requirements/grafana/foundation-sdk.txt; } \
+  | sha256sum | cut -c1-16)
+grafana=$CACHE/venvs/grafana-sdk-$grafana_key
+if [ ! -f "$grafana/.complete" ]; then
+  log "creating $grafana (first run only)"
+  rm -rf "$grafana"
+  "$PYTHON" -m venv --without-pip "$grafana"
+  "$deps/bin/python" -m pip --python "$grafana/bin/python" install --quiet --disable-pip-version-check \
+    --no-deps -r requirements/grafana/foundation-sdk.txt
+  touch "$grafana/.complete"
+fi
+grafana_site=$("$grafana/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+if [ "$(cat "$venv_site/_grok_grafana_sdk.pth" 2>/dev/null)" != "$grafana_site" ]; then
+  echo "$grafana_site" > "$venv_site/_grok_grafana_sdk.pth"
+fi
 # Editable installs are cheap and follow the checkout, wherever it is.
 # The development cluster (hack/devcluster) is installed here only: it is tooling, not part of an image.
 src_marker="$PWD $(cat common/pyproject.toml rpc/pyproject.toml operator/pyproject.toml server/pyproject.toml \

@@ -42,3 +42,27 @@ def test_written_status_is_exported_and_forgotten_with_the_grokdeployment():
     assert f'grok_operator_grokdeployment_replicas{{{labels},kind="ready"}} 3.0' in text
     metrics.GROKDEPLOYMENTS.forget("team-a", "grok")
     assert 'grokdeployment="grok"' not in exposition()
+
+
+def test_scaling_decisions_are_counted_per_grokdeployment_and_forgotten_with_it():
+    metrics.scaled("team-a", "grok", "up")
+    metrics.scaled("team-a", "grok", "up")
+    metrics.scaled("team-a", "grok", "down")
+    metrics.scaled("team-b", "grok", "up")
+    text = exposition()
+    for line in (
+        'grok_operator_scaling_decisions_total{direction="up",grokdeployment="grok",'
+        'grokdeployment_namespace="team-a"} 2.0',
+        'grok_operator_scaling_decisions_total{direction="down",grokdeployment="grok",'
+        'grokdeployment_namespace="team-a"} 1.0',
+        'grok_operator_scaling_decisions_total{direction="up",grokdeployment="grok",'
+        'grokdeployment_namespace="team-b"} 1.0',
+    ):
+        assert line in text, text
+    # The GrokDeployment's deletion (grokdeployment_event) forgets its decisions, not another one's.
+    metrics.GROKDEPLOYMENTS.forget("team-a", "grok")
+    text = exposition()
+    assert 'grokdeployment_namespace="team-a"' not in text
+    assert 'grokdeployment_namespace="team-b"} 1.0' in text
+    metrics.GROKDEPLOYMENTS.forget("team-b", "grok")
+    metrics.GROKDEPLOYMENTS.forget("team-b", "grok")  # twice, or never scaled: nothing to forget, no error

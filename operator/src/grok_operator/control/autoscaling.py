@@ -116,7 +116,7 @@ def _autoscale_once(owner: dict[str, Any], views: Views, history: History) -> No
     if decision.changes(replicas):
         kube().patch_scale(ns, name, decision.replicas)
         direction = "up" if decision.replicas > replicas else "down"
-        metrics.SCALING_DECISIONS.labels(direction).inc()
+        metrics.scaled(ns, name, direction)
         last_scale = {
             "time": now(),
             "from": replicas,

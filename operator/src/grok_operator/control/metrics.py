@@ -21,9 +21,19 @@ RECONCILE_DURATION = Histogram(
 DRIFT_REPAIRS = Counter(
     "grok_operator_drift_repairs_total", "Children restored after deletion or edit", ["kind"]
 )
+# Per GrokDeployment, labelled as the status series below are (dashboards follow one GrokDeployment).
 SCALING_DECISIONS = Counter(
-    "grok_operator_scaling_decisions_total", "Autoscaler decisions that changed replicas", ["direction"]
+    "grok_operator_scaling_decisions_total", "Autoscaler decisions that changed replicas",
+    ["grokdeployment_namespace", "grokdeployment", "direction"],
 )
+DIRECTIONS = ("up", "down")
+
+
+def scaled(namespace: str, name: str, direction: str) -> None:
+    """Counts one of the autoscaler's decisions that changed a GrokDeployment's replicas ("up" or "down")."""
+    SCALING_DECISIONS.labels(namespace, name, direction).inc()
+
+
 LEADER = Gauge("grok_operator_leader", "1 while this replica holds the leader Lease and acts")
 
 
@@ -44,8 +54,11 @@ class GrokDeploymentStatus(Collector):
             self._status[(namespace, name)] = (desired, status)
 
     def forget(self, namespace: str, name: str) -> None:
+        """Drops every series of a deleted GrokDeployment: its status and its scaling decisions."""
         with self._lock:
             self._status.pop((namespace, name), None)
+        for direction in DIRECTIONS:
+            SCALING_DECISIONS.remove(namespace, name, direction)  # a no-op where it never scaled so
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         labels = ["grokdeployment_namespace", "grokdeployment"]
