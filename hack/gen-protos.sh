@@ -9,7 +9,7 @@ stamp=$src/grok/.generated
 mapfile -t protos < <(find protos -name '*.proto' | sort)
 [ ${#protos[@]} -gt 0 ] || exit 0
 if [ -f "$stamp" ] && [ -z "$(find protos -name '*.proto' -newer "$stamp")" ]; then exit 0; fi
-rm -rf "$src/grok"
+rm -rf "$src/grok" server/src/grok  # (server/src/grok: where checkouts before grok-rpc had them)
 .venv/bin/python -m grpc_tools.protoc -Iprotos --python_out="$src" --pyi_out="$src" --grpc_python_out="$src" "${protos[@]}"
 find "$src/grok" -type d -exec touch {}/__init__.py \;
 touch "$stamp"

@@ -466,7 +466,12 @@ def get(prometheus_url: str, path: str) -> dict:
         with urllib.request.urlopen(f"{prometheus_url}{path}", timeout=30) as answer:
             return dict(json.load(answer))
     except urllib.error.HTTPError as err:
-        return dict(json.load(err))
+        body = err.read()
+        try:
+            return dict(json.loads(body))
+        except ValueError:  # a proxy's or a crashed server's page: still an error answer, not a crash here
+            return {"status": "error", "errorType": f"HTTP {err.code}",
+                    "error": body[:200].decode(errors="replace")}
 
 
 def rule_problems(answer: dict) -> list[str]:

@@ -100,7 +100,9 @@ def json_keys(cls: type) -> dict[str, str]:
     args["attribute"] = ...`)."""
     chunks = inspect.getsource(cls.from_json).split('if "')[1:]  # one per key, some over several lines
     found = (re.match(r'(\w+)" in data:.*?args\["(\w+)"\]', chunk, re.DOTALL) for chunk in chunks)
-    return {m[2]: m[1] for m in found if m}
+    keys = {m[2]: m[1] for m in found if m}
+    assert keys, f"{cls.__name__}.from_json reads no key this test can find: the SDK's generated code changed"
+    return keys
 
 
 def grafana_problems(value: object, hint: object, written: object, path: str) -> list[str]:

@@ -83,6 +83,9 @@ def test_vllm_attention_backend_in_env_naming_a_backend_that_drops_the_cap_is_re
      {"name": "VLLM_ATTENTION_BACKEND", "value": "FLASH_ATTN"}],  # the later entry is the container's
     # A ConfigMap's value cannot be read at admission: grok-server checks it at start.
     [{"name": "VLLM_ATTENTION_BACKEND", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}],
+    # ... and when it comes after a literal one, it is the container's value, not the literal.
+    [{"name": "VLLM_ATTENTION_BACKEND", "value": "FLASHINFER"},
+     {"name": "VLLM_ATTENTION_BACKEND", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}],
     [{"name": "OTHER", "value": "FLASHINFER"}],
 ])
 def test_other_environments_are_admitted(env):

@@ -263,6 +263,24 @@ def test_every_ready_server_pod_that_holds_a_node_copy_labels_its_node(monkeypat
     assert events == []
 
 
+def test_reports_are_fetched_a_few_at_a_time_newest_first(monkeypatch, startup_endpoint):
+    """Many Ready replicas (an operator restart beside a large fleet): one event fetches a bounded number of
+    reports, the newest first, so an event never waits on a whole fleet; later events fetch the rest."""
+    from grok_operator.control import grokdeployments as handlers
+
+    _, ip, port = serving_report(monkeypatch, startup_endpoint, NODE_COPY)
+    labelled: list[str] = []
+    monkeypatch.setattr(handlers, "kube", lambda: SimpleNamespace(
+        label_node=lambda node, labels: labelled.append(node)))
+    pods = [{**pod(f"g-{i}", f"2026-12-01T00:{i:02d}:00Z", uid=f"uid-{i}", ip=ip, port=port),
+             "spec": {"nodeName": f"gpu-{i}"}} for i in range(20)]
+    handlers.collect_startup(owner_body(), pods, SPEC)
+    assert sorted(labelled) == sorted(f"gpu-{i}" for i in range(20 - handlers.FETCHES_PER_EVENT, 20))
+    for _ in range(3):
+        handlers.collect_startup(owner_body(), pods, SPEC)
+    assert sorted(labelled) == sorted(f"gpu-{i}" for i in range(20))  # each once
+
+
 def test_an_unusable_cache_volume_is_one_warning_event_per_pod(monkeypatch, startup_endpoint):
     from grok_operator.control import grokdeployments as handlers
     from grok_operator.control.state import State

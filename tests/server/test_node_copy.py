@@ -376,6 +376,66 @@ def test_a_lock_that_fails_leaves_no_open_file_behind(tmp_path: Path, monkeypatc
     assert sum(1 for _ in Path("/proc/self/fd").iterdir()) == before
 
 
+def test_a_copy_another_replica_is_checking_is_not_planned_for_eviction(tmp_path: Path):
+    """A copy whose copy lock a starting replica holds (it is checking it) is in use for eviction too: the
+    plan takes another idle copy instead of trying three times to evict one that cannot go."""
+    import fcntl
+
+    total = sum(SMALL.values())
+    models = [make_model(tmp_path / "shared" / f"m{i}", SMALL, seed=i) for i in range(3)]
+    cache = NodeCache(tmp_path / "node", max_bytes=2 * total + 10)
+    x, held = cache.ensure(models[0])
+    held.close()
+    z, held = cache.ensure(models[1])
+    held.close()
+    locks = tmp_path / "node" / "locks"
+    os.utime(locks / f"{x.key}.use", (100, 100))  # x is the least recently used
+    with (locks / f"{x.key}.copy").open("a+b") as checking:
+        fcntl.flock(checking, fcntl.LOCK_EX)  # a replica checking x's files
+        y, held = NodeCache(tmp_path / "node", max_bytes=2 * total + 10).ensure(models[2])
+        held.close()
+    assert y.source == "node", y.reason
+    assert Path(x.path).is_dir() and not Path(z.path).exists()
+
+
+def test_a_finished_copy_is_counted_until_it_is_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Between the end of a copy and its rename into place, another model's planner still counts it."""
+    root = tmp_path / "node"
+    first = make_model(tmp_path / "shared" / "p", {"config.json": 100, "w.safetensors": 1000})
+    second = make_model(tmp_path / "shared" / "q", {"config.json": 100, "w.safetensors": 1400}, seed=2)
+    bound = 2000
+    seen: list = []
+    real = node_copy.fsync_dir
+
+    def meanwhile(path: Path) -> None:  # the first copy is whole, not yet renamed: the second plans now
+        real(path)
+        if not seen and path.parent.name == "tmp":
+            seen.append(None)  # once (the second's own copy, if it makes one, passes here too)
+            seen[0] = NodeCache(root, max_bytes=bound).ensure(second)
+
+    monkeypatch.setattr(node_copy, "fsync_dir", meanwhile)
+    weights, held = NodeCache(root, max_bytes=bound).ensure(first)
+    held.close()
+    (other, other_held), = seen
+    other_held.close()
+    assert weights.source == "node" and other.source == "shared" and "does not fit" in other.reason
+    on_disk = sum(f.stat().st_size for f in (root / "models").rglob("*")
+                  if f.is_file() and f.suffix != ".json")
+    assert on_disk <= bound
+    assert not (Path(weights.path) / node_copy.RESERVED).exists()
+
+
+def test_a_dead_copiers_partial_copy_of_another_model_is_swept(tmp_path: Path):
+    root = tmp_path / "node"
+    dead = root / "tmp" / "gone-0123456789abcdef.deadbeef"
+    dead.mkdir(parents=True)
+    (dead / "model.safetensors").write_bytes(b"x" * 1000)
+    (dead / node_copy.RESERVED).write_text("5000")
+    weights, held = NodeCache(root).ensure(make_model(tmp_path / "shared" / "m", SMALL))
+    held.close()
+    assert weights.source == "node" and not dead.exists()
+
+
 # -- grok-server's use of it ---------------------------------------------------------------------------------
 
 def test_server_start_loads_the_node_copy_and_reports_bytes_from_shared(tmp_path: Path,

@@ -34,7 +34,12 @@ def read_manifest(folder: Path, name: str) -> tuple[Any, str | None]:
 def files_problem(folder: Path, files: dict[str, Any], checksums: bool = True) -> str | None:
     """None when every file of `files` (relative path -> [size, sha256]) is in `folder` with its size and,
     unless `checksums` is off, its checksum (sizes first, all of them: cheap; then the checksums in parallel
-    threads, hashlib releases the GIL); else which file differs and how."""
+    threads, hashlib releases the GIL); else which file differs and how, or which entry of a damaged
+    manifest (valid JSON of the wrong shape) is not [size, sha256]."""
+    for rel, value in files.items():
+        if not (isinstance(value, list) and len(value) == 2 and type(value[0]) is int
+                and isinstance(value[1], str)):
+            return f"its manifest's entry for {rel} is not [size, sha256]"
     for rel, (size, _) in files.items():
         try:
             actual = (folder / rel).stat().st_size

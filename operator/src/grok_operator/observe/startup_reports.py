@@ -54,6 +54,13 @@ class StartupReports:
         with self._lock:
             return dict(self._reports)
 
+    def wanted(self, pod: dict[str, Any]) -> bool:
+        """Whether `collect` would fetch this pod's report now (not fetched, not in flight, not given up)."""
+        uid = pod_uid(pod)
+        with self._lock:
+            return bool(uid) and uid not in self._reports and uid not in self._busy \
+                and self._failures.get(uid, 0) < MAX_ATTEMPTS
+
     def collect(self, pod: dict[str, Any], default_port: int) -> dict[str, Any] | None:
         """The raw report of a pod not fetched before (its first successful fetch: the caller's cue for
         anything said once per pod), else None. Its shaped form is in snapshot() afterwards."""

@@ -53,10 +53,10 @@ def check_attention_backend(spec: GrokDeploymentSpec) -> None:
         engine_backend_args(engine_args, device)
     except AttentionBackendRefused as err:
         raise PlanError("AttentionBackendDropsSoftCap", f"spec.server.engineArgs: {err}") from None
-    # The container's environment: a later entry of the same name wins. A value from a ConfigMap or Secret
+    # The container's environment: the last entry of the name wins. A value from a ConfigMap or Secret
     # (valueFrom) cannot be read here; grok-server checks it at start.
-    environ = {str(e.get("name")): str(e["value"]) for e in spec.server.env
-               if isinstance(e, dict) and e.get("name") == ENV_VAR and "value" in e}
+    entries = [e for e in spec.server.env if isinstance(e, dict) and e.get("name") == ENV_VAR]
+    environ = {ENV_VAR: str(entries[-1]["value"])} if entries and "value" in entries[-1] else {}
     try:
         check_env(environ, device)
     except AttentionBackendRefused as err:

@@ -24,8 +24,10 @@ The rules:
 - A copy that does not fit (the bound, or the disk's free space, even after evicting what may go): the
   replica serves from the shared cache and says why (the start-up report's weights source is "shared").
 - Eviction: least recently used copies go first, and only those whose use lock and copy lock are both free
-  (no replica serves from them and none is copying them). A copy found bad while replicas still serve from it
-  is left to them (this replica reads the shared cache) and copied again by the first start after they stop.
+  (no replica serves from them and none is copying or checking them). A dead copier's partial copy of any
+  model is removed by the next planner (its copy lock is free), so its bytes do not take room for ever. A
+  copy found bad while replicas still serve from it is left to them (this replica reads the shared cache)
+  and copied again by the first start after they stop.
 - Lock files stay when their copy is evicted: unlinking a file others may be about to flock would let two
   holders lock two different files of one name; they are empty, two per model revision the node has held.
 - The source's files are listed before and after the copy; if they changed meanwhile (a new revision
@@ -51,6 +53,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from grok_server.checked_folder import CHUNK, files_problem, read_manifest
+from grok_server.weights.files import fsync_dir, lock_file
 from grok_server.weights.plan import (
     MANIFEST,
     Entry,
@@ -119,16 +122,6 @@ def check_copy(entry: Path, key: str, checksums: bool = True) -> str | None:
     return files_problem(entry, data["files"], checksums)
 
 
-def _lock(path: Path, kind: int, wait: bool = True) -> IO[bytes] | None:
-    handle = path.open("a+b")
-    try:
-        fcntl.flock(handle, kind | (0 if wait else fcntl.LOCK_NB))
-    except BlockingIOError:
-        handle.close()
-        return None
-    return handle
-
-
 class NodeCache:
     def __init__(self, root: Path, max_bytes: int | None = None,
                  max_read_bytes_per_second: float | None = None, verify: str = "full") -> None:
@@ -164,25 +157,20 @@ class NodeCache:
                 ) -> tuple[NodeWeights, Held]:
         total = shared.total_bytes
         entry = self.models / key
-        copy_lock = _lock(self.locks / f"{key}.copy", fcntl.LOCK_EX)  # waits for another copier
+        copy_lock = lock_file(self.locks / f"{key}.copy", fcntl.LOCK_EX)  # waits for another copier
         try:
             found = ""
             if entry.exists():
                 problem = check_copy(entry, key, self.checksums)
                 if problem is None:
                     return self._use(entry, key, total, 0, False, "a whole copy was on the node")
-                serving = _lock(self.locks / f"{key}.use", fcntl.LOCK_EX, wait=False)
-                if serving is None:  # pulling it away could fail a replica still loading from it
+                if not self._discard_unused(key, entry):  # pulling it away could fail a replica loading it
                     shared.reason = (f"the node's copy is bad ({problem}) and replicas on this node still "
                                      "serve from it: it is copied again once they stop")
                     log.warning("node copy %s: serving from the shared source: %s", key, shared.reason)
                     return shared, Held(None)
-                try:
-                    found = f"the node's copy was bad and is copied again: {problem}; "
-                    log.warning("node copy %s: %s", key, found.rstrip("; "))
-                    self._discard(entry)
-                finally:
-                    serving.close()
+                found = f"the node's copy was bad and is copied again: {problem}; "
+                log.warning("node copy %s: %s", key, found.rstrip("; "))
             self._sweep_tmp(key)
             work = self.tmp / f"{key}.{uuid.uuid4().hex}"
             if (problem := self._make_room(key, total, work)) is not None:
@@ -193,13 +181,13 @@ class NodeCache:
                 digests, read = self._copy(source, listing, work)
                 if list_source(source) != listing:
                     raise ChangedError("the source's files changed during the copy (a new revision?)")
-                (work / RESERVED).unlink()  # the copy's own files hold its room from here on
                 written = manifest(key, str(source), digests)
                 (work / f"{MANIFEST}.tmp").write_text(json.dumps(written, indent=1))
                 (work / f"{MANIFEST}.tmp").replace(work / MANIFEST)  # last: a copy without it is never used
-                _fsync_dir(work)
-                work.rename(entry)
-                _fsync_dir(self.models)
+                fsync_dir(work)
+                work.rename(entry)  # counted as reserved until here, as a copy from here on
+                fsync_dir(self.models)
+                (entry / RESERVED).unlink()
             except (OSError, ChangedError) as e:
                 shutil.rmtree(work, ignore_errors=True)
                 shared.shared_bytes = self.read_so_far  # read from the shared source for nothing
@@ -218,7 +206,7 @@ class NodeCache:
         """Evicts what the copy needs and reserves its room (`work`, holding its size), under the node's
         planning lock: copies of other models starting at the same moment each plan knowing of the others',
         so together they stay under the bound and in the free space. None, or why it cannot fit."""
-        plan_lock = _lock(self.locks / PLAN_LOCK, fcntl.LOCK_EX)
+        plan_lock = lock_file(self.locks / PLAN_LOCK, fcntl.LOCK_EX)
         try:
             for _ in range(3):  # again when a copy planned for eviction was taken into use meanwhile
                 entries, pending = self._entries(key)
@@ -240,7 +228,7 @@ class NodeCache:
              ) -> tuple[NodeWeights, Held]:
         """Takes the copy's use lock (under the copy lock, so no eviction slips in between)."""
         use = self.locks / f"{key}.use"
-        held = _lock(use, fcntl.LOCK_SH)
+        held = lock_file(use, fcntl.LOCK_SH)
         os.utime(use)  # last use, for eviction
         return NodeWeights(str(entry), "node", read, total, copied, reason, key), Held(held)
 
@@ -281,11 +269,13 @@ class NodeCache:
             if other == copying or work.name.startswith("discarded-"):
                 continue
             with contextlib.suppress(OSError, ValueError):  # one finished or swept meanwhile
+                if not self._held(f"{other}.copy"):  # its copier died: its bytes only take room
+                    self._sweep_dead(other, work)
+                    continue
                 reserved = int((work / RESERVED).read_text())
-                if self._held(f"{other}.copy"):
-                    written = sum(p.stat().st_size for p in work.rglob("*") if p.is_file())
-                    entries.append(Entry(f"{other} (being copied)", reserved, time.time(), True))
-                    pending += max(0, reserved - written)
+                written = sum(p.stat().st_size for p in work.rglob("*") if p.is_file())
+                entries.append(Entry(f"{other} (being copied)", reserved, time.time(), True))
+                pending += max(0, reserved - written)
         for entry in self.models.iterdir():
             if entry.name == copying:
                 continue
@@ -296,26 +286,55 @@ class NodeCache:
                     size = sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
                 use = self.locks / f"{entry.name}.use"
                 last = use.stat().st_mtime if use.exists() else entry.stat().st_mtime
-                entries.append(Entry(entry.name, size, last, self._held(f"{entry.name}.use")))
+                # in use: a replica serves from it, or one is checking it
+                busy = self._held(f"{entry.name}.use") or self._held(f"{entry.name}.copy")
+                entries.append(Entry(entry.name, size, last, busy))
         return entries, pending
 
     def _held(self, lock: str) -> bool:
         """Whether a live process holds the lock file `lock` (a dead one's lock is gone with it: a partial
         copy whose `.copy` lock is free is a dead copier's, swept by the next copier of its key)."""
-        probe = _lock(self.locks / lock, fcntl.LOCK_EX, wait=False)
+        probe = lock_file(self.locks / lock, fcntl.LOCK_EX, wait=False)
         if probe is None:
             return True
         probe.close()
         return False
 
+    def _discard_unused(self, key: str, entry: Path) -> bool:
+        """Discards the copy unless a replica serves from it, probing its use lock under the node's planning
+        lock (where the planners' own brief probes of that lock happen: never one mistaken for a replica)."""
+        plan_lock = lock_file(self.locks / PLAN_LOCK, fcntl.LOCK_EX)
+        try:
+            serving = lock_file(self.locks / f"{key}.use", fcntl.LOCK_EX, wait=False)
+            if serving is None:
+                return False
+            try:
+                self._discard(entry)
+                return True
+            finally:
+                serving.close()
+        finally:
+            assert plan_lock is not None
+            plan_lock.close()
+
+    def _sweep_dead(self, key: str, work: Path) -> None:
+        """A dead copier's partial copy of another model, removed under that key's copy lock (so no new copier
+        of it starts meanwhile); left alone when the lock is taken after all."""
+        copy = lock_file(self.locks / f"{key}.copy", fcntl.LOCK_EX, wait=False)
+        if copy is not None:
+            try:
+                shutil.rmtree(work, ignore_errors=True)
+            finally:
+                copy.close()
+
     def _evict(self, key: str) -> bool:
         """Removes a copy no replica uses, holding both its locks so none starts using or copying it meanwhile
         (the plan was made a moment ago: a copy taken into use since is kept)."""
-        copy = _lock(self.locks / f"{key}.copy", fcntl.LOCK_EX, wait=False)
+        copy = lock_file(self.locks / f"{key}.copy", fcntl.LOCK_EX, wait=False)
         if copy is None:
             return False
         try:
-            use = _lock(self.locks / f"{key}.use", fcntl.LOCK_EX, wait=False)
+            use = lock_file(self.locks / f"{key}.use", fcntl.LOCK_EX, wait=False)
             if use is None:
                 return False
             try:
@@ -344,14 +363,6 @@ class NodeCache:
 
 class ChangedError(Exception):
     pass
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def main(argv: list[str] | None = None) -> int:
