@@ -105,8 +105,11 @@ def test_a_record_that_no_longer_matches_falls_back_and_says_why(
 
 def test_a_server_killed_before_the_hand_off_leaves_no_prestarted_process(
         grok_model: Path, recorded: tuple[Path, list[int]], tmp_path: Path) -> None:
-    cache = own_copy(recorded[0], tmp_path)
-    server = launch_server(grok_model, tmp_path / "srv", "--compile-cache-dir", str(cache))
+    # The record in the node's model folder (--node-cache-dir, a hostPath, comes before --compile-cache-dir,
+    # which may be a pod's emptyDir).
+    node = tmp_path / "node"
+    shutil.copytree(recorded[0] / "prestart", node / "prestart")
+    server = launch_server(grok_model, tmp_path / "srv", "--node-cache-dir", str(node))
     try:
         deadline = time.monotonic() + 60
         while not prestarted_pids(server) and time.monotonic() < deadline:

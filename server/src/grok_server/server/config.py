@@ -148,8 +148,9 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     m.add_argument("--engine-prestart", choices=("auto", "off"), default="auto",
                    help="at one rank on the CPU, start vLLM's engine-core process at grok-server's exec, "
                         "importing torch and vLLM beside grok-server's own import, and hand it the engine "
-                        "once vLLM would spawn it; auto: when --compile-cache-dir holds the environment a "
-                        "previous start gave it (any difference: vLLM spawns as usual, and the log says why)")
+                        "once vLLM would spawn it; auto: when --node-cache-dir (else --compile-cache-dir) "
+                        "holds the environment a previous start gave it (any difference: vLLM spawns as "
+                        "usual, and the log says why)")
     m.add_argument("--engine-arg", action="append", type=_engine_arg, default=[], metavar="KEY=VALUE",
                    help="any other vLLM engine argument (VALUE parsed as JSON when it can be); repeatable")
 

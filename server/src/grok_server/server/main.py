@@ -294,8 +294,8 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run = StartupRun(cfg)  # before vLLM is imported: its plugin reports to it
     # Before grok-server's own torch and vLLM import (Server's): the engine core's import runs beside it.
-    prestart = Prestart.launch(cfg.engine_prestart, cfg.compile_cache_dir, cfg.tensor_parallel_size,
-                               cfg.pipeline_parallel_size, cfg.nnodes)
+    prestart = Prestart.launch(cfg.engine_prestart, cfg.node_cache_dir or cfg.compile_cache_dir,
+                               cfg.tensor_parallel_size, cfg.pipeline_parallel_size, cfg.nnodes)
     code = asyncio.run(Server(cfg, run, prestart).run())
     logging.shutdown()
     sys.exit(code)

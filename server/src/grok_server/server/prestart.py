@@ -10,13 +10,14 @@ would have sent a spawned child (target, name, kwargs), and runs it.
 Safety rests on the environment: the process is exec'd with the environment a spawn at vLLM's
 `proc.start()` would give it, predicted from a record (record-and-replay): each start records the variables
 that grok-server and vLLM changed between grok-server's exec and the engine core's start (LD_PRELOAD,
-OMP_NUM_THREADS, GOMP_CPU_AFFINITY, ...), in a small JSON file under --compile-cache-dir keyed by what
-decides them (engine and Python, ranks, the CPUs this process may use). At the hand-off grok-server compares
-its whole environment with the one it exec'd the process with: equal, the process is handed the engine;
-any difference, it is sent away (EOF: it exits) and vLLM spawns as it always does, and the log names the
-variables that differed (the record is rewritten for the next start). The only exceptions are LATE_VARIABLES:
-per-start cache folders that Python code reads when it first writes there (never at import, never a
-library at load); they are sent with the hand-off and set before the engine starts.
+OMP_NUM_THREADS, GOMP_CPU_AFFINITY, ...), in a small JSON file in a node-local folder (--node-cache-dir,
+else --compile-cache-dir: the first is always the node's disk, the second may be a pod's emptyDir), keyed
+by what decides them (engine and Python, ranks, the CPUs this process may use). At the hand-off grok-server
+compares its whole environment with the one it exec'd the process with: equal, the process is handed the
+engine; any difference, it is sent away (EOF: it exits) and vLLM spawns as it always does, and the log
+names the variables that differed (the record is rewritten for the next start). The only exceptions are
+LATE_VARIABLES: per-start cache folders that Python code reads when it first writes there (never at import,
+never a library at load); they are sent with the hand-off and set before the engine starts.
 
 The parent side of this module imports nothing heavy: it runs before grok-server imports torch and vLLM.
 """
@@ -116,20 +117,20 @@ class Prestart:
         self.initial = dict(os.environ)  # the environment at grok-server's start, before anything set
         self.reason = reason  # why no pre-started process was used ("" while one may be)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.executable = sys.executable
         self.exec_env: dict[str, str] = {}
         self.used = False
 
     @classmethod
-    def launch(cls, mode: str, compile_cache_dir: Path | None, tensor: int, pipeline: int,
-               nnodes: int) -> Prestart:
+    def launch(cls, mode: str, folder: Path | None, tensor: int, pipeline: int, nnodes: int) -> Prestart:
         """At grok-server's start: the process launched when a record says what its environment must be."""
         if mode == "off":
             return cls(None, "--engine-prestart off")
         if tensor * pipeline * nnodes != 1:
             return cls(None, "more than one rank")
-        if compile_cache_dir is None:
-            return cls(None, "no --compile-cache-dir to keep its environment record in")
-        path = compile_cache_dir / "prestart" / f"{record_key(tensor, pipeline, nnodes)}.json"
+        if folder is None:
+            return cls(None, "no --node-cache-dir or --compile-cache-dir to keep its environment record in")
+        path = folder / "prestart" / f"{record_key(tensor, pipeline, nnodes)}.json"
         self = cls(path)
         delta = read_record(path)
         if delta is None:
@@ -138,7 +139,7 @@ class Prestart:
         self.exec_env = replay(self.initial, delta)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, *subprocess._args_from_interpreter_flags(),  # type: ignore[attr-defined]
+                [self.executable, *subprocess._args_from_interpreter_flags(),  # type: ignore[attr-defined]
                  "-m", __name__], stdin=subprocess.PIPE, env=self.exec_env, close_fds=True)
         except OSError as e:
             self.reason = f"could not start it: {e}"
@@ -162,7 +163,7 @@ class Prestart:
         """At vLLM's proc.start(): records what this start changed, for the next one."""
         if self.record_path is None:
             return
-        delta = environment_delta(self.initial, environ)
+        delta = {k: v for k, v in environment_delta(self.initial, environ).items() if k not in LATE_VARIABLES}
         if read_record(self.record_path) != delta:
             try:
                 write_record(self.record_path, delta)
@@ -183,7 +184,13 @@ class Prestart:
             self.dismiss("its environment differs from the engine core's in " + ", ".join(diff))
             return None
         import multiprocessing
+        import multiprocessing.spawn
         from multiprocessing.reduction import ForkingPickler  # what a spawn pickles the process with
+
+        spawn_executable = os.fsdecode(multiprocessing.spawn.get_executable())
+        if spawn_executable != self.executable:  # vLLM's NUMA binding runs the engine core under numactl
+            self.dismiss(f"vLLM starts the engine core with {spawn_executable}, not {self.executable}")
+            return None
 
         try:
             late = {k: environ.get(k) for k in LATE_VARIABLES}
@@ -269,9 +276,7 @@ class HandedOffProcess:
                 self._popen.wait(timeout)
 
     def _signal(self, sig: int) -> None:
-        if self._spawned is not None:
-            os.kill(self._spawned.pid, sig) if self._spawned.pid else None
-        elif self._popen is not None and self._popen.poll() is None:
+        if self._popen is not None and self._popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self._popen.send_signal(sig)
 
