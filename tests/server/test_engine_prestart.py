@@ -160,3 +160,22 @@ def test_the_record_replays_what_a_start_changed_and_a_bad_one_is_none(tmp_path:
         record.write_text(bad)
         assert prestart.read_record(record) is None, bad
     assert prestart.read_record(tmp_path / "missing.json") is None
+
+
+def test_no_process_is_launched_where_it_could_not_be_used(tmp_path: Path) -> None:
+    from grok_server.server.prestart import Prestart
+
+    cases = [
+        (("off", tmp_path, 1, 1, 1), "--engine-prestart off"),
+        (("auto", tmp_path, 2, 1, 1), "more than one rank"),
+        (("auto", tmp_path, 1, 1, 2), "more than one rank"),
+        (("auto", None, 1, 1, 1),
+         "no --node-cache-dir or --compile-cache-dir to keep its environment record in"),
+        (("auto", tmp_path, 1, 1, 1),
+         "no record of the engine core's environment yet (this start writes it)"),
+    ]
+    for args, reason in cases:
+        p = Prestart.launch(*args)  # type: ignore[arg-type]
+        assert p.proc is None and p.reason == reason, args
+    p = Prestart.launch("auto", tmp_path, 1, 1, 1, worker_process=True)
+    assert p.proc is None and p.reason == "the model runs in a worker process of its own"

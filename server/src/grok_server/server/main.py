@@ -295,7 +295,9 @@ def main(argv: list[str] | None = None) -> None:
     run = StartupRun(cfg)  # before vLLM is imported: its plugin reports to it
     # Before grok-server's own torch and vLLM import (Server's): the engine core's import runs beside it.
     prestart = Prestart.launch(cfg.engine_prestart, cfg.node_cache_dir or cfg.compile_cache_dir,
-                               cfg.tensor_parallel_size, cfg.pipeline_parallel_size, cfg.nnodes)
+                               cfg.tensor_parallel_size, cfg.pipeline_parallel_size, cfg.nnodes,
+                               worker_process=cfg.engine_worker == "process"
+                               or "distributed_executor_backend" in cfg.engine_args)
     code = asyncio.run(Server(cfg, run, prestart).run())
     logging.shutdown()
     sys.exit(code)

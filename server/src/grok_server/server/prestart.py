@@ -122,12 +122,15 @@ class Prestart:
         self.used = False
 
     @classmethod
-    def launch(cls, mode: str, folder: Path | None, tensor: int, pipeline: int, nnodes: int) -> Prestart:
+    def launch(cls, mode: str, folder: Path | None, tensor: int, pipeline: int, nnodes: int,
+               worker_process: bool = False) -> Prestart:
         """At grok-server's start: the process launched when a record says what its environment must be."""
         if mode == "off":
             return cls(None, "--engine-prestart off")
         if tensor * pipeline * nnodes != 1:
             return cls(None, "more than one rank")
+        if worker_process:
+            return cls(None, "the model runs in a worker process of its own")
         if folder is None:
             return cls(None, "no --node-cache-dir or --compile-cache-dir to keep its environment record in")
         path = folder / "prestart" / f"{record_key(tensor, pipeline, nnodes)}.json"
@@ -193,10 +196,11 @@ class Prestart:
             return None
 
         try:
-            late = {k: environ.get(k) for k in LATE_VARIABLES}
-            data = bytes(ForkingPickler.dumps({"target": target, "name": name, "kwargs": kwargs, "late": late,
-                                               "cwd": str(Path.cwd()), "sys_path": sys.path,
-                                               "authkey": bytes(multiprocessing.current_process().authkey)}))
+            job = {"target": target, "name": name, "kwargs": kwargs,
+                   "late": {k: environ.get(k) for k in LATE_VARIABLES}, "cwd": str(Path.cwd()),
+                   "sys_path": sys.path, "sys_argv": sys.argv,
+                   "authkey": bytes(multiprocessing.current_process().authkey)}
+            data = bytes(ForkingPickler.dumps(job))
         except Exception as e:
             self.dismiss(f"cannot send it the engine: {e}")
             return None
@@ -370,7 +374,8 @@ def _main() -> None:
     if data is None:
         os._exit(0)
     job = pickle.loads(data)
-    # As multiprocessing's spawn: its stdin is /dev/null, and its name is the process's.
+    # As multiprocessing's spawn prepares a child: stdin /dev/null; the process's name, the parent's authkey,
+    # working directory, sys.path and sys.argv.
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
@@ -385,6 +390,7 @@ def _main() -> None:
     multiprocessing.current_process().authkey = job["authkey"]
     os.chdir(job["cwd"])
     sys.path[:] = job["sys_path"]
+    sys.argv[:] = job["sys_argv"]
     job["target"](**job["kwargs"])
 
 
