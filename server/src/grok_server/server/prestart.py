@@ -7,17 +7,15 @@ grok-server execs `python -m grok_server.server.prestart` at its start, before i
 process imports torch, vLLM and the model module meanwhile, then waits on its stdin for what multiprocessing
 would have sent a spawned child (target, name, kwargs), and runs it.
 
-Safety rests on the environment: the process is exec'd with the environment a spawn at vLLM's
-`proc.start()` would give it, predicted from a record (record-and-replay): each start records the variables
-that grok-server and vLLM changed between grok-server's exec and the engine core's start (LD_PRELOAD,
-OMP_NUM_THREADS, GOMP_CPU_AFFINITY, ...), in a small JSON file in a node-local folder (--node-cache-dir,
-else --compile-cache-dir: the first is always the node's disk, the second may be a pod's emptyDir), keyed
-by what decides them (engine and Python, ranks, the CPUs this process may use). At the hand-off grok-server
-compares its whole environment with the one it exec'd the process with: equal, the process is handed the
-engine; any difference, it is sent away (EOF: it exits) and vLLM spawns as it always does, and the log
-names the variables that differed (the record is rewritten for the next start). The only exceptions are
-LATE_VARIABLES: per-start cache folders that Python code reads when it first writes there (never at import,
-never a library at load); they are sent with the hand-off and set before the engine starts.
+Safety rests on the environment, which must be the one a spawn at vLLM's `proc.start()` would give: each
+start records the variables grok-server and vLLM changed between grok-server's exec and the engine core's
+start (LD_PRELOAD, OMP_NUM_THREADS, GOMP_CPU_AFFINITY, ...) in a node-local folder (--node-cache-dir, else
+--compile-cache-dir), keyed by what decides them (engine and Python, ranks, this process's CPUs); the next
+start execs the process with them. At the hand-off grok-server compares its whole environment with that
+one: equal, the process gets the engine; any difference, it is sent away (EOF: it exits), vLLM spawns as
+always, the log names the variables that differed and the record is rewritten. Only LATE_VARIABLES differ
+by design: per-start cache folders that Python reads when it first writes there (never at import or load),
+sent with the hand-off.
 
 The parent side of this module imports nothing heavy: it runs before grok-server imports torch and vLLM.
 """
@@ -300,7 +298,7 @@ class HandedOffProcess:
         if self._pidfd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._pidfd)
-            self._pidfd = None
+        self._pidfd = None
 
 
 class _Context:
@@ -347,17 +345,6 @@ def engine_core_from(prestart: Prestart) -> Iterator[None]:
 
 # --- the pre-started process -------------------------------------------------------------------------------
 
-def _read_exactly(fd: int, n: int) -> bytes | None:
-    chunks, left = [], n
-    while left:
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
 def _main() -> None:
     # What the engine core imports first; the plugin and model modules too (vLLM loads the plugin itself,
     # after the hand-off, which is when the plugin records this process as started).
@@ -367,12 +354,11 @@ def _main() -> None:
     import grok_server.model.grok1
     import grok_server.plugin  # noqa: F401
 
-    header = _read_exactly(0, _HEADER.size)
-    if header is None:
+    with os.fdopen(0, "rb", closefd=False) as stdin:  # read() blocks until it has n bytes, or EOF
+        header = stdin.read(_HEADER.size)
+        data = stdin.read(_HEADER.unpack(header)[0]) if len(header) == _HEADER.size else b""
+    if len(header) != _HEADER.size or len(data) != _HEADER.unpack(header)[0]:
         os._exit(0)  # grok-server went away or did not need this process: nothing was started
-    data = _read_exactly(0, _HEADER.unpack(header)[0])
-    if data is None:
-        os._exit(0)
     job = pickle.loads(data)
     # As multiprocessing's spawn prepares a child: stdin /dev/null; the process's name, the parent's authkey,
     # working directory, sys.path and sys.argv.
