@@ -41,6 +41,7 @@ class ServerConfig:
     node_cache_max_bytes: int | None = None
     node_cache_verify: str = "full"
     engine_worker: str = "auto"
+    engine_prestart: str = "auto"
     engine_args: dict[str, Any] = field(default_factory=dict)
     host: str = "0.0.0.0"
     port: int = 50051
@@ -144,6 +145,12 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
                    help="at one rank on the CPU backend, run the model in vLLM's engine-core process "
                         "(in-engine-core: one process start fewer) or in a worker process of its own "
                         "(process, vLLM's CPU default); auto: in-engine-core. GPUs, ranks > 1: vLLM decides")
+    m.add_argument("--engine-prestart", choices=("auto", "off"), default="auto",
+                   help="at one rank on the CPU, start vLLM's engine-core process at grok-server's exec, "
+                        "importing torch and vLLM beside grok-server's own import, and hand it the engine "
+                        "once vLLM would spawn it; auto: when --node-cache-dir (else --compile-cache-dir) "
+                        "holds the environment a previous start gave it (any difference: vLLM spawns as "
+                        "usual, and the log says why)")
     m.add_argument("--engine-arg", action="append", type=_engine_arg, default=[], metavar="KEY=VALUE",
                    help="any other vLLM engine argument (VALUE parsed as JSON when it can be); repeatable")
 

@@ -31,6 +31,7 @@ from grok_server.model.device import current_device
 from grok_server.server import rendezvous
 from grok_server.server.config import ServerConfig
 from grok_server.server.metrics import EngineSnapshot
+from grok_server.server.prestart import Prestart, engine_core_from
 from grok_server.server.startup import StartupClock
 from grok_server.server.validation import Limits, ValidatedRequest
 
@@ -164,8 +165,10 @@ def worker_in_engine_core(cfg: ServerConfig) -> bool:
         and "distributed_executor_backend" not in cfg.engine_args
 
 
-def create_engine(cfg: ServerConfig, snapshot: EngineSnapshot, clock: StartupClock) -> AsyncLLM:
-    """Blocking (seconds to minutes): starts the engine-core and worker processes and loads the weights."""
+def create_engine(cfg: ServerConfig, snapshot: EngineSnapshot, clock: StartupClock,
+                  prestart: Prestart | None = None) -> AsyncLLM:
+    """Blocking (seconds to minutes): starts the engine-core and worker processes and loads the weights.
+    At one rank on the CPU, the engine core may be `prestart`'s process (prestart.py)."""
     warn_known_problems(cfg)
     if cfg.nnodes > 1:
         rendezvous.request_bound_store()  # inherited by the engine processes started below
@@ -174,11 +177,17 @@ def create_engine(cfg: ServerConfig, snapshot: EngineSnapshot, clock: StartupClo
         args = engine_args(cfg)  # loads vLLM's plugins, ours among them (the model class: its own phase)
         vllm_config = args.create_engine_config(UsageContext.ENGINE_CONTEXT)
     executor_class = Executor.get_class(vllm_config)
-    omp = contextlib.nullcontext()
+    omp: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    seam: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if worker_in_engine_core(cfg):
         executor_class = UniProcExecutor
         omp = bind_omp_for_engine_core(vllm_config)
-    with clock.phase("engine"), omp:
+        if prestart is not None:
+            seam = engine_core_from(prestart)
+    elif prestart is not None:
+        prestart.dismiss("the model does not run in the engine core (more than one rank, a GPU, or "
+                         "--engine-worker process)")
+    with clock.phase("engine"), omp, seam:
         engine = AsyncLLM(
             vllm_config=vllm_config,
             executor_class=executor_class,

@@ -33,6 +33,7 @@ from grok_server.server.config import ServerConfig, parse_args, start_checks
 from grok_server.server.group import PeerWatch
 from grok_server.server.lifecycle import Lifecycle, Phase
 from grok_server.server.metrics import MetricsHTTPServer, ServerMetrics
+from grok_server.server.prestart import Prestart
 from grok_server.server.security import BearerTokenInterceptor, load_tokens, server_credentials
 from grok_server.server.startup_run import StartupRun
 
@@ -60,9 +61,11 @@ def _grpc_options(cfg: ServerConfig) -> list[tuple[str, int]]:
 
 
 class Server:
-    def __init__(self, cfg: ServerConfig, run: StartupRun | None = None) -> None:
+    def __init__(self, cfg: ServerConfig, run: StartupRun | None = None,
+                 prestart: Prestart | None = None) -> None:
         self.cfg = cfg
         self.startup = run or StartupRun(cfg)
+        self.prestart = prestart or Prestart(None, "not launched")
         self.health = health_aio.HealthServicer()
         self.lifecycle = Lifecycle(self.health, [SERVICE_NAME])
         self.admission = Admission(cfg.max_concurrent_requests)
@@ -114,7 +117,7 @@ class Server:
         compile_outcome = await loop.run_in_executor(None, self.startup.prepare_compile_cache)
         # Built in a thread so that health checks keep answering NOT_SERVING during a long load.
         self.engine = await loop.run_in_executor(None, eng.create_engine, self.cfg, self.metrics.engine,
-                                                 self.startup.clock)
+                                                 self.startup.clock, self.prestart)
         engine = self.engine
         if self.cfg.nnodes > 1:
             # Every node has joined (else the engine could not have loaded): from now on each must be heard.
@@ -135,6 +138,7 @@ class Server:
         self.metrics.build_info = {**self.metrics.build_info, "engine_version": info.engine_version}
         self.servicer.attach(engine, limits, info)
         report = self.startup.report(compile_outcome)
+        report.engine_prestart = "used" if self.prestart.used else f"not used: {self.prestart.reason}"
         self.metrics.startup = report
         log.info("%s", report.summary())
 
@@ -272,6 +276,7 @@ class Server:
         if self.engine is not None:
             self.engine.shutdown()
         self.startup.close()
+        self.prestart.close()
         log.info("exiting with status %d", code)
         return code
 
@@ -288,7 +293,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=cfg.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run = StartupRun(cfg)  # before vLLM is imported: its plugin reports to it
-    code = asyncio.run(Server(cfg, run).run())
+    # Before grok-server's own torch and vLLM import (Server's): the engine core's import runs beside it.
+    prestart = Prestart.launch(cfg.engine_prestart, cfg.node_cache_dir or cfg.compile_cache_dir,
+                               cfg.tensor_parallel_size, cfg.pipeline_parallel_size, cfg.nnodes,
+                               worker_process=cfg.engine_worker == "process"
+                               or "distributed_executor_backend" in cfg.engine_args)
+    code = asyncio.run(Server(cfg, run, prestart).run())
     logging.shutdown()
     sys.exit(code)
 

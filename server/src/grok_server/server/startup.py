@@ -57,6 +57,7 @@ class StartupReport:
     weights_gb_per_second: float | None = None
     engine_processes: int = 0
     overran: list[str] = field(default_factory=list)  # phases that ran past their bound
+    engine_prestart: str = ""  # "used", or "not used: <why>" (prestart.py)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -75,7 +76,8 @@ class StartupReport:
                 + f"; compile cache {cache}; weights {self.weights.bytes / 1e9:.3f} GB from "
                 f"{self.weights.source} {self.weights.path}{rate} "
                 f"({self.weights.shared_bytes / 1e9:.3f} GB read from the shared cache); "
-                f"{self.engine_processes} engine process(es){overran}")
+                f"{self.engine_processes} engine process(es)"
+                + (f"; engine pre-start {self.engine_prestart}" if self.engine_prestart else "") + overran)
 
 
 class StartupClock:
