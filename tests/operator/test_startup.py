@@ -29,6 +29,7 @@ REPORT = {
     "weights": {"source": "/models/model", "bytes": 12345},
     "weights_gb_per_second": 0.2,
     "engine_processes": 2,
+    "engine_prestart": "used",
     "overran": [],
 }
 UNWRITABLE = {**REPORT, "compile_cache": {
@@ -60,6 +61,7 @@ def test_the_report_is_shaped_for_the_status():
         "weightsSharedBytes": 0,
         "weightsGBPerSecond": 0.2,
         "engineProcesses": 2,
+        "enginePrestart": "used",
     }
     bare = startup_status({"seconds": 1, "weights_gb_per_second": None, "overran": ["warmup"]}, "p")
     assert bare["compileCache"] == "unknown" and "weightsGBPerSecond" not in bare

@@ -68,6 +68,8 @@ def startup_status(report: dict[str, Any], pod: str) -> dict[str, Any]:
         shaped["weightsGBPerSecond"] = _number(rate, 3)
     if isinstance(report.get("engine_processes"), int):
         shaped["engineProcesses"] = report["engine_processes"]
+    if report.get("engine_prestart"):  # "used", or "not used: <why>" (grok_server/server/prestart.py)
+        shaped["enginePrestart"] = str(report["engine_prestart"])
     overran = [str(p) for p in report.get("overran") or []]
     if overran:
         shaped["overran"] = overran

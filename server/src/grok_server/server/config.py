@@ -145,12 +145,6 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
                    help="at one rank on the CPU backend, run the model in vLLM's engine-core process "
                         "(in-engine-core: one process start fewer) or in a worker process of its own "
                         "(process, vLLM's CPU default); auto: in-engine-core. GPUs, ranks > 1: vLLM decides")
-    m.add_argument("--engine-prestart", choices=("auto", "off"), default="auto",
-                   help="at one rank on the CPU, start vLLM's engine-core process at grok-server's exec, "
-                        "importing torch and vLLM beside grok-server's own import, and hand it the engine "
-                        "once vLLM would spawn it; auto: when --node-cache-dir (else --compile-cache-dir) "
-                        "holds the environment a previous start gave it (any difference: vLLM spawns as "
-                        "usual, and the log says why)")
     m.add_argument("--engine-arg", action="append", type=_engine_arg, default=[], metavar="KEY=VALUE",
                    help="any other vLLM engine argument (VALUE parsed as JSON when it can be); repeatable")
 
@@ -194,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_engine_flags(p)
     _add_multinode_flags(p, worker=False)
+    # grok-server's own start, not the engine's configuration: a worker (ranks > 1) never pre-starts.
+    pre = p.add_argument_group("start-up")
+    pre.add_argument("--engine-prestart", choices=("auto", "off"), default="auto",
+                   help="at one rank on the CPU, start vLLM's engine-core process at grok-server's exec, "
+                        "importing torch and vLLM beside grok-server's own import, and hand it the engine "
+                        "once vLLM would spawn it; auto: when --node-cache-dir (else --compile-cache-dir) "
+                        "holds the environment a previous start gave it (any difference: vLLM spawns as "
+                        "usual, and the log says why)")
     w = p.add_argument_group("node-local weights (single-node replicas)")
     w.add_argument("--node-cache-dir", type=Path,
                    help="the node's folder for model copies (a hostPath): --model is copied there once per "
