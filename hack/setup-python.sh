@@ -69,44 +69,31 @@ if [ "$(cat .venv/.grok-deps 2>/dev/null)" != "$deps" ]; then
   echo "$deps_site" > "$site/_grok_deps.pth"
   echo "$deps" > .venv/.grok-deps
 fi
-# matplotlib for the dashboard picture (bench/dashboard_png.py): pinned in requirements/bench/plot.txt (kept out
-# of requirements/*.txt, which key the dependency environment), in an environment of its own put on .venv's path
-# after the dependency environment (whose numpy and pillow it uses). Development only: never in an image.
-PLOT_RECIPE=1
-plot_key=$( { "$PYTHON" --version; echo "$PLOT_RECIPE"; cat requirements/bench/plot.txt; } | sha256sum | cut -c1-16)
-plot=$CACHE/venvs/bench-plot-$plot_key
-if [ ! -f "$plot/.complete" ]; then
-  log "creating $plot (first run only)"
-  rm -rf "$plot"
-  "$PYTHON" -m venv --without-pip "$plot"
-  "$deps/bin/python" -m pip --python "$plot/bin/python" install --quiet --disable-pip-version-check \
-    --no-deps -r requirements/bench/plot.txt
-  touch "$plot/.complete"
-fi
-plot_site=$("$plot/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+# Development-only environments of their own, each put on .venv's path after the dependency environment (whose
+# packages they use), installed --no-deps from a pin file kept out of requirements/*.txt (which key the
+# dependency environment). Never in an image.
 venv_site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-if [ "$(cat "$venv_site/_grok_bench_plot.pth" 2>/dev/null)" != "$plot_site" ]; then
-  echo "$plot_site" > "$venv_site/_grok_bench_plot.pth"
-fi
-# Grafana's typed dashboard models (tests/chart/test_observability.py checks the chart's dashboard with them):
-# pinned in requirements/grafana/foundation-sdk.txt, an environment of its own put on .venv's path. Development
-# only: never in an image.
-GRAFANA_RECIPE=1
-grafana_key=$( { "$PYTHON" --version; echo "$GRAFANA_RECIPE"; cat requirements/grafana/foundation-sdk.txt; } \
-  | sha256sum | cut -c1-16)
-grafana=$CACHE/venvs/grafana-sdk-$grafana_key
-if [ ! -f "$grafana/.complete" ]; then
-  log "creating $grafana (first run only)"
-  rm -rf "$grafana"
-  "$PYTHON" -m venv --without-pip "$grafana"
-  "$deps/bin/python" -m pip --python "$grafana/bin/python" install --quiet --disable-pip-version-check \
-    --no-deps -r requirements/grafana/foundation-sdk.txt
-  touch "$grafana/.complete"
-fi
-grafana_site=$("$grafana/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-if [ "$(cat "$venv_site/_grok_grafana_sdk.pth" 2>/dev/null)" != "$grafana_site" ]; then
-  echo "$grafana_site" > "$venv_site/_grok_grafana_sdk.pth"
-fi
+side_env() {  # NAME RECIPE PINS PTH
+  local key env site
+  key=$( { "$PYTHON" --version; echo "$2"; cat "$3"; } | sha256sum | cut -c1-16)
+  env=$CACHE/venvs/$1-$key
+  if [ ! -f "$env/.complete" ]; then
+    log "creating $env (first run only)"
+    rm -rf "$env"
+    "$PYTHON" -m venv --without-pip "$env"
+    "$deps/bin/python" -m pip --python "$env/bin/python" install --quiet --disable-pip-version-check \
+      --no-deps -r "$3"
+    touch "$env/.complete"
+  fi
+  site=$("$env/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  if [ "$(cat "$venv_site/$4" 2>/dev/null)" != "$site" ]; then
+    echo "$site" > "$venv_site/$4"
+  fi
+}
+# matplotlib for the dashboard picture (bench/dashboard_png.py; numpy and pillow from the dependencies).
+side_env bench-plot 1 requirements/bench/plot.txt _grok_bench_plot.pth
+# Grafana's typed dashboard models (tests/chart/test_observability.py checks the chart's dashboard with them).
+side_env grafana-sdk 1 requirements/grafana/foundation-sdk.txt _grok_grafana_sdk.pth
 # Editable installs are cheap and follow the checkout, wherever it is.
 # The development cluster (hack/devcluster) is installed here only: it is tooling, not part of an image.
 src_marker="$PWD $(cat common/pyproject.toml rpc/pyproject.toml operator/pyproject.toml server/pyproject.toml \
