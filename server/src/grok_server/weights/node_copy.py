@@ -269,8 +269,7 @@ class NodeCache:
             if other == copying or work.name.startswith("discarded-"):
                 continue
             with contextlib.suppress(OSError, ValueError):  # one finished or swept meanwhile
-                if not self._held(f"{other}.copy"):  # its copier died: its bytes only take room
-                    self._sweep_dead(other, work)
+                if self._sweep_dead(other, work):
                     continue
                 reserved = int((work / RESERVED).read_text())
                 written = sum(p.stat().st_size for p in work.rglob("*") if p.is_file())
@@ -292,8 +291,7 @@ class NodeCache:
         return entries, pending
 
     def _held(self, lock: str) -> bool:
-        """Whether a live process holds the lock file `lock` (a dead one's lock is gone with it: a partial
-        copy whose `.copy` lock is free is a dead copier's, swept by the next copier of its key)."""
+        """Whether a live process holds the lock file `lock` (a dead one's lock is gone with it)."""
         probe = lock_file(self.locks / lock, fcntl.LOCK_EX, wait=False)
         if probe is None:
             return True
@@ -305,27 +303,22 @@ class NodeCache:
         lock (where the planners' own brief probes of that lock happen: never one mistaken for a replica)."""
         plan_lock = lock_file(self.locks / PLAN_LOCK, fcntl.LOCK_EX)
         try:
-            serving = lock_file(self.locks / f"{key}.use", fcntl.LOCK_EX, wait=False)
-            if serving is None:
-                return False
-            try:
-                self._discard(entry)
-                return True
-            finally:
-                serving.close()
+            return self._discard_if_unserved(key, entry)
         finally:
             assert plan_lock is not None
             plan_lock.close()
 
-    def _sweep_dead(self, key: str, work: Path) -> None:
-        """A dead copier's partial copy of another model, removed under that key's copy lock (so no new copier
-        of it starts meanwhile); left alone when the lock is taken after all."""
+    def _sweep_dead(self, key: str, work: Path) -> bool:
+        """Removes a partial copy of another model whose copier died (its copy lock is free: taken here, so no
+        new copier of it starts meanwhile); False while its copier lives."""
         copy = lock_file(self.locks / f"{key}.copy", fcntl.LOCK_EX, wait=False)
-        if copy is not None:
-            try:
-                shutil.rmtree(work, ignore_errors=True)
-            finally:
-                copy.close()
+        if copy is None:
+            return False
+        try:
+            shutil.rmtree(work, ignore_errors=True)
+            return True
+        finally:
+            copy.close()
 
     def _evict(self, key: str) -> bool:
         """Removes a copy no replica uses, holding both its locks so none starts using or copying it meanwhile
@@ -334,17 +327,24 @@ class NodeCache:
         if copy is None:
             return False
         try:
-            use = lock_file(self.locks / f"{key}.use", fcntl.LOCK_EX, wait=False)
-            if use is None:
-                return False
-            try:
-                log.info("node cache: evicting %s (least recently used, not in use)", key)
-                self._discard(self.models / key)
-                return True
-            finally:
-                use.close()
+            evicted = self._discard_if_unserved(key, self.models / key)
         finally:
             copy.close()
+        if evicted:
+            log.info("node cache: evicted %s (least recently used, not in use)", key)
+        return evicted
+
+    def _discard_if_unserved(self, key: str, entry: Path) -> bool:
+        """Discards `entry` (the caller holds its copy lock) unless a replica serves from it: only while its
+        use lock can be taken, so none starts to meanwhile."""
+        use = lock_file(self.locks / f"{key}.use", fcntl.LOCK_EX, wait=False)
+        if use is None:
+            return False
+        try:
+            self._discard(entry)
+            return True
+        finally:
+            use.close()
 
     def _discard(self, entry: Path) -> None:
         """Out of the way in one rename (no reader sees half of it), then deleted."""
