@@ -27,9 +27,7 @@ def pinned_environment(pins: Path, name: str) -> Path:
     if not (env / ".complete").exists():
         print(f"installing {pins.name} into {env} (first run only)", file=sys.stderr, flush=True)
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(env)], check=True)
-        purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-        site = Path(subprocess.run([str(python), "-c", purelib], check=True, capture_output=True,
-                                   text=True).stdout.strip())
+        site = Path(site_packages(python))
         ours = [p for p in sys.path if p.endswith("site-packages") and p != sysconfig.get_paths()["purelib"]]
         (site / "_grok_deps.pth").write_text("\n".join(ours) + "\n")
         subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -66,8 +67,6 @@ def timed(fn) -> tuple[float, int]:  # type: ignore[no-untyped-def]
 
 def drop_from_page_cache(files: list[Path]) -> None:
     """The files' clean pages leave the page cache (the kernel may keep pages another process has mapped)."""
-    import os
-
     for f in files:
         fd = os.open(f, os.O_RDONLY)
         try:
@@ -160,8 +159,6 @@ def children_cpu_seconds() -> float:
 
 def from_source(shared: Path, root: Path, rounds: int) -> None:
     """Section 5: the first copy on a node from the shared cache, and from the source (S3)."""
-    import os
-
     from grok_devcluster.local import free_port, wait
 
     venv = Path(sys.prefix)

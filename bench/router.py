@@ -56,7 +56,7 @@ from pathlib import Path
 from urllib.request import urlopen
 
 import grpc
-from benchlib import cpu_seconds, percentile, stream_completion
+from benchlib import CACHE, cpu_seconds, percentile, stream_completion
 from grok.serving.v1 import generation_pb2 as pb
 from grok.serving.v1 import generation_pb2_grpc as pb_grpc
 
@@ -72,7 +72,6 @@ from grok_devcluster.local import (
 from grok_router.picker import prefix_key, ranking
 from grok_server.server.placement import descendants, process_title
 
-CACHE = Path(os.environ.get("GROK_SERVE_CACHE", Path.home() / ".cache" / "grok-serve")) / "bench"
 ENGINE_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 START_TIMEOUT = 420.0
 # vLLM's KV block for the prefix-reuse replicas: the CPU backend's smallest preferred size (its default, 128,
